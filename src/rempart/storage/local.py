@@ -1,0 +1,151 @@
+"""Local-directory backend.
+
+Layout: ``config``, ``data/<2 hex>/<id>``, ``index/<id>``, ``snapshots/<id>``, ``locks/<id>``,
+``tmp/`` for files being written. Writes go to ``tmp/``, are fsynced, then linked into place
+(``link`` fails if the name exists, so nothing is ever overwritten), and the directory is
+fsynced.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rempart.core.errors import (
+    AlreadyExists,
+    BackendError,
+    IntegrityError,
+    NotFound,
+    PermissionDenied,
+    StorageFull,
+)
+from rempart.storage.base import BackendProperties, FileInfo, FileType, Handle
+
+_DIRS = [t for t in FileType if t is not FileType.CONFIG]
+
+
+@contextmanager
+def map_os_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise NotFound(f"{what}: not found") from exc
+    except FileExistsError as exc:
+        raise AlreadyExists(f"{what}: already exists") from exc
+    except PermissionError as exc:
+        raise PermissionDenied(f"{what}: permission denied by the file system") from exc
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"{what}: no space left on the storage device") from exc
+        raise BackendError(f"{what}: {exc.strerror or exc}") from exc
+
+
+def fsync_dir(path: Path) -> None:
+    if os.name == "nt":  # directories cannot be fsynced on Windows
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalBackend:
+    def __init__(self, root: Path, *, create: bool = False) -> None:
+        self.root = Path(root)
+        self.properties = BackendProperties(connections=2, location=str(self.root))
+        if create:
+            with map_os_errors(f"create {self.root}"):
+                self.root.mkdir(parents=True, exist_ok=True)
+                for t in _DIRS:
+                    (self.root / t.value).mkdir(exist_ok=True)
+                (self.root / "tmp").mkdir(exist_ok=True)
+                for i in range(256):
+                    (self.root / "data" / f"{i:02x}").mkdir(exist_ok=True)
+
+    def _path(self, h: Handle) -> Path:
+        if h.type is FileType.CONFIG:
+            return self.root / "config"
+        if h.type is FileType.DATA:
+            return self.root / "data" / h.name[:2] / h.name
+        return self.root / h.type.value / h.name
+
+    def save(self, h: Handle, data: bytes) -> None:
+        final = self._path(h)
+        tmpdir = self.root / "tmp"
+        tmp = tmpdir / f"{h.name}.{secrets.token_hex(8)}.tmp"
+        with map_os_errors(f"save {h}"):
+            if final.exists():
+                raise FileExistsError(str(final))
+            tmpdir.mkdir(exist_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, final)  # atomic and never replaces an existing file
+                except (AttributeError, NotImplementedError):  # pragma: no cover - no hard links
+                    os.rename(tmp, final)  # Windows: rename refuses to replace
+            finally:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+            fsync_dir(final.parent)
+
+    def load(self, h: Handle, *, offset: int = 0, length: int | None = None) -> bytes:
+        with map_os_errors(f"load {h}"):
+            with open(self._path(h), "rb") as f:
+                if offset:
+                    f.seek(offset)
+                data = f.read() if length is None else f.read(length)
+        if length is not None and len(data) != length:
+            raise IntegrityError(f"load {h}: short read ({len(data)} of {length} bytes)")
+        return data
+
+    def stat(self, h: Handle) -> FileInfo:
+        with map_os_errors(f"stat {h}"):
+            st = self._path(h).stat()
+        return FileInfo(h.name, st.st_size)
+
+    def list(self, ftype: FileType) -> Iterator[FileInfo]:
+        if ftype is FileType.CONFIG:
+            p = self.root / "config"
+            if p.exists():
+                yield FileInfo("config", p.stat().st_size)
+            return
+        base = self.root / ftype.value
+        with map_os_errors(f"list {ftype.value}"):
+            if ftype is FileType.DATA:
+                paths = sorted(
+                    (e for d in sorted(os.scandir(base), key=lambda e: e.name) if d.is_dir()
+                     for e in os.scandir(d.path)),
+                    key=lambda e: e.name,
+                )
+            else:
+                paths = sorted(os.scandir(base), key=lambda e: e.name)
+            for e in paths:
+                if e.is_file() and len(e.name) == 64:
+                    yield FileInfo(e.name, e.stat().st_size)
+
+    def remove(self, h: Handle) -> None:
+        with map_os_errors(f"remove {h}"):
+            os.unlink(self._path(h))
+            fsync_dir(self._path(h).parent)
+
+    def close(self) -> None:
+        pass
+
+    def clean_tmp(self) -> int:
+        """Remove leftovers of killed writers; returns how many were removed."""
+        n = 0
+        for p in (self.root / "tmp").glob("*.tmp"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
