@@ -1,0 +1,1 @@
+"""The ``rempart`` command: one module per command, thin (parse, call, exit code)."""

@@ -1,0 +1,102 @@
+"""Entry point and lazy command registry (pip's model): ``--help`` imports nothing heavy.
+
+Each command module defines ``add_parser(subparsers)`` and ``run(args, ctx) -> int``.
+Errors derived from RempartError become one sentence on stderr (or JSON with ``--json``) and
+the class's exit code.
+
+Exit codes: 0 ok; 1 error; 2 usage or configuration; 3 backup finished but some sources could
+not be read; 10 repository not found / machine not enrolled; 11 locked; 12 wrong passphrase;
+20 integrity error; 30 backup looks attacked (detection alert); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from rempart import __version__
+from rempart.core.errors import RempartError
+
+#: command name -> (module, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("rempart.cli.cmd_init", "create a repository and its recovery kit"),
+    "backup": ("rempart.cli.cmd_backup", "back up files and folders"),
+    "snapshots": ("rempart.cli.cmd_snapshots", "list snapshots"),
+    "ls": ("rempart.cli.cmd_ls", "list the files of a snapshot (needs the kit)"),
+    "diff": ("rempart.cli.cmd_diff", "show what changed between two snapshots (needs the kit)"),
+    "restore": ("rempart.cli.cmd_restore", "restore a snapshot to a folder (needs the kit)"),
+    "check": ("rempart.cli.cmd_check", "check the repository (--read-data needs the kit)"),
+    "forget": ("rempart.cli.cmd_forget", "apply a retention policy and collect garbage"),
+    "key": ("rempart.cli.cmd_key", "recovery kit commands"),
+    "vault": ("rempart.cli.cmd_vault", "run and administer a vault server"),
+    "enroll": ("rempart.cli.cmd_enroll", "enroll this machine with a vault"),
+    "agent": ("rempart.cli.cmd_agent", "run the scheduled backup agent"),
+    "status": ("rempart.cli.cmd_status", "one-line backup status for the practice"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rempart",
+        description="Encrypted, deduplicated, ransomware-resilient backups.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 incomplete backup, 10 no repository, "
+        "11 locked, 12 wrong passphrase, 20 integrity error, 30 suspicious backup.",
+    )
+    parser.add_argument("--version", action="version", version=f"rempart {__version__}")
+    parser.add_argument("-r", "--repo", help="repository: a folder or https://VAULT/PRACTICE (env REMPART_REPOSITORY)")
+    parser.add_argument("--state-dir", help="local state folder (env REMPART_STATE_DIR)")
+    parser.add_argument("--config", help="agent TOML config file (env REMPART_CONFIG)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, summary) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=summary, add_help=False)
+            continue
+        mod = importlib.import_module(module)
+        mod.add_parser(sub.add_parser(name, help=summary, description=summary))
+    return parser
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    for a in argv:
+        if a in COMMANDS:
+            return a
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    name = _command_name(args_list)
+    parser = build_parser(only=name)
+    args = parser.parse_args(args_list)
+    if not args.command:
+        parser.print_help()
+        return 2
+    from rempart.cli.context import Context
+
+    ctx = Context.from_args(args)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args, ctx) or 0)
+    except RempartError as exc:
+        if args.json:
+            print(json.dumps(exc.to_dict()), file=sys.stderr)
+        else:
+            msg = f"rempart: error: {exc.message}"
+            if exc.hint:
+                msg += f"\n  hint: {exc.hint}"
+            print(msg, file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("rempart: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
