@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -19,7 +19,7 @@ class SystemClock:
     """The real clock; built once at the edge (CLI, agent, vault) and passed down."""
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -29,7 +29,7 @@ class FakeClock:
     """A clock that moves only when told to (tests, simulations)."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+        self._now = start or datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
         self._mono = 0.0
 
     def now(self) -> datetime:
@@ -50,8 +50,8 @@ class FakeClock:
 
 
 def to_iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def from_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

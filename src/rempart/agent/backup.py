@@ -1,0 +1,111 @@
+"""One backup run: archiver + state cache + detection + snapshot commit."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rempart import __version__
+from rempart.agent.credentials import AgentCredential, repo_state_dir
+from rempart.core.clock import Clock, to_iso
+from rempart.core.errors import MissingBlobs, UserError
+from rempart.repository.repo import Repository, WriteSession
+from rempart.snapshot.archiver import Archiver, BackupOptions, BackupStats, FileObserver
+from rempart.snapshot.cache import StateCache
+
+
+@dataclass
+class BackupResult:
+    snapshot: str
+    stats: BackupStats
+    session_stats: dict[str, int]
+    detection: dict[str, Any] = field(default_factory=dict)
+    damaged: list[str] = field(default_factory=list)
+
+    @property
+    def suspicious(self) -> bool:
+        return self.detection.get("verdict") == "suspicious"
+
+
+class DetectionHook(FileObserver):
+    """What the archiver needs from detection, plus the end-of-run assessment."""
+
+    def assess(self, cache: StateCache, deleted: list[str], total_files: int, now: str) -> tuple[dict[str, Any], list[str]]:
+        ...
+
+
+def run_backup(
+    repo: Repository,
+    cred: AgentCredential,
+    paths: list[Path],
+    state_dir: Path,
+    clock: Clock,
+    *,
+    options: BackupOptions | None = None,
+    detection: DetectionHook | None = None,
+    tags: list[str] | None = None,
+    progress: Callable[[BackupStats], None] | None = None,
+) -> BackupResult:
+    if cred.repo_id != repo.config.id:
+        raise UserError("the agent key belongs to another repository")
+    if cred.public_key.raw != repo.config.public_key.raw:
+        raise UserError("the repository's recovery key differs from this agent's key")
+    sources = []
+    for p in paths:
+        ap = Path(p).absolute()
+        if not ap.exists() and not ap.is_symlink():
+            raise UserError(f"{p}: no such file or folder")
+        sources.append(ap)
+    options = options or BackupOptions()
+    cache = StateCache(repo_state_dir(state_dir, repo.config.id))
+    try:
+        for attempt in range(2):
+            repo.load_index()
+            session = WriteSession(repo, cred.id_key)
+            try:
+                archiver = Archiver(session, cache, options, now=clock.now().timestamp(),
+                                    observer=detection, progress=progress)
+                tree = archiver.archive(sources)
+                session.flush()
+                deleted = cache.deleted_paths()
+                det, damaged = ({}, [])
+                if detection is not None:
+                    det, damaged = detection.assess(cache, deleted, archiver.stats.files, to_iso(clock.now()))
+                plain = {
+                    "v": 1,
+                    "time": to_iso(clock.now()),
+                    "tree": tree.hex(),
+                    "parent": cache.get_meta("last_snapshot"),
+                    "host": hashlib.sha256(f"{repo.config.id}:{socket.gethostname()}".encode()).hexdigest()[:16],
+                    "stats": archiver.stats.to_dict() | {"deleted": len(deleted)},
+                    "detection": det,
+                }
+                meta = {
+                    "hostname": socket.gethostname(),
+                    "paths": [str(s) for s in sources],
+                    "tags": tags or [],
+                    "program": f"rempart {__version__}",
+                    "warnings": archiver.stats.warnings[:1000],
+                    "damaged": damaged[:10000],
+                }
+                try:
+                    name = session.commit(plain, archiver.refs, meta)
+                except MissingBlobs:
+                    # garbage collection removed blobs we deduplicated against: forget what we
+                    # knew and run once more (the second pass re-reads and re-uploads them)
+                    if attempt:
+                        raise
+                    repo.index = type(repo.index)()
+                    cache.db.execute("DELETE FROM files_new")
+                    continue
+                cache.commit(name, {"last_time": plain["time"]})  # type: ignore[dict-item]
+                return BackupResult(name, archiver.stats, dict(session.stats), det, damaged)
+            finally:
+                session.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        cache.close()

@@ -1,0 +1,63 @@
+"""rempart backup PATH...: needs neither the kit nor a passphrase."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rempart.agent.backup import run_backup
+from rempart.agent.credentials import load_credential
+from rempart.cli.common import human_bytes, open_repo, print_json, progress_line
+from rempart.cli.context import Context
+from rempart.snapshot.archiver import BackupOptions
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", help="files and folders to back up")
+    p.add_argument("--exclude", action="append", default=[], help="name pattern to skip (repeatable)")
+    p.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable)")
+    p.add_argument("--force-reread", action="store_true", help="read every file, trusting no cache")
+    p.add_argument("--reread-days", type=float, default=7.0,
+                   help="re-read files not read for this many days (default 7; 0 disables)")
+    p.add_argument("--no-detect", action="store_true", help="skip ransomware detection")
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    repo = open_repo(ctx)
+    cred = load_credential(ctx.state_dir, repo.config.id)
+    options = BackupOptions(
+        excludes=tuple(args.exclude),
+        force_reread=args.force_reread,
+        reread_after=args.reread_days * 86400 if args.reread_days > 0 else None,
+    )
+    detection = None
+    if not args.no_detect:
+        from rempart.agent.detection import make_detection
+
+        detection = make_detection(ctx.state_dir, repo.config.id)
+    with progress_line(ctx, "backing up") as show:
+        result = run_backup(
+            repo, cred, [Path(p) for p in args.paths], ctx.state_dir, ctx.clock,
+            options=options, detection=detection, tags=args.tag,
+            progress=lambda s: show(f"{s.files} files, {human_bytes(s.bytes_read)} read"),
+        )
+    for w in result.stats.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if ctx.json:
+        print_json({
+            "snapshot": result.snapshot,
+            "stats": result.stats.to_dict(),
+            "storage": result.session_stats,
+            "detection": result.detection,
+        })
+    else:
+        s, st = result.stats, result.session_stats
+        ctx.print(f"snapshot {result.snapshot[:8]} saved: {s.files} files ({s.files_new} new, "
+                  f"{s.files_changed} changed, {s.files_unchanged} unchanged), {human_bytes(s.bytes)}; "
+                  f"uploaded {human_bytes(st['bytes_stored'])} in {st['packs']} packs")
+        if result.suspicious:
+            ctx.print(f"ALERT: this backup looks attacked ({result.detection.get('summary', 'see snapshots')})")
+    if result.suspicious:
+        return 30
+    return 3 if result.stats.warnings else 0

@@ -1,0 +1,48 @@
+"""rempart snapshots: list snapshots from their plain parts (no kit needed)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rempart.cli.common import human_bytes, open_repo, print_json
+from rempart.cli.context import Context
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latest", type=int, default=0, help="show only the N newest")
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    repo = open_repo(ctx)
+    rows = []
+    for name, snap in repo.list_snapshots():
+        stats = snap.plain.get("stats") or {}
+        det = snap.plain.get("detection") or {}
+        rows.append({
+            "id": name,
+            "short_id": name[:8],
+            "time": snap.plain.get("time"),
+            "parent": snap.plain.get("parent"),
+            "tree": snap.plain.get("tree"),
+            "host": snap.plain.get("host"),
+            "files": stats.get("files") if isinstance(stats, dict) else None,
+            "bytes": stats.get("bytes") if isinstance(stats, dict) else None,
+            "verdict": det.get("verdict", "unknown") if isinstance(det, dict) else "unknown",
+            "detection": det,
+            "blobs": len(snap.refs),
+        })
+    rows.sort(key=lambda r: str(r["time"]))
+    if args.latest:
+        rows = rows[-args.latest :]
+    if ctx.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no snapshots")
+        return 0
+    print(f"{'ID':8}  {'time (UTC)':20}  {'files':>8}  {'size':>10}  verdict")
+    for r in rows:
+        t = str(r["time"])[:19].replace("T", " ")
+        print(f"{r['short_id']:8}  {t:20}  {r['files'] or 0:>8}  {human_bytes(r['bytes'] or 0):>10}  {r['verdict']}")
+    print(f"{len(rows)} snapshot(s)")
+    return 0

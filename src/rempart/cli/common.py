@@ -1,0 +1,102 @@
+"""Helpers shared by commands: open the repository, read the kit, print, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rempart.cli.context import Context
+from rempart.core.errors import UserError
+from rempart.crypto.kit import RecoveryKit, decrypt_kit
+from rempart.repository.repo import ReadSession, Repository
+from rempart.storage.base import Backend
+from rempart.storage.wrappers import RetryBackend
+
+
+def vault_token(ctx: Context) -> str | None:
+    token = ctx.env.get("REMPART_VAULT_TOKEN")
+    if token:
+        return token.strip()
+    path = ctx.env.get("REMPART_VAULT_TOKEN_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise UserError(f"cannot read the vault token file {path}: {exc.strerror}") from exc
+    return None
+
+
+def open_backend(ctx: Context, *, create: bool = False) -> Backend:
+    from rempart.storage.factory import open_backend as factory
+
+    location = ctx.require_repo()
+    backend = factory(location, create=create, vault_token=vault_token(ctx),
+                      vault_ca=ctx.env.get("REMPART_VAULT_CA"), clock=ctx.clock)
+    return RetryBackend(backend)
+
+
+def open_repo(ctx: Context) -> Repository:
+    return Repository.open(open_backend(ctx))
+
+
+def load_kit(ctx: Context, path: str | None) -> RecoveryKit:
+    path = path or ctx.env.get("REMPART_KIT")
+    if not path:
+        raise UserError("this command needs the recovery kit", hint="pass --kit FILE (or set REMPART_KIT)")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the recovery kit {path}: {exc.strerror}") from exc
+    return decrypt_kit(data, ctx.secret("REMPART_KIT_PASSPHRASE", "recovery kit passphrase"))
+
+
+def read_session(ctx: Context, repo: Repository, kit_path: str | None) -> ReadSession:
+    kit = load_kit(ctx, kit_path)
+    if kit.repository != repo.config.id:
+        raise UserError(f"this recovery kit belongs to repository {kit.repository[:8]}, not {repo.config.id[:8]}")
+    return ReadSession(repo, kit.private_key, kit.id_key)
+
+
+def resolve_snapshot(repo: Repository, ref: str) -> str:
+    """'latest', a full name, or a unique prefix of at least 4 characters."""
+    snaps = sorted(repo.list_snapshots(), key=lambda s: str(s[1].plain.get("time", "")))
+    if not snaps:
+        raise UserError("the repository has no snapshot yet")
+    if ref == "latest":
+        return snaps[-1][0]
+    if len(ref) < 4:
+        raise UserError("give at least 4 characters of the snapshot id, or 'latest'")
+    matches = [n for n, _ in snaps if n.startswith(ref.lower())]
+    if len(matches) != 1:
+        raise UserError(f"no unique snapshot matches {ref[:64]!r} ({len(matches)} found)")
+    return matches[0]
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=1, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@contextmanager
+def progress_line(ctx: Context, label: str) -> Iterator[Any]:
+    """A live status line on a terminal (rich); silent when quiet, piped or --json."""
+    if ctx.quiet or not sys.stderr.isatty():
+        yield lambda text: None
+        return
+    from rich.console import Console
+    from rich.status import Status
+
+    with Status(label, console=Console(stderr=True)) as status:
+        yield lambda text: status.update(f"{label} {text}")

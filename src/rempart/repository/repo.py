@@ -1,0 +1,254 @@
+"""Repository access: the index, write sessions (agent) and read sessions (kit holders)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from rempart.core.errors import AlreadyExists, IntegrityError, NotFound
+from rempart.crypto.aead import DataKey
+from rempart.crypto.keys import IdKey, RecoveryPrivateKey
+from rempart.repository.blobs import compress, open_blob, seal_blob
+from rempart.repository.config import RepoConfig, load_config
+from rempart.repository.format import (
+    BlobType,
+    PackEntry,
+    SnapshotPlain,
+    encode_index,
+    encode_snapshot_prefix,
+    parse_pack_header,
+    parse_snapshot,
+)
+from rempart.repository.index import MasterIndex
+from rempart.repository.packer import Packer
+from rempart.storage.base import Backend, FileType, Handle
+
+TAIL_READ = 64 * 1024
+INDEX_EVERY_PACKS = 16
+
+
+class Repository:
+    def __init__(self, backend: Backend, config: RepoConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self.index = MasterIndex()
+
+    @classmethod
+    def open(cls, backend: Backend) -> Repository:
+        return cls(backend, load_config(backend))
+
+    # --- index --------------------------------------------------------------------------
+
+    def load_index(self, *, scan_packs: bool = True) -> int:
+        """Load index files; with ``scan_packs`` also index packs no index file names yet
+        (left by a killed backup), by reading their plain headers. Returns packs scanned."""
+        for fi in self.backend.list(FileType.INDEX):
+            try:
+                self.index.add_index_file(self.backend.load(Handle(FileType.INDEX, fi.name)))
+            except NotFound:
+                continue  # removed by a concurrent GC
+        if not scan_packs:
+            return 0
+        missing = [fi for fi in self.backend.list(FileType.DATA) if bytes.fromhex(fi.name) not in self.index.packs]
+        for fi in missing:
+            try:
+                self.index.add_pack(bytes.fromhex(fi.name), self.read_pack_header(fi.name, fi.size).entries)
+            except (NotFound, IntegrityError):
+                continue  # check reports damaged packs; backup just won't dedup against them
+        return len(missing)
+
+    def read_pack_header(self, name: str, size: int | None = None):  # type: ignore[no-untyped-def]
+        h = Handle(FileType.DATA, name)
+        if size is None:
+            size = self.backend.stat(h).size
+        n = min(size, TAIL_READ)
+        tail = self.backend.load(h, offset=size - n, length=n)
+        try:
+            return parse_pack_header(tail, size)
+        except IntegrityError:
+            if n == size:
+                raise
+            tail = self.backend.load(h)  # header larger than the first read
+            return parse_pack_header(tail, size)
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def list_snapshots(self) -> Iterator[tuple[str, SnapshotPlain]]:
+        for fi in self.backend.list(FileType.SNAPSHOT):
+            try:
+                data = self.backend.load(Handle(FileType.SNAPSHOT, fi.name))
+            except NotFound:
+                continue
+            yield fi.name, parse_snapshot(data)
+
+    def load_snapshot(self, name: str) -> tuple[SnapshotPlain, bytes]:
+        data = self.backend.load(Handle(FileType.SNAPSHOT, name))
+        if hashlib.sha256(data).hexdigest() != name:
+            raise IntegrityError(f"snapshot {name[:8]} does not match its name (tampered or damaged)")
+        return parse_snapshot(data), data
+
+
+class WriteSession:
+    """One backup run: a fresh data key, packs, index files, and finally a snapshot.
+
+    Thread-safe ``add_blob``: callers compress and encrypt in their own threads; the pack
+    buffer and uploads are serialised here. Uploads run in a small pool with a bounded number
+    of packs in flight, so memory stays bounded.
+    """
+
+    def __init__(self, repo: Repository, id_key: IdKey, *, uploaders: int = 2, max_inflight: int = 3) -> None:
+        self.repo = repo
+        self.id_key = id_key
+        self.key = DataKey.generate()
+        self.envelope = repo.config.public_key.wrap(self.key)
+        self._packer = Packer(self.key, self.envelope)
+        self._lock = threading.Lock()
+        self._pending: set[bytes] = set()
+        self._pool = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="upload")
+        self._slots = threading.BoundedSemaphore(max_inflight)
+        self._futures: list[Future[None]] = []
+        self._new_packs: list[tuple[bytes, list[PackEntry]]] = []
+        self._unindexed: list[tuple[bytes, list[PackEntry]]] = []
+        self.stats = {"blobs_new": 0, "bytes_new": 0, "bytes_stored": 0, "packs": 0, "blobs_known": 0}
+        self.on_upload: Callable[[int], None] | None = None
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return self.id_key.blob_id(data)
+
+    def known(self, blob_id: bytes) -> bool:
+        return blob_id in self.repo.index or blob_id in self._pending
+
+    def add_blob(self, btype: BlobType, data: bytes | memoryview, blob_id: bytes | None = None, *,
+                 compressible: bool = True) -> tuple[bytes, bool]:
+        """Store ``data`` unless a blob with its id exists; returns (id, compressed_ok)."""
+        bid = blob_id or self.blob_id(data)
+        with self._lock:
+            if self.known(bid):
+                self.stats["blobs_known"] += 1
+                return bid, True
+            self._pending.add(bid)
+        flag, payload = compress(data, self.repo.config.compression if compressible else 0)
+        sealed = seal_blob(self.key, btype, bid, flag, payload)
+        full = None
+        with self._lock:
+            self._packer.add(btype, bid, sealed)
+            self.stats["blobs_new"] += 1
+            self.stats["bytes_new"] += len(data)
+            if self._packer.size >= self.repo.config.pack_size:
+                full = self._packer.finish()
+        if full:
+            self._upload(*full)
+        return bid, flag != 0
+
+    def _upload(self, name: str, data: bytes, entries: list[PackEntry]) -> None:
+        self._slots.acquire()
+        self._check_failures()
+
+        def work() -> None:
+            try:
+                try:
+                    self.repo.backend.save(Handle(FileType.DATA, name), data)
+                except AlreadyExists:
+                    pass  # identical bytes (content-addressed): a harmless no-op
+                pid = bytes.fromhex(name)
+                self.repo.index.add_pack(pid, entries)
+                with self._lock:
+                    self._new_packs.append((pid, entries))
+                    self._unindexed.append((pid, entries))
+                    self.stats["packs"] += 1
+                    self.stats["bytes_stored"] += len(data)
+                if self.on_upload:
+                    self.on_upload(len(data))
+            finally:
+                self._slots.release()
+
+        self._futures.append(self._pool.submit(work))
+
+    def _check_failures(self) -> None:
+        done = [f for f in self._futures if f.done()]
+        for f in done:
+            f.result()  # re-raise an upload error in the backup thread
+        self._futures = [f for f in self._futures if not f.done()]
+        with self._lock:
+            batch = self._unindexed if len(self._unindexed) >= INDEX_EVERY_PACKS else []
+            if batch:
+                self._unindexed = []
+        if batch:
+            self._write_index(batch)
+
+    def flush(self) -> None:
+        """Upload the last partial pack, wait for every upload, write the index file."""
+        with self._lock:
+            full = self._packer.finish() if len(self._packer) else None
+        if full:
+            self._upload(*full)
+        for f in self._futures:
+            f.result()
+        self._futures = []
+        with self._lock:
+            batch, self._unindexed = self._unindexed, []
+        if batch:
+            self._write_index(batch)
+
+    def _write_index(self, packs: list[tuple[bytes, list[PackEntry]]]) -> None:
+        data = encode_index(packs)
+        try:
+            self.repo.backend.save(Handle(FileType.INDEX, hashlib.sha256(data).hexdigest()), data)
+        except AlreadyExists:
+            pass
+
+    def commit(self, plain: dict[str, object], refs: set[bytes], meta: dict[str, object]) -> str:
+        """Write the snapshot (after ``flush``); returns its name."""
+        prefix = encode_snapshot_prefix(plain, refs, self.envelope)
+        sealed = self.key.seal(json.dumps(meta, sort_keys=True).encode(), prefix)
+        data = prefix + sealed
+        name = hashlib.sha256(data).hexdigest()
+        self.repo.backend.save(Handle(FileType.SNAPSHOT, name), data)
+        return name
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ReadSession:
+    """Decrypts blobs and snapshot metadata: needs the recovery private key (the kit)."""
+
+    def __init__(self, repo: Repository, private_key: RecoveryPrivateKey, id_key: IdKey | None = None) -> None:
+        self.repo = repo
+        self.private_key = private_key
+        self.id_key = id_key
+        self._envelopes: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+
+    def pack_key(self, pack: bytes) -> DataKey:
+        with self._lock:
+            env = self._envelopes.get(pack)
+        if env is None:
+            env = self.repo.read_pack_header(pack.hex()).envelope
+            with self._lock:
+                self._envelopes[pack] = env
+        return self.private_key.unwrap(env)
+
+    def load_blob(self, blob_id: bytes, *, verify: bool = False) -> bytes:
+        loc = self.repo.index.get(blob_id)
+        if loc is None:
+            raise IntegrityError(f"blob {blob_id.hex()[:12]} is missing from the repository")
+        sealed = self.repo.backend.load(Handle(FileType.DATA, loc.pack.hex()), offset=loc.offset, length=loc.length)
+        return self.decode(loc.pack, loc.type, blob_id, sealed, verify=verify)
+
+    def decode(self, pack: bytes, btype: BlobType, blob_id: bytes, sealed: bytes | memoryview, *,
+               verify: bool = False) -> bytes:
+        plain = open_blob(self.pack_key(pack), btype, blob_id, sealed)
+        if verify and self.id_key is not None and self.id_key.blob_id(plain) != blob_id:
+            raise IntegrityError(f"blob {blob_id.hex()[:12]} does not match its id")
+        return plain
+
+    def snapshot_meta(self, snap: SnapshotPlain) -> dict[str, object]:
+        key = self.private_key.unwrap(snap.envelope)
+        doc = json.loads(key.open(snap.sealed_meta, snap.authenticated))
+        if not isinstance(doc, dict):
+            raise IntegrityError("snapshot metadata is malformed")
+        return doc

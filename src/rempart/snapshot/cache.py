@@ -1,0 +1,133 @@
+"""The agent's local state cache (SQLite): what the last snapshot held, per path.
+
+Used to skip re-reading unchanged files. "Unchanged" needs size, mtime, ctime and inode to
+match (ransomware can restore mtimes and keep sizes, but not the ctime), the content blobs to
+still be in the index, and the last full read to be recent enough (periodic full re-read).
+A lost cache only costs reading time: dedup still avoids re-uploading known chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rempart.core.errors import LockedError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+  path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
+  content BLOB, features TEXT, read_at REAL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    path: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    content: list[bytes]
+    features: dict[str, Any] | None
+    read_at: float
+
+
+class StateCache:
+    """Single-writer: one backup at a time per repository (a lock file enforces it)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self._lockfile = open(folder / "lock", "a+")
+        _lock_exclusive(self._lockfile)
+        self.db = sqlite3.connect(folder / "cache.sqlite", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.db.execute("DROP TABLE IF EXISTS files_new")
+        self.db.execute("CREATE TABLE files_new AS SELECT * FROM files WHERE 0")
+        self._batch: list[tuple[Any, ...]] = []
+        self._batch_lock = threading.Lock()
+
+    def lookup(self, path: str) -> CachedFile | None:
+        row = self.db.execute(
+            "SELECT path,size,mtime_ns,ctime_ns,inode,content,features,read_at FROM files WHERE path=?", (path,)
+        ).fetchone()
+        if row is None:
+            return None
+        content = bytes(row[5] or b"")
+        return CachedFile(
+            row[0], row[1], row[2], row[3], row[4],
+            [content[i : i + 32] for i in range(0, len(content), 32)],
+            json.loads(row[6]) if row[6] else None, row[7] or 0.0,
+        )
+
+    def record(self, path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int,
+               content: list[bytes], features: dict[str, Any] | None, read_at: float) -> None:
+        """Thread-safe; rows reach SQLite on ``flush`` (called from the owning thread)."""
+        row = (path, size, mtime_ns, ctime_ns, inode, b"".join(content),
+               json.dumps(features, sort_keys=True) if features else None, read_at)
+        with self._batch_lock:
+            self._batch.append(row)
+
+    def flush(self) -> None:
+        with self._batch_lock:
+            batch, self._batch = self._batch, []
+        if batch:
+            self.db.executemany("INSERT OR REPLACE INTO files_new VALUES (?,?,?,?,?,?,?,?)", batch)
+
+    def deleted_paths(self) -> list[str]:
+        """Paths of the previous snapshot absent from this run (call after ``flush``)."""
+        self.flush()
+        return [r[0] for r in self.db.execute(
+            "SELECT f.path FROM files f LEFT JOIN files_new n ON f.path = n.path WHERE n.path IS NULL")]
+
+    def previous_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+
+    def commit(self, snapshot: str, extra: dict[str, str] | None = None) -> None:
+        """Make this run's table the reference (after the snapshot is stored)."""
+        self.flush()
+        self.db.execute("BEGIN")
+        self.db.execute("DROP TABLE files")
+        self.db.execute("ALTER TABLE files_new RENAME TO files")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('last_snapshot', ?)", (snapshot,))
+        for k, v in (extra or {}).items():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+        self.db.execute("COMMIT")
+        self.db.execute("CREATE TABLE files_new AS SELECT * FROM files WHERE 0")
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        self.db.close()
+        self._lockfile.close()
+
+
+def _lock_exclusive(f: Any) -> None:
+    try:
+        import fcntl
+
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            raise LockedError("another backup of this repository is running") from exc
+    except OSError as exc:
+        raise LockedError(
+            "another backup of this repository is running on this machine",
+            hint="wait for it to finish; two runs at once are never allowed",
+        ) from exc

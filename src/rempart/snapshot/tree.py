@@ -1,0 +1,100 @@
+"""Tree blobs: deterministic JSON listings of one directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat as statmod
+from dataclasses import dataclass, field
+from typing import Any
+
+from rempart.core.errors import HostilePathError, IntegrityError
+
+KIND_FILE, KIND_DIR, KIND_SYMLINK, KIND_OTHER = "file", "dir", "symlink", "other"
+
+
+@dataclass
+class Node:
+    name: str
+    type: str
+    mode: int = 0
+    mtime_ns: int = 0
+    size: int = 0
+    content: list[bytes] = field(default_factory=list)
+    subtree: bytes | None = None
+    target: str | None = None
+    features: dict[str, Any] | None = None
+    inode: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "type": self.type, "mode": self.mode, "mtime_ns": self.mtime_ns}
+        if self.type == KIND_FILE:
+            d["size"] = self.size
+            d["content"] = [c.hex() for c in self.content]
+        if self.subtree is not None:
+            d["subtree"] = self.subtree.hex()
+        if self.target is not None:
+            d["target"] = self.target
+        if self.features:
+            d["features"] = self.features
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Node:
+        try:
+            return cls(
+                name=str(d["name"]),
+                type=str(d["type"]),
+                mode=int(d.get("mode", 0)),
+                mtime_ns=int(d.get("mtime_ns", 0)),
+                size=int(d.get("size", 0)),
+                content=[bytes.fromhex(c) for c in d.get("content", [])],
+                subtree=bytes.fromhex(d["subtree"]) if d.get("subtree") else None,
+                target=d.get("target"),
+                features=d.get("features"),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise IntegrityError("tree node is malformed") from exc
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    nodes = sorted(nodes, key=lambda n: n.name)
+    return json.dumps({"nodes": [n.to_dict() for n in nodes]}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_tree(data: bytes) -> list[Node]:
+    try:
+        doc = json.loads(data)
+        return [Node.from_dict(n) for n in doc["nodes"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError("tree blob is malformed") from exc
+
+
+def kind_of(mode: int) -> str:
+    if statmod.S_ISREG(mode):
+        return KIND_FILE
+    if statmod.S_ISDIR(mode):
+        return KIND_DIR
+    if statmod.S_ISLNK(mode):
+        return KIND_SYMLINK
+    return KIND_OTHER
+
+
+_WIN_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+
+
+def check_name(name: str) -> str:
+    """Refuse a name that could escape or confuse the restore target."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\x00" in name
+        or (os.sep != "/" and os.sep in name)
+        or (os.altsep is not None and os.altsep in name)
+    )
+    if os.name == "nt" and not bad:
+        bad = ":" in name or name.split(".")[0].lower() in _WIN_RESERVED or name.endswith((" ", "."))
+    if bad:
+        raise HostilePathError(f"refusing unsafe name {name[:80]!r} in snapshot")
+    return name
