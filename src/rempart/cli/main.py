@@ -46,19 +46,27 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "11 locked, 12 wrong passphrase, 20 integrity error, 30 suspicious backup.",
     )
     parser.add_argument("--version", action="version", version=f"rempart {__version__}")
-    parser.add_argument("-r", "--repo", help="repository: a folder or https://VAULT/PRACTICE (env REMPART_REPOSITORY)")
-    parser.add_argument("--state-dir", help="local state folder (env REMPART_STATE_DIR)")
-    parser.add_argument("--config", help="agent TOML config file (env REMPART_CONFIG)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _global_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, summary) in COMMANDS.items():
         if only is not None and name != only:
             sub.add_parser(name, help=summary, add_help=False)
             continue
         mod = importlib.import_module(module)
-        mod.add_parser(sub.add_parser(name, help=summary, description=summary))
+        cmd = sub.add_parser(name, help=summary, description=summary)
+        _global_options(cmd, argparse.SUPPRESS)  # also accepted after the command name
+        mod.add_parser(cmd)
     return parser
+
+
+def _global_options(p: argparse.ArgumentParser, default: object) -> None:
+    kw = {"default": default} if default is not None else {}
+    bkw = {"default": default} if default is not None else {"default": False}
+    p.add_argument("-r", "--repo", help="repository: a folder or https://VAULT/PRACTICE (env REMPART_REPOSITORY)", **kw)
+    p.add_argument("--state-dir", help="local state folder (env REMPART_STATE_DIR)", **kw)
+    p.add_argument("--config", help="agent TOML config file (env REMPART_CONFIG)", **kw)
+    p.add_argument("--json", action="store_true", help="machine-readable output", **bkw)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output", **bkw)
 
 
 def _command_name(argv: Sequence[str]) -> str | None:
