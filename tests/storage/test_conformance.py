@@ -52,35 +52,53 @@ class TestMemoryBackend(BackendSuite):
         backend.save(h, Exploding())  # type: ignore[arg-type]
 
 
-def _partial_put(request: object, **kwargs: object) -> None:
-    """Send the signed PUT for real but only half of its body, then drop the connection."""
+def _raw_put(request: object, *, full: bool) -> None:
+    """Send botocore's signed PUT ourselves: all of the body, or only half and then hang up."""
     url = urlsplit(request.url)  # type: ignore[attr-defined]
     body = request.body  # type: ignore[attr-defined]
     if hasattr(body, "read"):
         body = body.read()
+    body = bytes(body)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
     conn.putrequest("PUT", url.path + (f"?{url.query}" if url.query else ""), skip_host=True,
                     skip_accept_encoding=True)
     for k, v in request.headers.items():  # type: ignore[attr-defined]
-        conn.putheader(k, v)
-    if "Host" not in request.headers:  # type: ignore[attr-defined]
-        conn.putheader("Host", url.netloc)
+        if k.lower() != "expect":
+            conn.putheader(k, v)
+    conn.putheader("Host", url.netloc)
     conn.endheaders()
-    conn.send(bytes(body)[: len(body) // 2])
-    conn.sock.close()
+    if full:
+        conn.send(body)
+        assert conn.getresponse().status == 200
+    else:
+        conn.send(body[: len(body) // 2])
+        conn.sock.close()
     conn.close()
     raise SimulatedCrash("connection dropped half-way through the upload")
+
+
+def _send_raw(backend: S3Backend, h: Handle, data: bytes, *, full: bool) -> None:
+    events = backend._s3.meta.events
+    events.register_first("before-send.s3.PutObject", lambda request, **_: _raw_put(request, full=full),
+                          unique_id="rempart-crash")
+    try:
+        backend.save(h, data)
+    finally:
+        events.unregister("before-send.s3.PutObject", unique_id="rempart-crash")
 
 
 class _S3Suite(BackendSuite):
     def interrupt_save(self, backend: Backend, h: Handle, data: bytes) -> None:
         assert isinstance(backend, S3Backend)
-        events = backend._s3.meta.events
-        events.register_first("before-send.s3.PutObject", _partial_put, unique_id="rempart-crash")
-        try:
-            backend.save(h, data)
-        finally:
-            events.unregister("before-send.s3.PutObject", unique_id="rempart-crash")
+        _send_raw(backend, h, data, full=False)
+
+    def test_control_full_raw_put_is_visible(self, backend: S3Backend) -> None:
+        """Control for the interrupted-save test: the same raw request, sent whole, stores the file."""
+        data = self.make_content(self.file_types[0], 5)
+        h = self.handle(self.file_types[0], data)
+        with pytest.raises(SimulatedCrash):
+            _send_raw(backend, h, data, full=True)
+        assert backend.load(h) == data
 
 
 @pytest.fixture(scope="module")
