@@ -95,8 +95,42 @@ _AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "Invalid
          "TokenRefreshRequired", "MissingSecurityHeader"}
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "BucketAlreadyExists"}
 _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-              "ServiceUnavailable", "503", "500", "502", "504", "RequestTimeTooSkewed"}
+              "ServiceUnavailable", "503", "500", "502", "504"}
 _QUOTA = {"QuotaExceeded", "TooManyBuckets", "InsufficientStorage", "507"}
+
+
+_WHY: dict[type[BackendError], str] = {
+    NotFound: "not found",
+    AuthenticationError: "the S3 credential was refused",
+    PermissionDenied: "refused by the object storage",
+    AlreadyExists: "already exists",
+    QuotaExceeded: "storage quota exceeded",
+    TransientError: "temporary S3 failure",
+}
+
+
+def _by_code(code: str) -> type[BackendError] | None:
+    for codes, cls in ((_NOT_FOUND, NotFound), (_AUTH, AuthenticationError), (_QUOTA, QuotaExceeded),
+                       (_EXISTS, AlreadyExists), (_TRANSIENT, TransientError), (_DENIED, PermissionDenied)):
+        if code in codes:
+            return cls
+    return None
+
+
+def _by_status(status: int) -> type[BackendError] | None:
+    if status == 404:
+        return NotFound
+    if status == 401:
+        return AuthenticationError
+    if status == 403:
+        return PermissionDenied
+    if status == 412:
+        return AlreadyExists
+    if status == 507:
+        return QuotaExceeded
+    if status >= 500 or status == 429:
+        return TransientError
+    return None
 
 
 def _error_code(exc: Any) -> tuple[str, int]:
@@ -118,18 +152,11 @@ def map_s3_errors(what: str) -> Iterator[None]:
         tag = f"{code or 'error'} (HTTP {status})"
         if code == "NoSuchBucket":
             raise NotFound(f"{what}: bucket does not exist") from exc
-        if code in _NOT_FOUND or status == 404:
-            raise NotFound(f"{what}: not found") from exc
-        if code in _AUTH or status == 401:
-            raise AuthenticationError(f"{what}: the S3 credential was refused: {tag}") from exc
-        if code in _DENIED or status == 403:
-            raise PermissionDenied(f"{what}: refused by the object storage: {tag}") from exc
-        if code in _EXISTS or status == 412:
-            raise AlreadyExists(f"{what}: already exists") from exc
-        if code in _QUOTA or status == 507:
-            raise QuotaExceeded(f"{what}: storage quota exceeded: {tag}") from exc
-        if code in _TRANSIENT or status >= 500 or status == 429:
-            raise TransientError(f"{what}: temporary S3 failure: {tag}") from exc
+        if code == "RequestTimeTooSkewed":
+            raise BackendError(f"{what}: this computer's clock is too far from the storage's: {tag}") from exc
+        cls = _by_code(code) or _by_status(status)
+        if cls is not None:
+            raise cls(f"{what}: {_WHY[cls]}: {tag}") from exc
         raise BackendError(f"{what}: S3 error {tag}") from exc
     except (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError,
             bx.ResponseStreamingError) as exc:
@@ -141,6 +168,9 @@ def map_s3_errors(what: str) -> Iterator[None]:
 
 
 class S3Backend:
+    #: objects per LIST request (S3's maximum is 1000)
+    list_page_size = 1000
+
     def __init__(self, config: S3Config, *, clock: Clock | None = None, create: bool = False,
                  client: Any = None) -> None:
         if config.object_lock_days is not None and clock is None:
@@ -189,7 +219,13 @@ class S3Backend:
                 if _error_code(exc)[0] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
             if locking:
-                cfg = self._s3.get_object_lock_configuration(Bucket=b)
+                try:
+                    cfg = self._s3.get_object_lock_configuration(Bucket=b)
+                except Exception as exc:
+                    if _error_code(exc)[0] not in ("ObjectLockConfigurationNotFoundError",
+                                                   "NoSuchObjectLockConfiguration"):
+                        raise
+                    cfg = {}
                 if cfg.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
                     raise ConfigError(f"bucket {b} exists without Object Lock; retention cannot be enforced")
 
@@ -264,7 +300,8 @@ class S3Backend:
             return
         prefix = self._key(Handle(ftype, "0" * 64))[:-64]
         with map_s3_errors(f"list {ftype.value}"):
-            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.config.bucket, Prefix=prefix)
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.config.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size})
             for page in pages:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(prefix):]
