@@ -1,0 +1,236 @@
+"""Vault configuration: frozen dataclasses parsed once from TOML at the edge.
+
+Example (every key is optional; paths are relative to ``data_dir``, itself relative to the
+config file)::
+
+    data_dir = "vault-data"
+
+    [listen]
+    host = "127.0.0.1"
+    port = 8443
+
+    [tls]
+    enabled = true
+    cert = "tls/cert.pem"
+    key = "tls/key.pem"
+    self_signed = true              # generate cert/key on first start if missing
+    hostnames = ["localhost", "127.0.0.1"]
+
+    [storage]
+    kind = "local"                  # or "s3"
+    path = "storage"
+    # s3: endpoint, bucket, region, access_key, secret_key, lock_days
+
+    [database]
+    url = ""                        # default sqlite:///<data_dir>/vault.db; or postgresql+psycopg://...
+
+    [retention]                     # defaults for new practices
+    keep_last = 10
+    hourly = 24
+    daily = 14
+    weekly = 8
+    monthly = 12
+    yearly = 3
+    min_age_days = 30
+
+    [limits]
+    max_request_bytes = 67108864
+    default_quota_bytes = 0         # 0 = unlimited
+    auth_failures_per_ip = 20
+    auth_failures_per_practice = 100
+    auth_window_seconds = 300
+    enroll_code_ttl_seconds = 86400
+
+    [gc]
+    grace_seconds = 86400
+
+    [metrics]
+    public = false                  # true: /metrics without the admin token
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from rempart.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    keep_last: int = 10
+    hourly: int = 24
+    daily: int = 14
+    weekly: int = 8
+    monthly: int = 12
+    yearly: int = 3
+    min_age_days: float = 30.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RetentionPolicy:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"unknown retention keys: {', '.join(sorted(unknown))}")
+        out: dict[str, Any] = {}
+        for k, v in raw.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f"retention {k} must be a number >= 0")
+            out[k] = float(v) if k == "min_age_days" else int(v)
+        return cls(**out)
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 8443
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    enabled: bool = True
+    cert: Path = Path("tls/cert.pem")
+    key: Path = Path("tls/key.pem")
+    self_signed: bool = True
+    hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    kind: str = "local"
+    path: Path = Path("storage")
+    endpoint: str = ""
+    bucket: str = ""
+    region: str = "us-east-1"
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    lock_days: int = 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_bytes: int = 64 * 1024 * 1024
+    default_quota_bytes: int = 0
+    auth_failures_per_ip: int = 20
+    auth_failures_per_practice: int = 100
+    auth_window_seconds: float = 300.0
+    enroll_code_ttl_seconds: float = 86400.0
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    data_dir: Path
+    listen: ListenConfig = ListenConfig()
+    tls: TlsConfig = TlsConfig()
+    storage: StorageConfig = StorageConfig()
+    database_url: str = ""
+    retention: RetentionPolicy = RetentionPolicy()
+    limits: Limits = Limits()
+    gc_grace_seconds: float = 86400.0
+    metrics_public: bool = False
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'vault.db'}"
+
+    @property
+    def audit_checkpoint(self) -> Path:
+        return self.data_dir / "audit-checkpoint.json"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    sec = raw.get(name, {})
+    if not isinstance(sec, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return sec
+
+
+def _build(cls: type, sec: dict[str, Any], name: str, base: Path | None = None) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for k, v in sec.items():
+        if k not in known:
+            raise ConfigError(f"unknown key {k!r} in [{name}]")
+        default = getattr(cls(), k) if k != "data_dir" else None
+        if isinstance(default, Path):
+            if not isinstance(v, str):
+                raise ConfigError(f"[{name}] {k} must be a path string")
+            p = Path(v)
+            v = p if p.is_absolute() or base is None else base / p
+        elif isinstance(default, tuple):
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"[{name}] {k} must be a list of strings")
+            v = tuple(v)
+        elif isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise ConfigError(f"[{name}] {k} must be true or false")
+        elif isinstance(default, int | float):
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f"[{name}] {k} must be a number >= 0")
+            v = type(default)(v)
+        elif isinstance(default, str) and not isinstance(v, str):
+            raise ConfigError(f"[{name}] {k} must be a string")
+        out[k] = v
+    try:
+        return cls(**out)
+    except TypeError as exc:  # pragma: no cover - guarded above
+        raise ConfigError(f"[{name}]: {exc}") from exc
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
+    top_known = {"data_dir", "listen", "tls", "storage", "database", "retention", "limits", "gc", "metrics"}
+    unknown = set(raw) - top_known
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    dd = raw.get("data_dir", ".")
+    if not isinstance(dd, str):
+        raise ConfigError("data_dir must be a path string")
+    data_dir = Path(dd) if Path(dd).is_absolute() else (base_dir / dd)
+    data_dir = data_dir.resolve()
+    storage = _build(StorageConfig, _section(raw, "storage"), "storage", data_dir)
+    if storage.kind not in ("local", "s3"):
+        raise ConfigError("[storage] kind must be 'local' or 's3'")
+    if storage.kind == "s3" and not (storage.endpoint and storage.bucket):
+        raise ConfigError("[storage] kind = 's3' needs endpoint and bucket")
+    db = _section(raw, "database")
+    if set(db) - {"url"} or not isinstance(db.get("url", ""), str):
+        raise ConfigError("[database] takes only url (a string)")
+    gc = _section(raw, "gc")
+    metrics = _section(raw, "metrics")
+    grace = gc.get("grace_seconds", 86400.0)
+    if set(gc) - {"grace_seconds"} or isinstance(grace, bool) or not isinstance(grace, int | float):
+        raise ConfigError("[gc] takes only grace_seconds (a number)")
+    public = metrics.get("public", False)
+    if set(metrics) - {"public"} or not isinstance(public, bool):
+        raise ConfigError("[metrics] takes only public (true/false)")
+    return VaultConfig(
+        data_dir=data_dir,
+        listen=_build(ListenConfig, _section(raw, "listen"), "listen"),
+        tls=_build(TlsConfig, _section(raw, "tls"), "tls", data_dir),
+        storage=storage,
+        database_url=str(db.get("url", "")),
+        retention=RetentionPolicy.from_dict(_section(raw, "retention")),
+        limits=_build(Limits, _section(raw, "limits"), "limits"),
+        gc_grace_seconds=float(grace),
+        metrics_public=public,
+    )
+
+
+def load_config(path: Path) -> VaultConfig:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"vault config {path} not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"vault config {path} is not valid TOML: {exc}") from exc
+    return parse_config(raw, Path(path).resolve().parent)

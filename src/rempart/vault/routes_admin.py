@@ -1,0 +1,180 @@
+"""Provider admin routes: practices, tokens, enrollment codes, policies, quotas, freeze and
+release, false positives, GC, audit. Plus the public enrollment exchange."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from rempart.core.errors import RempartError
+from rempart.vault import audit as audit_mod
+from rempart.vault import db
+from rempart.vault import practices as ops
+from rempart.vault.config import RetentionPolicy
+from rempart.vault.deps import authenticate, client_ip, refuse, require_admin, vault_of
+from rempart.vault.gc import run_gc
+
+router = APIRouter(tags=["admin"])
+PracticeName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", max_length=63)]
+
+
+class NewPractice(BaseModel):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    quota_bytes: int | None = Field(default=None, ge=0)
+
+
+class PolicyBody(BaseModel):
+    keep_last: int = Field(default=10, ge=0, le=100_000)
+    hourly: int = Field(default=24, ge=0, le=100_000)
+    daily: int = Field(default=14, ge=0, le=100_000)
+    weekly: int = Field(default=8, ge=0, le=100_000)
+    monthly: int = Field(default=12, ge=0, le=100_000)
+    yearly: int = Field(default=3, ge=0, le=1000)
+    min_age_days: float = Field(default=30.0, ge=0, le=36500)
+
+
+class QuotaBody(BaseModel):
+    quota_bytes: int = Field(ge=0, le=2**62)
+
+
+class Reason(BaseModel):
+    reason: str = Field(default="", max_length=200)
+
+
+class TokenRequest(BaseModel):
+    scope: str = Field(pattern=r"^(backup|restore)$")
+
+
+class EnrollRequest(BaseModel):
+    code: str = Field(min_length=1, max_length=100)
+
+
+def _guard(request: Request, fn: Any, *args: Any, practice: str | None = None, **kw: Any) -> Any:
+    p = require_admin(request)
+    try:
+        return fn(vault_of(request), *args, actor=p.actor, **kw)
+    except RempartError as exc:
+        raise refuse(request, exc, actor=p.actor, practice=practice) from None
+
+
+@router.post("/v1/enroll")
+def enroll(request: Request, body: EnrollRequest) -> dict[str, str]:
+    """Exchange a single-use enrollment code for a backup token (no other credential needed)."""
+    from rempart.vault.app import TooManyRequests
+
+    limiter = request.app.state.limiter
+    ip = client_ip(request)
+    wait = limiter.blocked(ip, None)
+    if wait:
+        raise refuse(request, TooManyRequests(wait))
+    try:
+        practice, token = ops.enroll(vault_of(request), body.code, actor=f"ip:{ip}")
+    except RempartError as exc:
+        limiter.failed(ip, None)
+        raise refuse(request, exc) from None
+    return {"practice": practice, "token": token}
+
+
+@router.get("/v1/admin/practices")
+def list_practices(request: Request) -> list[dict[str, Any]]:
+    require_admin(request)
+    vault = vault_of(request)
+    return [ops.status(vault, p) for p in vault.practices()]
+
+
+@router.post("/v1/admin/practices", status_code=201)
+def add_practice(request: Request, body: NewPractice) -> dict[str, Any]:
+    """Create a practice; its backup and restore tokens are returned once."""
+    toks = _guard(request, ops.add_practice, body.name, quota_bytes=body.quota_bytes, practice=body.name)
+    return {"name": body.name, "tokens": toks}
+
+
+@router.get("/v1/admin/practices/{practice}")
+def get_practice(request: Request, practice: PracticeName) -> dict[str, Any]:
+    return _guard(request, lambda v, actor: ops.status(v, v.practice(practice)), practice=practice)
+
+
+@router.put("/v1/admin/practices/{practice}/policy")
+def put_policy(request: Request, practice: PracticeName, body: PolicyBody) -> dict[str, Any]:
+    pol = RetentionPolicy.from_dict(body.model_dump())
+    _guard(request, ops.set_policy, practice, pol, practice=practice)
+    return pol.to_dict()
+
+
+@router.put("/v1/admin/practices/{practice}/quota")
+def put_quota(request: Request, practice: PracticeName, body: QuotaBody) -> dict[str, int]:
+    _guard(request, ops.set_quota, practice, body.quota_bytes, practice=practice)
+    return {"quota_bytes": body.quota_bytes}
+
+
+@router.post("/v1/admin/practices/{practice}/freeze")
+def freeze(request: Request, practice: PracticeName, body: Reason) -> dict[str, bool]:
+    _guard(request, ops.freeze, practice, True, body.reason, practice=practice)
+    return {"frozen": True}
+
+
+@router.post("/v1/admin/practices/{practice}/release")
+def release(request: Request, practice: PracticeName, body: Reason) -> dict[str, bool]:
+    """Release an incident freeze (audited); retention and GC resume."""
+    _guard(request, ops.freeze, practice, False, body.reason, practice=practice)
+    return {"frozen": False}
+
+
+@router.post("/v1/admin/practices/{practice}/snapshots/{name}/false-positive")
+def false_positive(request: Request, practice: PracticeName,
+                   name: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]) -> dict[str, bool]:
+    _guard(request, ops.mark_false_positive, practice, name, practice=practice)
+    return {"false_positive": True}
+
+
+@router.post("/v1/admin/practices/{practice}/enroll-codes", status_code=201)
+def new_enroll_code(request: Request, practice: PracticeName) -> dict[str, Any]:
+    code = _guard(request, ops.enroll_code, practice, practice=practice)
+    return {"code": code, "ttl_seconds": request.app.state.config.limits.enroll_code_ttl_seconds}
+
+
+@router.post("/v1/admin/practices/{practice}/tokens", status_code=201)
+def new_token(request: Request, practice: PracticeName, body: TokenRequest) -> dict[str, str]:
+    return {"token": _guard(request, ops.new_token, practice, body.scope, practice=practice)}
+
+
+@router.delete("/v1/admin/tokens/{token_id}", status_code=200)
+def revoke_token(request: Request, token_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]) -> dict[str, bool]:
+    _guard(request, ops.revoke_token, token_id)
+    return {"revoked": True}
+
+
+@router.post("/v1/admin/practices/{practice}/gc")
+def gc_practice(request: Request, practice: PracticeName) -> dict[str, Any]:
+    """Apply retention and collect garbage for one practice now."""
+    rep = _guard(request, lambda v, actor: run_gc(v, v.practice(practice), actor=actor), practice=practice)
+    return {"practice": rep.practice, "frozen": rep.frozen, "forgotten": len(rep.forgotten),
+            "deleted_packs": len(rep.deleted_packs), "freed_bytes": rep.freed_bytes}
+
+
+@router.get("/v1/admin/audit")
+def read_audit(request: Request, after: Annotated[int, Query(ge=0)] = 0,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    require_admin(request)
+    with vault_of(request).engine.connect() as conn:
+        rows = conn.execute(sa.select(db.audit).where(db.audit.c.seq > after).order_by(db.audit.c.seq)
+                            .limit(limit)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+@router.get("/v1/admin/audit/verify")
+def verify_audit(request: Request) -> dict[str, Any]:
+    require_admin(request)
+    v = vault_of(request)
+    res = audit_mod.verify(v.engine, v.config.audit_checkpoint)
+    return {"ok": res.ok, "count": res.count, "problems": list(res.problems)}
+
+
+@router.get("/v1/whoami")
+def whoami(request: Request) -> dict[str, Any]:
+    """The calling token's id, scope and practice (never the token)."""
+    p = authenticate(request, None)
+    return {"token_id": p.token_id, "scope": p.scope, "practice": p.practice}

@@ -1,0 +1,230 @@
+"""Per-practice object routes (restic REST-like): create-only uploads, reads, lists, exists,
+run reports, status and timeline."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import secrets
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from rempart.core.errors import IntegrityError, RempartError, UserError
+from rempart.storage.base import FileType, Handle
+from rempart.vault import practices as ops
+from rempart.vault.deps import refuse, require_practice, vault_of
+
+router = APIRouter(prefix="/v1/p/{practice}", tags=["practice"])
+
+PracticeName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", max_length=63)]
+ObjName = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", min_length=64, max_length=64)]
+READ = ("backup", "restore", "admin")
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+class ObjType(str, enum.Enum):
+    DATA = "data"
+    INDEX = "index"
+    SNAPSHOTS = "snapshots"
+
+
+class FileEntry(BaseModel):
+    name: str
+    size: int
+
+
+class ExistsRequest(BaseModel):
+    ids: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(max_length=100_000)
+
+
+class ExistsResponse(BaseModel):
+    present: list[str]
+
+
+class RunReport(BaseModel):
+    outcome: str = Field(pattern=r"^(ok|failed|partial)$")
+    error_class: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    counts: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=50)
+
+
+class Created(BaseModel):
+    name: str
+    created: bool
+
+
+async def _spool(request: Request) -> bytes:
+    limit = request.app.state.config.limits.max_request_bytes
+    from rempart.vault.app import RequestTooLarge
+
+    cl = request.headers.get("content-length")
+    if cl is not None and (not cl.isdigit() or int(cl) > limit):
+        raise RequestTooLarge(f"request body larger than the vault's limit of {limit} bytes")
+    spool: FsPath = request.app.state.config.spool_dir
+    path = spool / f"up-{secrets.token_hex(8)}"
+    n = 0
+    try:
+        with open(path, "xb") as f:
+            async for chunk in request.stream():
+                n += len(chunk)
+                if n > limit:
+                    raise RequestTooLarge(f"request body larger than the vault's limit of {limit} bytes")
+                f.write(chunk)
+        return await run_in_threadpool(path.read_bytes)
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+async def _upload(request: Request, response: Response, practice: str, h: Handle) -> Created:
+    p, pr = await run_in_threadpool(require_practice, request, practice, ("backup",))
+    vault = vault_of(request)
+    try:
+        data = await _spool(request)
+        if h.type is not FileType.CONFIG and hashlib.sha256(data).hexdigest() != h.name:
+            raise IntegrityError("the body's SHA-256 does not match the file name")
+        created = await run_in_threadpool(vault.ingest, p.actor, pr, h, data)
+    except RempartError as exc:
+        err = exc
+        raise await run_in_threadpool(lambda: refuse(request, err, actor=p.actor, practice=practice)) from None
+    response.status_code = 201 if created else 200
+    if created:
+        request.app.state.metrics.bytes_received.labels(h.type.value).inc(len(data))
+    return Created(name=h.name, created=created)
+
+
+def _range(request: Request, size: int) -> tuple[int, int | None, bool]:
+    rng = request.headers.get("range")
+    if not rng:
+        return 0, None, False
+    try:
+        unit, _, spec = rng.partition("=")
+        start_s, _, end_s = spec.partition("-")
+        if unit.strip() != "bytes" or "," in spec:
+            raise ValueError
+        if start_s == "":
+            n = int(end_s)
+            start, end = max(0, size - n), size - 1
+        else:
+            start = int(start_s)
+            end = int(end_s) if end_s else size - 1
+        end = min(end, size - 1)
+        if start < 0 or start > end:
+            raise ValueError
+    except ValueError:
+        raise UserError("invalid or unsatisfiable Range header") from None
+    return start, end - start + 1, True
+
+
+def _get(request: Request, practice: str, h: Handle) -> Response:
+    _, pr = require_practice(request, practice, READ)
+    vault = vault_of(request)
+    size = vault.stat(pr, h).size
+    start, length, partial = _range(request, size)
+    data = vault.load(pr, h, start, length)
+    headers = {"Accept-Ranges": "bytes"}
+    if partial:
+        headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{size}"
+    return Response(data, status_code=206 if partial else 200, media_type="application/octet-stream",
+                    headers=headers)
+
+
+def _head(request: Request, practice: str, h: Handle) -> Response:
+    _, pr = require_practice(request, practice, READ)
+    size = vault_of(request).stat(pr, h).size
+    return Response(status_code=200, headers={"Content-Length": str(size), "Accept-Ranges": "bytes"})
+
+
+# --- fixed routes first (they would otherwise match /{type}/{name}) ---------------------
+
+
+@router.post("/blobs/exists", response_model=ExistsResponse)
+def blobs_exist(request: Request, practice: PracticeName, body: ExistsRequest) -> ExistsResponse:
+    """Which of these blob ids are stored (marks them "touched": GC keeps them a grace period)."""
+    _, pr = require_practice(request, practice, READ)
+    found = vault_of(request).exists(pr, [bytes.fromhex(i) for i in body.ids])
+    return ExistsResponse(present=sorted(i.hex() for i in found))
+
+
+@router.post("/runs", status_code=201)
+def report_run(request: Request, practice: PracticeName, body: RunReport) -> dict[str, str]:
+    """The agent reports a run's outcome (no paths, only counts and an error class)."""
+    p, pr = require_practice(request, practice, ("backup",))
+    ops.report_run(vault_of(request), pr, body.outcome, body.error_class, dict(body.counts), actor=p.actor)
+    return {"status": "recorded"}
+
+
+@router.get("/status")
+def practice_status(request: Request, practice: PracticeName) -> dict[str, Any]:
+    """Last snapshot (server time), last clean point, freeze, usage, last run."""
+    _, pr = require_practice(request, practice, READ)
+    return ops.status(vault_of(request), pr)
+
+
+@router.get("/timeline")
+def practice_timeline(request: Request, practice: PracticeName) -> list[dict[str, Any]]:
+    """Snapshots with server receive time and detection verdict, newest first."""
+    _, pr = require_practice(request, practice, READ)
+    return ops.timeline(vault_of(request), pr)
+
+
+@router.get("/config", response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+def get_config(request: Request, practice: PracticeName) -> Response:
+    return _get(request, practice, Handle(FileType.CONFIG, "config"))
+
+
+@router.head("/config")
+def head_config(request: Request, practice: PracticeName) -> Response:
+    return _head(request, practice, Handle(FileType.CONFIG, "config"))
+
+
+@router.post("/config", response_model=Created, openapi_extra=UPLOAD_BODY)
+async def post_config(request: Request, response: Response, practice: PracticeName) -> Created:
+    """Create the repository config once; identical bytes again is a no-op, different is 409."""
+    return await _upload(request, response, practice, Handle(FileType.CONFIG, "config"))
+
+
+@router.get("/{type}/", response_model=list[FileEntry])
+def list_files(request: Request, practice: PracticeName, type: ObjType) -> list[FileEntry]:
+    _, pr = require_practice(request, practice, READ)
+    return [FileEntry(name=i.name, size=i.size) for i in vault_of(request).list_files(pr, FileType(type.value))]
+
+
+@router.get("/{type}/{name}", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "range"}})
+def get_file(request: Request, practice: PracticeName, type: ObjType, name: ObjName) -> Response:
+    return _get(request, practice, Handle(FileType(type.value), name))
+
+
+@router.head("/{type}/{name}")
+def head_file(request: Request, practice: PracticeName, type: ObjType, name: ObjName) -> Response:
+    return _head(request, practice, Handle(FileType(type.value), name))
+
+
+@router.post("/{type}/{name}", response_model=Created, openapi_extra=UPLOAD_BODY,
+             responses={409: {"description": "missing blobs (snapshot/index) or name taken"},
+                        413: {"description": "too large"}, 422: {"description": "not a valid object"},
+                        507: {"description": "quota exceeded"}})
+async def post_file(request: Request, response: Response, practice: PracticeName, type: ObjType,
+                    name: ObjName) -> Created:
+    """Create-only upload; the name must be the SHA-256 of the body and the body must parse."""
+    return await _upload(request, response, practice, Handle(FileType(type.value), name))
+
+
+@router.delete("/{type}/{name}", status_code=204)
+def delete_file(request: Request, practice: PracticeName, type: ObjType, name: ObjName) -> Response:
+    """Provider admin only; refused under freeze, below the minimum age, or for referenced packs."""
+    p, pr = require_practice(request, practice, ("admin",))
+    h = Handle(FileType(type.value), name)
+    try:
+        ops.admin_remove(vault_of(request), pr, h, actor=p.actor)
+    except RempartError as exc:
+        raise refuse(request, exc, actor=p.actor, practice=practice) from None
+    return Response(status_code=204)

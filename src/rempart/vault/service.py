@@ -1,0 +1,321 @@
+"""The vault's operations on stored objects, independent of HTTP (routes call these).
+
+Create-only ingestion: the upload is spooled to a file by the route (digest computed while
+streaming), then :meth:`Vault.ingest` validates it against the plain format, checks the quota,
+stores it with ``Backend.save`` (atomic, create-only) and only then records it in the database,
+so a half-finished upload is never visible and an object recorded in the database is always in
+storage. Snapshots are checked and stored while the practice is locked, so GC can never delete a
+blob between the reference check and the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from rempart.core.clock import Clock
+from rempart.core.errors import (
+    AlreadyExists,
+    IntegrityError,
+    MissingBlobs,
+    NotFound,
+    QuotaExceeded,
+    UserError,
+)
+from rempart.repository.format import PackEntry, parse_index, parse_pack_header, parse_snapshot
+from rempart.storage.base import Backend, FileInfo, FileType, Handle
+from rempart.vault import audit, db
+from rempart.vault.config import RetentionPolicy, VaultConfig
+from rempart.vault.store import Store, check_practice_name
+
+CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Practice:
+    id: int
+    name: str
+    quota_bytes: int
+    used_bytes: int
+    frozen: bool
+    frozen_reason: str | None
+    policy: RetentionPolicy
+    last_snapshot_at: float | None
+
+
+class Vault:
+    def __init__(self, config: VaultConfig, engine: Engine, store: Store, clock: Clock) -> None:
+        self.config = config
+        self.engine = engine
+        self.store = store
+        self.clock = clock
+        self._pending = threading.local()
+
+    def now(self) -> float:
+        return self.clock.now().timestamp()
+
+    # --- audit -------------------------------------------------------------------------
+
+    def audit(self, conn: Connection, actor: str, action: str, practice: str | None, outcome: str,
+              detail: dict[str, Any] | None = None) -> None:
+        self._pending.head = audit.append(conn, time=self.now(), actor=actor, action=action, practice=practice,
+                                          outcome=outcome, detail=detail)
+
+    def checkpoint(self, _conn: Connection | None = None) -> None:
+        """After a commit: record this thread's last audit head in the checkpoint file."""
+        head = getattr(self._pending, "head", None)
+        self._pending.head = None
+        if head is None:
+            return
+        with self.engine.connect() as c:  # only if it was committed (not rolled back)
+            stored = c.execute(sa.select(db.audit.c.hash).where(db.audit.c.seq == head[0])).scalar()
+        if stored == head[1]:
+            audit.write_checkpoint(self.config.audit_checkpoint, *head)
+
+    def audit_now(self, actor: str, action: str, practice: str | None, outcome: str,
+                  detail: dict[str, Any] | None = None) -> None:
+        with self.engine.begin() as conn:
+            self.audit(conn, actor, action, practice, outcome, detail)
+        self.checkpoint(conn)
+
+    # --- practices ---------------------------------------------------------------------
+
+    def _row_to_practice(self, row: Any) -> Practice:
+        policy = RetentionPolicy.from_dict(json.loads(row.policy)) if row.policy else self.config.retention
+        return Practice(row.id, row.name, int(row.quota_bytes or 0), int(row.used_bytes or 0), bool(row.frozen),
+                        row.frozen_reason, policy, row.last_snapshot_at)
+
+    def practice(self, name: str, conn: Connection | None = None) -> Practice:
+        check_practice_name(name)
+        q = sa.select(db.practices).where(db.practices.c.name == name)
+        if conn is None:
+            with self.engine.connect() as c:
+                row = c.execute(q).first()
+        else:
+            row = conn.execute(q).first()
+        if row is None:
+            raise NotFound(f"practice {name!r} does not exist")
+        return self._row_to_practice(row)
+
+    def practices(self) -> list[Practice]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(db.practices).order_by(db.practices.c.name)).all()
+        return [self._row_to_practice(r) for r in rows]
+
+    def backend(self, practice: Practice) -> Backend:
+        return self.store.backend(practice.name)
+
+    # --- reads -------------------------------------------------------------------------
+
+    def object_row(self, conn: Connection, pid: int, ftype: FileType, name: str) -> Any:
+        return conn.execute(
+            sa.select(db.objects).where(
+                db.objects.c.practice_id == pid, db.objects.c.type == ftype.value, db.objects.c.name == name
+            )
+        ).first()
+
+    def stat(self, practice: Practice, h: Handle) -> FileInfo:
+        with self.engine.connect() as conn:
+            row = self.object_row(conn, practice.id, h.type, h.name)
+        if row is None or row.state not in ("live", "superseded"):
+            raise NotFound(f"{h} not found")
+        return FileInfo(h.name, int(row.size))
+
+    def load(self, practice: Practice, h: Handle, offset: int = 0, length: int | None = None) -> bytes:
+        self.stat(practice, h)
+        return self.backend(practice).load(h, offset=offset, length=length)
+
+    def list_files(self, practice: Practice, ftype: FileType) -> list[FileInfo]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(db.objects.c.name, db.objects.c.size)
+                .where(db.objects.c.practice_id == practice.id, db.objects.c.type == ftype.value,
+                       db.objects.c.state == "live")
+                .order_by(db.objects.c.name)
+            ).all()
+        return [FileInfo(r.name, int(r.size)) for r in rows]
+
+    def present_blobs(self, conn: Connection, pid: int, ids: Iterable[bytes]) -> set[bytes]:
+        ids = list(ids)
+        found: set[bytes] = set()
+        for i in range(0, len(ids), CHUNK):
+            part = ids[i : i + CHUNK]
+            found.update(
+                r[0] for r in conn.execute(
+                    sa.select(db.blobs.c.blob_id).where(db.blobs.c.practice_id == pid, db.blobs.c.blob_id.in_(part))
+                )
+            )
+        return found
+
+    def exists(self, practice: Practice, ids: list[bytes]) -> set[bytes]:
+        """Which of ``ids`` are stored; marks them touched now (GC keeps them a grace period)."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            db.lock_practice(conn, practice.id)
+            found = self.present_blobs(conn, practice.id, ids)
+            fl = list(found)
+            for i in range(0, len(fl), CHUNK):
+                conn.execute(
+                    db.blobs.update()
+                    .where(db.blobs.c.practice_id == practice.id, db.blobs.c.blob_id.in_(fl[i : i + CHUNK]))
+                    .values(touched=now)
+                )
+        return found
+
+    # --- ingestion ---------------------------------------------------------------------
+
+    def ingest(self, actor: str, practice: Practice, h: Handle, data: bytes) -> bool:
+        """Validate and store one uploaded object; True if created, False if already there."""
+        with self.engine.connect() as conn:
+            row = self.object_row(conn, practice.id, h.type, h.name)
+        if row is not None and row.state in ("live", "superseded"):
+            if h.type is FileType.CONFIG and self.backend(practice).load(h) != data:
+                raise AlreadyExists("the repository config exists already with different content")
+            return False
+        entries: list[PackEntry] = []
+        snap = None
+        if h.type is FileType.DATA:
+            entries = list(parse_pack_header(data, len(data)).entries)
+        elif h.type is FileType.INDEX:
+            packs = [p.hex() for p, _ in parse_index(data)]
+            self._check_index_packs(practice, packs)
+        elif h.type is FileType.SNAPSHOT:
+            snap = parse_snapshot(data)
+        elif h.type is FileType.CONFIG:
+            try:
+                if not isinstance(json.loads(data), dict):
+                    raise ValueError
+            except ValueError as exc:
+                raise IntegrityError("the repository config must be a JSON object") from exc
+        else:
+            raise UserError(f"the vault does not store {h.type.value} files")
+        if practice.quota_bytes and practice.used_bytes + len(data) > practice.quota_bytes:
+            raise QuotaExceeded(
+                f"practice {practice.name} is over its storage quota "
+                f"({practice.used_bytes} of {practice.quota_bytes} bytes used); nothing was deleted",
+                hint="ask the backup provider to raise the quota",
+            )
+        if snap is not None:
+            return self._commit_snapshot(actor, practice, h, data, snap)
+        self._save(practice, h, data)
+        with self.engine.begin() as conn:
+            self._record(conn, practice.id, h, len(data))
+            if entries:
+                self._record_blobs(conn, practice.id, h.name, entries)
+            self.audit(conn, actor, f"create.{h.type.value}", practice.name, "ok", {"name": h.name, "size": len(data)})
+        self.checkpoint(conn)
+        return True
+
+    def _save(self, practice: Practice, h: Handle, data: bytes) -> None:
+        try:
+            self.backend(practice).save(h, data)
+        except AlreadyExists:
+            # stored before a crash, not yet recorded: same name = same bytes (sha-named),
+            # config is compared
+            if h.type is FileType.CONFIG and self.backend(practice).load(h) != data:
+                raise
+
+    def _check_index_packs(self, practice: Practice, packs: list[str]) -> None:
+        live: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(packs), CHUNK):
+                live.update(
+                    r[0] for r in conn.execute(
+                        sa.select(db.objects.c.name).where(
+                            db.objects.c.practice_id == practice.id, db.objects.c.type == "data",
+                            db.objects.c.state == "live", db.objects.c.name.in_(packs[i : i + CHUNK]),
+                        )
+                    )
+                )
+        missing = sorted(set(packs) - live)
+        if missing:
+            raise MissingBlobs(f"the index file names {len(missing)} pack(s) the vault does not hold", missing=missing)
+
+    def _record(self, conn: Connection, pid: int, h: Handle, size: int) -> None:
+        row = self.object_row(conn, pid, h.type, h.name)
+        if row is not None and row.state in ("live", "superseded"):
+            return
+        if row is None:
+            conn.execute(db.objects.insert().values(practice_id=pid, type=h.type.value, name=h.name, size=size,
+                                                    created=self.now(), state="live"))
+        else:
+            conn.execute(
+                db.objects.update()
+                .where(db.objects.c.practice_id == pid, db.objects.c.type == h.type.value, db.objects.c.name == h.name)
+                .values(state="live", created=self.now(), size=size)
+            )
+        conn.execute(db.practices.update().where(db.practices.c.id == pid)
+                     .values(used_bytes=db.practices.c.used_bytes + size))
+
+    def _record_blobs(self, conn: Connection, pid: int, pack: str, entries: list[PackEntry]) -> None:
+        conn.execute(db.blobs.delete().where(db.blobs.c.practice_id == pid, db.blobs.c.pack == pack))
+        rows = [dict(practice_id=pid, blob_id=e.id, pack=pack, btype=int(e.type), offset=e.offset,
+                     length=e.length, touched=None) for e in entries]
+        for i in range(0, len(rows), 1000):
+            conn.execute(db.blobs.insert(), rows[i : i + 1000])
+
+    def _commit_snapshot(self, actor: str, practice: Practice, h: Handle, data: bytes, snap: Any) -> bool:
+        plain = snap.plain
+        detection = plain.get("detection") if isinstance(plain.get("detection"), dict) else {}
+        verdict = "suspicious" if detection.get("verdict") == "suspicious" else "clean"
+        with self.engine.begin() as conn:
+            db.lock_practice(conn, practice.id)
+            present = self.present_blobs(conn, practice.id, snap.refs)
+            missing = [r.hex() for r in snap.refs if r not in present]
+            if missing:
+                raise MissingBlobs(
+                    f"the snapshot references {len(missing)} blob(s) the vault does not hold", missing=missing
+                )
+            self._save(practice, h, data)
+            self.record_snapshot(conn, practice, h.name, len(data), snap, received=self.now())
+            self.audit(conn, actor, "create.snapshots", practice.name, "ok", {"name": h.name, "verdict": verdict})
+            if verdict == "suspicious" and not self.practice(practice.name, conn).frozen:
+                self.set_frozen(conn, practice, True, "suspicious snapshot received", actor="vault")
+        self.checkpoint(conn)
+        return True
+
+    def record_snapshot(self, conn: Connection, practice: Practice, name: str, size: int, snap: Any,
+                        *, received: float) -> None:
+        plain = snap.plain
+        detection = plain.get("detection") if isinstance(plain.get("detection"), dict) else {}
+        verdict = "suspicious" if detection.get("verdict") == "suspicious" else "clean"
+        self._record(conn, practice.id, Handle(FileType.SNAPSHOT, name), size)
+        conn.execute(db.snapshots.delete().where(db.snapshots.c.practice_id == practice.id,
+                                                 db.snapshots.c.name == name))
+        conn.execute(db.snapshot_refs.delete().where(db.snapshot_refs.c.practice_id == practice.id,
+                                                     db.snapshot_refs.c.snapshot == name))
+        conn.execute(db.snapshots.insert().values(
+            practice_id=practice.id, name=name, received=received, client_time=str(plain.get("time", ""))[:64],
+            verdict=verdict, detection=json.dumps(detection)[:20000],
+            stats=json.dumps(plain.get("stats", {}))[:20000], false_positive=False, state="kept",
+        ))
+        refs = [dict(practice_id=practice.id, snapshot=name, blob_id=r) for r in snap.refs]
+        for i in range(0, len(refs), 1000):
+            conn.execute(db.snapshot_refs.insert(), refs[i : i + 1000])
+        conn.execute(db.practices.update().where(db.practices.c.id == practice.id).values(
+            last_snapshot_at=sa.func.coalesce(sa.func.max(db.practices.c.last_snapshot_at, received), received)
+            if conn.dialect.name == "sqlite" else
+            sa.func.greatest(sa.func.coalesce(db.practices.c.last_snapshot_at, received), received)
+        ))
+
+    def set_frozen(self, conn: Connection, practice: Practice, frozen: bool, reason: str, *, actor: str) -> None:
+        conn.execute(db.practices.update().where(db.practices.c.id == practice.id).values(
+            frozen=frozen, frozen_reason=reason[:200] if frozen else None, frozen_at=self.now() if frozen else None))
+        self.audit(conn, actor, "freeze" if frozen else "release", practice.name, "ok", {"reason": reason[:200]})
+
+
+def read_pack_entries(backend: Backend, h: Handle) -> list[PackEntry]:
+    """Parse a stored pack's header reading only its tail."""
+    size = backend.stat(h).size
+    if size < 8:
+        raise IntegrityError(f"{h}: too short to be a pack")
+    (hlen,) = struct.unpack("<I", backend.load(h, offset=size - 8, length=4))
+    n = min(size, hlen + 8)
+    return list(parse_pack_header(backend.load(h, offset=size - n, length=n), size).entries)

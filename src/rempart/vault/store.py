@@ -1,0 +1,102 @@
+"""Where the vault keeps objects: one storage namespace (a repository) per practice.
+
+Local: ``<storage.path>/<practice>/`` is a :class:`LocalBackend`. S3: the bucket holds
+``<practice>/...`` keys through the :class:`S3Backend`, with Object Lock COMPLIANCE retention
+of ``lock_days`` when set (it must be at least the retention minimum age).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+from rempart.core.clock import Clock
+from rempart.core.errors import ConfigError, UserError
+from rempart.storage.base import Backend, FileType, Handle
+from rempart.vault.config import StorageConfig
+
+PRACTICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def check_practice_name(name: str) -> str:
+    if not PRACTICE_RE.match(name):
+        raise UserError(
+            f"invalid practice name {name[:70]!r}",
+            hint="use 1-63 lowercase letters, digits and dashes, starting with a letter or digit",
+        )
+    return name
+
+
+class Store:
+    def __init__(self, config: StorageConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def retention_locked(self) -> bool:
+        return self.config.kind == "s3" and self.config.lock_days > 0
+
+    def backend(self, practice: str) -> Backend:
+        check_practice_name(practice)
+        with self._lock:
+            b = self._backends.get(practice)
+            if b is None:
+                b = self._open(practice)
+                self._backends[practice] = b
+            return b
+
+    def _open(self, practice: str) -> Backend:
+        if self.config.kind == "local":
+            from rempart.storage.local import LocalBackend
+
+            return LocalBackend(Path(self.config.path) / practice, create=True)
+        if self.config.kind == "s3":
+            from rempart.storage.s3 import S3Backend, S3Config
+
+            c = self.config
+            return S3Backend(
+                S3Config(
+                    endpoint=c.endpoint, bucket=c.bucket, prefix=practice, access_key=c.access_key,
+                    secret_key=c.secret_key, region=c.region, object_lock_days=c.lock_days or None,
+                ),
+                clock=self.clock,
+                create=False,
+            )
+        raise ConfigError(f"unknown storage kind {self.config.kind!r}")
+
+    def practice_names(self) -> list[str]:
+        """Practices that have a namespace in storage (local storage only; S3 relies on the db)."""
+        if self.config.kind != "local":
+            return []
+        root = Path(self.config.path)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and PRACTICE_RE.match(p.name))
+
+    def prepare(self) -> None:
+        """Create what the store needs (the S3 bucket with Object Lock when asked)."""
+        if self.config.kind == "local":
+            Path(self.config.path).mkdir(parents=True, exist_ok=True)
+        else:
+            from rempart.storage.s3 import S3Backend, S3Config
+
+            c = self.config
+            S3Backend(
+                S3Config(endpoint=c.endpoint, bucket=c.bucket, prefix="", access_key=c.access_key,
+                         secret_key=c.secret_key, region=c.region, object_lock_days=c.lock_days or None),
+                clock=self.clock,
+                create=True,
+            ).close()
+
+    def close(self) -> None:
+        with self._lock:
+            for b in self._backends.values():
+                b.close()
+            self._backends.clear()
+
+
+def handle(ftype: FileType, name: str) -> Handle:
+    return Handle(ftype, name)
