@@ -23,6 +23,7 @@ from rempart.core.errors import (
     PermissionDenied,
     StorageFull,
 )
+from rempart.core.ids import is_hex_id
 from rempart.storage.base import BackendProperties, FileInfo, FileType, Handle
 
 _DIRS = [t for t in FileType if t is not FileType.CONFIG]
@@ -131,7 +132,7 @@ class LocalBackend:
             else:
                 paths = sorted(os.scandir(base), key=lambda e: e.name)
             for e in paths:
-                if e.is_file() and len(e.name) == 64:
+                if e.is_file() and is_hex_id(e.name):
                     yield FileInfo(e.name, e.stat().st_size)
 
     def remove(self, h: Handle) -> None:

@@ -1,0 +1,144 @@
+"""LocalBackend specifics: disk full, leftovers of killed writers, fsync ordering."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from rempart.core.errors import NotFound, StorageFull
+from rempart.storage.base import FileType, Handle
+from rempart.storage.local import LocalBackend
+
+
+def _h(data: bytes, ftype: FileType = FileType.DATA) -> Handle:
+    return Handle(ftype, hashlib.sha256(data).hexdigest())
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (needs root and mount rights; skipped with the reason otherwise)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("ENOSPC test needs root to mount a 1 MiB tmpfs")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_raises_storage_full_and_leaves_nothing(tiny_fs: Path) -> None:
+    b = LocalBackend(tiny_fs / "repo", create=True)
+    small = b"s" * 1000
+    b.save(_h(small), small)
+    big = os.urandom(2 * 1024 * 1024)
+    with pytest.raises(StorageFull, match="no space"):
+        b.save(_h(big), big)
+    assert [f.name for f in b.list(FileType.DATA)] == [_h(small).name]
+    assert list((tiny_fs / "repo" / "tmp").iterdir()) == []  # the partial temp file is gone
+    with pytest.raises(NotFound):
+        b.stat(_h(big))
+    assert b.load(_h(small)) == small  # nothing lost
+    other = b"t" * 5000
+    b.save(_h(other), other)  # space freed by the failed write is usable again
+    assert b.load(_h(other)) == other
+
+
+def test_killed_writer_leaves_only_a_temp_file_that_clean_tmp_removes(tmp_path: Path) -> None:
+    """A real process killed with SIGKILL between fsync and link."""
+    root = tmp_path / "repo"
+    LocalBackend(root, create=True)
+    data = b"k" * 100_000
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from rempart.storage.base import FileType, Handle
+        from rempart.storage.local import LocalBackend
+        def hang(*a):
+            print("ready", flush=True)
+            time.sleep(60)
+        os.link = hang
+        LocalBackend(Path({str(root)!r})).save(Handle(FileType.DATA, {_h(data).name!r}), b"k" * 100_000)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == b"ready"
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+    assert p.returncode == -signal.SIGKILL
+    leftovers = list((root / "tmp").glob("*.tmp"))
+    assert len(leftovers) == 1 and leftovers[0].stat().st_size == len(data)
+    b = LocalBackend(root)
+    assert list(b.list(FileType.DATA)) == []
+    with pytest.raises(NotFound):
+        b.load(_h(data))
+    assert b.clean_tmp() == 1
+    assert list((root / "tmp").iterdir()) == []
+    b.save(_h(data), data)
+    assert b.load(_h(data)) == data
+
+
+def test_fsync_ordering(tmp_path: Path) -> None:
+    """File data is fsynced before the link makes it visible; the directory after."""
+    b = LocalBackend(tmp_path / "repo", create=True)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_link, real_unlink = os.fsync, os.link, os.unlink
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def link(src: str, dst: str) -> None:
+        events.append(("link", str(dst)))
+        real_link(src, dst)
+
+    def unlink(p: str, *a: object, **k: object) -> None:
+        events.append(("unlink", str(p)))
+        real_unlink(p)
+
+    data = b"ordered"
+    h = _h(data)
+    final = str(tmp_path / "repo" / "data" / h.name[:2] / h.name)
+    with mock.patch.object(os, "fsync", fsync), mock.patch.object(os, "link", link), \
+            mock.patch.object(os, "unlink", unlink):
+        b.save(h, data)
+        kinds = [e[0] for e in events]
+        assert kinds == ["fsync", "link", "unlink", "fsync"], events
+        assert events[0][1].startswith(str(tmp_path / "repo" / "tmp"))  # the temp file's data first
+        assert events[1][1] == final
+        assert events[3][1] == str(Path(final).parent)  # then the directory entry
+        events.clear()
+        b.remove(h)
+        assert [e[0] for e in events] == ["unlink", "fsync"]
+        assert events[1][1] == str(Path(final).parent)
+
+
+def test_list_ignores_stray_files(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path / "repo", create=True)
+    data = b"real"
+    b.save(_h(data), data)
+    d = tmp_path / "repo" / "data" / _h(data).name[:2]
+    (d / (_h(data).name + ".tmp")).write_bytes(b"x")
+    (d / "notes.txt").write_bytes(b"x")
+    (d / ("A" * 64)).write_bytes(b"x")  # not lowercase hex: no file a Handle could name
+    (tmp_path / "repo" / "index" / "README").write_bytes(b"x")
+    assert [f.name for f in b.list(FileType.DATA)] == [_h(data).name]
+    assert list(b.list(FileType.INDEX)) == []
+
+
+def test_open_missing_root_lists_as_not_found(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path / "absent")
+    with pytest.raises(NotFound):
+        list(b.list(FileType.SNAPSHOT))
