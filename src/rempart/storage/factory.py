@@ -5,8 +5,8 @@
   passes (endpoint, credentials, lock policy); the URL only names bucket and prefix, which must
   match the config — credentials never travel in a URL or on a command line;
 * ``https://HOST:PORT/PRACTICE`` → the vault client backend
-  (``rempart.storage.vaultclient.VaultBackend``), imported lazily; the token comes from the
-  caller (environment or token file, read at the edge).
+  (``rempart.storage.vaultclient.VaultBackend``), imported lazily; the token (and the CA file
+  or certificate pin) come from the caller (environment or token file, read at the edge).
 
 The result is the bare backend: callers add ``RetryBackend`` / ``LimitedBackend`` around it.
 """
@@ -31,6 +31,7 @@ def open_backend(
     clock: Clock | None = None,
     vault_token: str | None = None,
     vault_ca: str | Path | None = None,
+    vault_pin: str | None = None,
 ) -> Backend:
     if not location:
         raise UserError("empty repository location")
@@ -44,7 +45,8 @@ def open_backend(
             raise ConfigError("a vault repository needs a token", hint="set REMPART_VAULT_TOKEN or use a token file")
         from rempart.storage.vaultclient import VaultBackend  # type: ignore[import-not-found,unused-ignore]
 
-        backend: Backend = VaultBackend(location, token=vault_token, ca=vault_ca)
+        pin = {"pin": vault_pin} if vault_pin else {}
+        backend: Backend = VaultBackend(location, token=vault_token, ca=vault_ca, **pin)
         return backend
     if scheme == "http":
         raise UserError("plain http:// is refused for a vault; use https://HOST:PORT/PRACTICE")
