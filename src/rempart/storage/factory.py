@@ -45,8 +45,7 @@ def open_backend(
             raise ConfigError("a vault repository needs a token", hint="set REMPART_VAULT_TOKEN or use a token file")
         from rempart.storage.vaultclient import VaultBackend  # type: ignore[import-not-found,unused-ignore]
 
-        pin = {"pin": vault_pin} if vault_pin else {}
-        backend: Backend = VaultBackend(location, token=vault_token, ca=vault_ca, **pin)
+        backend: Backend = VaultBackend(location, token=vault_token, ca=vault_ca, pin=vault_pin)
         return backend
     if scheme == "http":
         raise UserError("plain http:// is refused for a vault; use https://HOST:PORT/PRACTICE")
