@@ -76,6 +76,8 @@ def status_of(exc: RempartError) -> int:
         return 429
     if isinstance(exc, RequestTooLarge):
         return 413
+    if exc.reference == "range-not-satisfiable":
+        return 416
     for cls, code in STATUS:
         if isinstance(exc, cls):
             return code

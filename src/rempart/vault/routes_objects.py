@@ -34,6 +34,12 @@ class ObjType(str, enum.Enum):
     SNAPSHOTS = "snapshots"
 
 
+class RangeNotSatisfiable(UserError):
+    """The Range header is invalid or beyond the end of the file."""
+
+    reference = "range-not-satisfiable"
+
+
 class FileEntry(BaseModel):
     name: str
     size: int
@@ -84,7 +90,7 @@ async def _spool(request: Request) -> bytes:
 
 
 async def _upload(request: Request, response: Response, practice: str, h: Handle) -> Created:
-    p, pr = await run_in_threadpool(require_practice, request, practice, ("backup",))
+    p, pr = await run_in_threadpool(require_practice, request, practice, ("backup", "admin"))
     vault = vault_of(request)
     try:
         data = await _spool(request)
@@ -119,7 +125,7 @@ def _range(request: Request, size: int) -> tuple[int, int | None, bool]:
         if start < 0 or start > end:
             raise ValueError
     except ValueError:
-        raise UserError("invalid or unsatisfiable Range header") from None
+        raise RangeNotSatisfiable("invalid or unsatisfiable Range header") from None
     return start, end - start + 1, True
 
 

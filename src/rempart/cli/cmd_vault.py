@@ -1,0 +1,196 @@
+"""rempart vault ...: run and administer a vault server (operates on the vault's own config,
+database and storage; the server does not need to be running except for ``serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rempart.cli.context import Context
+from rempart.core.errors import ConfigError, UserError
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="vault_command", metavar="SUBCOMMAND", required=True)
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help_, description=help_)
+        s.add_argument("--config", help="vault TOML config file (env REMPART_VAULT_CONFIG)")
+        return s
+
+    cmd("serve", "run the vault HTTPS server")
+    cmd("fingerprint", "print the SHA-256 fingerprint of the vault's TLS certificate (for pinning)")
+    cmd("admin-token", "create a provider admin token (printed once)")
+    pr = sub.add_parser("practice", help="manage practices")
+    psub = pr.add_subparsers(dest="practice_command", metavar="ACTION", required=True)
+
+    def pcmd(name: str, help_: str, with_name: bool = True) -> argparse.ArgumentParser:
+        s = psub.add_parser(name, help=help_, description=help_)
+        s.add_argument("--config", help="vault TOML config file (env REMPART_VAULT_CONFIG)")
+        if with_name:
+            s.add_argument("name", help="practice name (lowercase letters, digits, dashes)")
+        return s
+
+    a = pcmd("add", "create a practice and print its backup and restore tokens once")
+    a.add_argument("--quota", type=int, default=None, help="quota in bytes (0 = unlimited)")
+    pcmd("list", "list practices", with_name=False)
+    pcmd("enroll-code", "issue a single-use, short-lived enrollment code for a new agent")
+    t = pcmd("token", "issue another token for a practice (printed once)")
+    t.add_argument("--scope", choices=["backup", "restore"], required=True)
+    q = pcmd("quota", "set a practice's quota")
+    q.add_argument("bytes", type=int, help="quota in bytes (0 = unlimited)")
+    for n, h in (("freeze", "stop every deletion for a practice"), ("release", "release an incident freeze")):
+        f = pcmd(n, h)
+        f.add_argument("--reason", default="", help="recorded in the audit trail")
+    pol = pcmd("policy", "set a practice's retention policy (unset values keep the vault default)")
+    for k in ("keep-last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        pol.add_argument(f"--{k}", type=int)
+    pol.add_argument("--min-age-days", type=float)
+    cmd("rebuild-index", "rebuild the metadata database index from the stored objects alone")
+    g = cmd("gc", "apply retention and collect garbage now")
+    g.add_argument("--practice", help="only this practice")
+    au = sub.add_parser("audit", help="audit trail")
+    asub = au.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    v = asub.add_parser("verify", help="check the hash chain and the checkpoint")
+    v.add_argument("--config", help="vault TOML config file (env REMPART_VAULT_CONFIG)")
+
+
+def _config(args: argparse.Namespace, ctx: Context) -> Any:
+    from rempart.vault.config import load_config
+
+    path = getattr(args, "config", None) or ctx.env.get("REMPART_VAULT_CONFIG")
+    if not path:
+        raise ConfigError("the vault config file is needed", hint="pass --config FILE or set REMPART_VAULT_CONFIG")
+    return load_config(Path(path))
+
+
+def _emit(ctx: Context, data: Any, text: str) -> None:
+    if ctx.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(text)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    config = _config(args, ctx)
+    if args.vault_command == "serve":
+        return _serve(config, ctx)
+    if args.vault_command == "fingerprint":
+        from rempart.vault.tls import ensure_certificate, format_fingerprint
+
+        t = config.tls
+        fp = ensure_certificate(t.cert, t.key, t.hostnames, ctx.clock.now(), self_signed=t.self_signed)
+        _emit(ctx, {"sha256": fp}, format_fingerprint(fp))
+        return 0
+    from rempart.vault import practices as ops
+    from rempart.vault.bootstrap import open_vault
+
+    vault = open_vault(config, ctx.clock)
+    actor = "cli"
+    c = args.vault_command
+    if c == "admin-token":
+        tok = ops.new_token(vault, None, "admin", actor=actor)
+        _emit(ctx, {"token": tok}, f"provider admin token (shown once, keep it safe):\n{tok}")
+    elif c == "practice":
+        return _practice(args, ctx, vault, actor)
+    elif c == "rebuild-index":
+        from rempart.vault.reindex import rebuild_index
+
+        rep = rebuild_index(vault, actor=actor)
+        _emit(ctx, rep.__dict__, f"rebuilt: {rep.practices} practice(s), {rep.objects} objects, "
+              f"{rep.blobs} blobs, {rep.snapshots} snapshots, {len(rep.skipped)} skipped")
+        for s in rep.skipped:
+            print(f"  skipped {s}", file=sys.stderr)
+    elif c == "gc":
+        from rempart.vault.gc import run_gc
+
+        targets = [vault.practice(args.practice)] if args.practice else vault.practices()
+        reports = [run_gc(vault, p, actor=actor) for p in targets]
+        lines = [f"{r.practice}: " + ("frozen, nothing deleted" if r.frozen else
+                 f"{len(r.forgotten)} snapshot(s) forgotten, {len(r.deleted_packs)} pack(s) deleted, "
+                 f"{r.freed_bytes} bytes freed") for r in reports]
+        _emit(ctx, [r.__dict__ for r in reports], "\n".join(lines) or "no practices")
+    elif c == "audit":
+        from rempart.vault.audit import verify
+
+        res = verify(vault.engine, config.audit_checkpoint)
+        _emit(ctx, {"ok": res.ok, "count": res.count, "problems": list(res.problems)},
+              (f"audit trail OK: {res.count} records" if res.ok else
+               "audit trail FAILED:\n  " + "\n  ".join(res.problems)))
+        return 0 if res.ok else 20
+    return 0
+
+
+def _practice(args: argparse.Namespace, ctx: Context, vault: Any, actor: str) -> int:
+    from rempart.vault import practices as ops
+    from rempart.vault.config import RetentionPolicy
+
+    a = args.practice_command
+    if a == "add":
+        toks = ops.add_practice(vault, args.name, actor=actor, quota_bytes=args.quota)
+        _emit(ctx, {"practice": args.name, "tokens": toks},
+              f"practice {args.name} created. Tokens (shown once, store them now):\n"
+              f"  backup:  {toks['backup']}\n  restore: {toks['restore']}")
+    elif a == "list":
+        rows = [ops.status(vault, p) for p in vault.practices()]
+        text = "\n".join(
+            f"{r['practice']:<24} snapshots={r['snapshots']:<5} used={r['used_bytes']:<12} "
+            f"quota={r['quota_bytes'] or '-':<12} {'FROZEN' if r['frozen'] else ''}" for r in rows)
+        _emit(ctx, rows, text or "no practices")
+    elif a == "enroll-code":
+        code = ops.enroll_code(vault, args.name, actor=actor)
+        ttl = vault.config.limits.enroll_code_ttl_seconds
+        _emit(ctx, {"code": code, "ttl_seconds": ttl},
+              f"enrollment code for {args.name} (single use, valid {ttl / 3600:g} h):\n{code}")
+    elif a == "token":
+        tok = ops.new_token(vault, args.name, args.scope, actor=actor)
+        _emit(ctx, {"token": tok}, f"{args.scope} token for {args.name} (shown once):\n{tok}")
+    elif a == "quota":
+        ops.set_quota(vault, args.name, args.bytes, actor=actor)
+        _emit(ctx, {"quota_bytes": args.bytes}, f"quota of {args.name}: {args.bytes} bytes")
+    elif a in ("freeze", "release"):
+        ops.freeze(vault, args.name, a == "freeze", args.reason, actor=actor)
+        _emit(ctx, {"frozen": a == "freeze"}, f"{args.name}: {'frozen' if a == 'freeze' else 'released'}")
+    elif a == "policy":
+        cur = vault.practice(args.name).policy.to_dict()
+        for k in cur:
+            v = getattr(args, k, None)
+            if v is not None:
+                cur[k] = v
+        pol = RetentionPolicy.from_dict(cur)
+        ops.set_policy(vault, args.name, pol, actor=actor)
+        _emit(ctx, pol.to_dict(), f"policy of {args.name}: {pol.to_dict()}")
+    else:  # pragma: no cover - argparse guards
+        raise UserError(f"unknown action {a}")
+    return 0
+
+
+def _serve(config: Any, ctx: Context) -> int:
+    import uvicorn
+
+    from rempart.vault.app import create_app
+    from rempart.vault.bootstrap import open_vault
+    from rempart.vault.reindex import reconcile
+    from rempart.vault.tls import ensure_certificate, format_fingerprint
+
+    vault = open_vault(config, ctx.clock)
+    vault.store.prepare()
+    rep = reconcile(vault)
+    if rep.objects:
+        print(f"recorded {rep.objects} object(s) stored before an interruption", flush=True)
+    app = create_app(config, ctx.clock, vault=vault)
+    kw: dict[str, Any] = {}
+    scheme = "http"
+    if config.tls.enabled:
+        t = config.tls
+        fp = ensure_certificate(t.cert, t.key, t.hostnames, ctx.clock.now(), self_signed=t.self_signed)
+        kw = {"ssl_certfile": str(t.cert), "ssl_keyfile": str(t.key)}
+        scheme = "https"
+        print(f"certificate SHA-256 fingerprint (pin): {format_fingerprint(fp)}", flush=True)
+    print(f"rempart vault listening on {scheme}://{config.listen.host}:{config.listen.port}", flush=True)
+    uvicorn.run(app, host=config.listen.host, port=config.listen.port, log_level="warning",
+                access_log=False, timeout_graceful_shutdown=5, **kw)
+    return 0

@@ -1,0 +1,309 @@
+"""Client backend for a Rempart vault: the storage protocol over HTTPS (httpx).
+
+``VaultBackend("https://HOST:PORT/PRACTICE", token=..., ca=... | pin=...)`` behaves like any
+other backend, so ``rempart backup``/``restore`` work against a vault unchanged. The token is
+given by the caller (the CLI reads ``REMPART_VAULT_TOKEN`` or a token file); this module never
+reads the environment.
+
+TLS: ``ca`` is a CA file; ``pin`` is the SHA-256 fingerprint of the vault's certificate (what
+``rempart vault serve`` prints). With a pin, the certificate is fetched once, compared with the
+pin, and then used as the only trust anchor, so every later connection is verified against that
+exact certificate before the token is sent. For convenience ``ca`` may itself be a pin
+(``sha256:<hex>`` or 64 hex digits with or without colons).
+
+Errors are translated at this edge: 401 AuthenticationError, 403 PermissionDenied, 404 NotFound,
+409 AlreadyExists / MissingBlobs(missing=...), 413/400/422 UserError or IntegrityError,
+507 QuotaExceeded / StorageFull, 429/5xx/connection problems TransientError (retried here with
+exponential backoff and full jitter; uploads are idempotent, so a retry after a dropped
+connection completes without duplication).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from rempart.core import errors as E
+from rempart.storage.base import BackendProperties, FileInfo, FileType, Handle
+
+_PRACTICE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_BY_REFERENCE: dict[str, type[E.RempartError]] = {
+    "authentication-failed": E.AuthenticationError,
+    "permission-denied": E.PermissionDenied,
+    "not-found": E.NotFound,
+    "already-exists": E.AlreadyExists,
+    "quota-exceeded": E.QuotaExceeded,
+    "storage-full": E.StorageFull,
+    "integrity-error": E.IntegrityError,
+    "transient-error": E.TransientError,
+    "backend-error": E.TransientError,
+}
+_BY_STATUS: dict[int, type[E.RempartError]] = {
+    401: E.AuthenticationError, 403: E.PermissionDenied, 404: E.NotFound, 409: E.AlreadyExists,
+    413: E.UserError, 416: E.UserError, 422: E.UserError, 400: E.UserError, 507: E.QuotaExceeded,
+}
+
+
+def looks_like_pin(value: str) -> bool:
+    v = value.strip().lower()
+    v = v[len("sha256:"):] if v.startswith("sha256:") else v
+    return bool(re.fullmatch(r"[0-9a-f]{64}", v.replace(":", "")))
+
+
+def _norm_pin(pin: str) -> str:
+    v = pin.strip().lower()
+    v = v[len("sha256:"):] if v.startswith("sha256:") else v
+    v = v.replace(":", "")
+    if not re.fullmatch(r"[0-9a-f]{64}", v):
+        raise E.ConfigError("a certificate pin is the SHA-256 fingerprint: 64 hex digits (colons allowed)")
+    return v
+
+
+def tls_context(host: str, port: int, *, ca: str | Path | None, pin: str | None, timeout: float = 10.0) -> ssl.SSLContext:
+    if pin:
+        import hashlib
+
+        want = _norm_pin(pin)
+        try:
+            pem = ssl.get_server_certificate((host, port), timeout=timeout)
+        except (OSError, ssl.SSLError) as exc:
+            raise E.TransientError(f"cannot reach the vault at {host}:{port} ({type(exc).__name__})") from exc
+        got = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+        if got != want:
+            raise E.AuthenticationError(
+                "the vault's TLS certificate does not match the pinned fingerprint",
+                hint="check the pin printed by 'rempart vault serve'; someone may be intercepting the connection",
+            )
+        ctx = ssl.create_default_context(cadata=pem)
+        ctx.check_hostname = False  # the exact certificate is pinned
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        return ctx
+    if ca:
+        try:
+            return ssl.create_default_context(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise E.ConfigError(f"cannot load the vault CA file {ca}") from exc
+    return ssl.create_default_context()
+
+
+def translate(resp: httpx.Response) -> E.RempartError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    ref = str(body.get("error", ""))
+    msg = str(body.get("message") or body.get("detail") or f"vault answered HTTP {resp.status_code}")[:500]
+    hint = body.get("hint") if isinstance(body.get("hint"), str) else None
+    if ref == "missing-blobs":
+        return E.MissingBlobs(msg, missing=[str(m) for m in body.get("missing", [])])
+    if resp.status_code == 429 or (resp.status_code >= 500 and resp.status_code != 507):
+        return E.TransientError(f"vault: {msg}")
+    cls = _BY_REFERENCE.get(ref) or _BY_STATUS.get(resp.status_code, E.BackendError)
+    if cls is E.UserError and ref == "" and resp.status_code == 422:
+        msg = "the vault refused the request as invalid"
+    return cls(f"vault: {msg}", hint=hint)
+
+
+class VaultBackend:
+    def __init__(self, url: str, *, token: str, ca: str | Path | None = None, pin: str | None = None,
+                 timeout: float = 120.0, attempts: int = 2, base_delay: float = 0.5, max_delay: float = 30.0,
+                 connections: int = 4, sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise E.UserError("a vault location reads https://HOST:PORT/PRACTICE")
+        if parts.username or parts.password:
+            raise E.UserError("credentials are not accepted in a vault URL; use REMPART_VAULT_TOKEN")
+        practice = parts.path.strip("/")
+        if not _PRACTICE.match(practice):
+            raise E.UserError(f"the vault URL must end with the practice name, got {practice[:70]!r}")
+        if not token:
+            raise E.ConfigError("a vault token is needed", hint="set REMPART_VAULT_TOKEN or a token file")
+        if ca is not None and pin is None and looks_like_pin(str(ca)) and not Path(str(ca)).exists():
+            ca, pin = None, str(ca)
+        self.practice = practice
+        self.base = f"{parts.scheme}://{parts.netloc}"
+        self._prefix = f"/v1/p/{practice}"
+        self.properties = BackendProperties(connections=connections, location=f"{self.base}/{practice}")
+        self._attempts, self._base_delay, self._max_delay = attempts, base_delay, max_delay
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        verify: Any = True
+        if parts.scheme == "https":
+            port = parts.port or 443
+            verify = self._retry(lambda: tls_context(parts.hostname or "", port, ca=ca, pin=pin))
+        self._client = httpx.Client(
+            base_url=self.base, verify=verify, timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={"Authorization": f"Bearer {token}", "User-Agent": "rempart-vaultclient"},
+            limits=httpx.Limits(max_connections=connections * 2, max_keepalive_connections=connections),
+        )
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        for attempt in range(self._attempts):
+            try:
+                return fn()
+            except E.TransientError as exc:
+                if attempt == self._attempts - 1:
+                    raise
+                delay = min(self._max_delay, self._base_delay * 2**attempt)
+                wait = getattr(exc, "retry_after", None)
+                self._sleep(max(float(wait or 0), self._rng.uniform(0, delay)))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self._client.request(method, path, **kw)
+        except httpx.TimeoutException as exc:
+            raise E.TransientError(f"vault: {method} timed out") from exc
+        except (OSError, httpx.TransportError, ssl.SSLError) as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise E.AuthenticationError("vault: the TLS certificate could not be verified",
+                                            hint="check the CA file or the certificate pin") from exc
+            raise E.TransientError(f"vault: connection problem ({type(exc).__name__})") from exc
+        if resp.status_code >= 400:
+            err = translate(resp)
+            if resp.status_code == 429:
+                ra = resp.headers.get("retry-after", "")
+                err.retry_after = float(ra) if ra.isdigit() else None  # type: ignore[attr-defined]
+            raise err
+        return resp
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return self._retry(lambda: self._send(method, path, **kw))  # type: ignore[no-any-return]
+
+    def _path(self, h: Handle) -> str:
+        if h.type is FileType.CONFIG:
+            return f"{self._prefix}/config"
+        self._check_type(h.type)
+        return f"{self._prefix}/{h.type.value}/{h.name}"
+
+    @staticmethod
+    def _check_type(ftype: FileType) -> None:
+        if ftype not in (FileType.DATA, FileType.INDEX, FileType.SNAPSHOT, FileType.CONFIG):
+            raise E.PermissionDenied(f"a vault stores no {ftype.value} files")
+
+    # --- Backend protocol ---------------------------------------------------------------
+
+    def save(self, h: Handle, data: bytes) -> None:
+        try:
+            self.request("POST", self._path(h), content=bytes(data),
+                         headers={"Content-Type": "application/octet-stream"})
+        except E.AlreadyExists as exc:
+            raise E.AlreadyExists(f"save {h}: already exists with other content") from exc
+
+    def load(self, h: Handle, *, offset: int = 0, length: int | None = None) -> bytes:
+        if length == 0 or (offset and length is None):
+            size = self.stat(h).size
+            if offset > size:
+                raise E.IntegrityError(f"load {h}: offset {offset} beyond the end ({size} bytes)")
+            if length == 0 or offset == size:
+                return b""
+        headers = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        try:
+            data = self.request("GET", self._path(h), headers=headers).content
+        except E.UserError as exc:
+            if "range" in exc.message.lower():
+                raise E.IntegrityError(f"load {h}: short read (range beyond the end)") from exc
+            raise
+        if length is not None and len(data) != length:
+            raise E.IntegrityError(f"load {h}: short read ({len(data)} of {length} bytes)")
+        return data
+
+    def stat(self, h: Handle) -> FileInfo:
+        resp = self.request("HEAD", self._path(h))
+        return FileInfo(h.name, int(resp.headers.get("content-length", "0")))
+
+    def list(self, ftype: FileType) -> Iterator[FileInfo]:
+        self._check_type(ftype)
+        if ftype is FileType.CONFIG:
+            try:
+                yield self.stat(Handle(FileType.CONFIG, "config"))
+            except E.NotFound:
+                pass
+            return
+        items = self.request("GET", f"{self._prefix}/{ftype.value}/").json()
+        for it in items:
+            yield FileInfo(str(it["name"]), int(it["size"]))
+
+    def remove(self, h: Handle) -> None:
+        self.request("DELETE", self._path(h))
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- vault extras -------------------------------------------------------------------
+
+    def exists(self, ids: Iterable[str | bytes]) -> set[str]:
+        """Which blob ids the vault holds (and marks as recently used, so GC keeps them)."""
+        hexes = [i.hex() if isinstance(i, bytes) else i for i in ids]
+        out: set[str] = set()
+        for k in range(0, len(hexes), 10_000):
+            resp = self.request("POST", f"{self._prefix}/blobs/exists", json={"ids": hexes[k : k + 10_000]})
+            out.update(resp.json()["present"])
+        return out
+
+    def report_run(self, outcome: str, *, error_class: str | None = None, counts: dict[str, int] | None = None) -> None:
+        self.request("POST", f"{self._prefix}/runs",
+                     json={"outcome": outcome, "error_class": error_class, "counts": counts or {}})
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.request("GET", f"{self._prefix}/status").json()
+        return out
+
+    def timeline(self) -> Any:
+        out: Any = self.request("GET", f"{self._prefix}/timeline").json()
+        return out
+
+
+def _base_client(url: str, ca: str | Path | None, pin: str | None, token: str | None = None) -> httpx.Client:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise E.UserError("a vault URL reads https://HOST:PORT")
+    if ca is not None and pin is None and looks_like_pin(str(ca)) and not Path(str(ca)).exists():
+        ca, pin = None, str(ca)
+    verify: Any = True
+    if parts.scheme == "https":
+        verify = tls_context(parts.hostname, parts.port or 443, ca=ca, pin=pin)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=f"{parts.scheme}://{parts.netloc}", verify=verify, timeout=30.0, headers=headers)
+
+
+def enroll(url: str, code: str, *, ca: str | Path | None = None, pin: str | None = None) -> str:
+    """Exchange a single-use enrollment code for a backup token (the practice comes with
+    :func:`whoami`). Raises AuthenticationError whose message says wrong, expired or used."""
+    with _base_client(url, ca, pin) as c:
+        try:
+            resp = c.post("/v1/enroll", json={"code": code})
+        except httpx.TransportError as exc:
+            raise E.TransientError(f"vault: connection problem ({type(exc).__name__})") from exc
+        if resp.status_code >= 400:
+            raise translate(resp)
+        return str(resp.json()["token"])
+
+
+def whoami(url: str, token: str, *, ca: str | Path | None = None, pin: str | None = None) -> dict[str, Any]:
+    """The token's id, scope and practice, as the vault sees them."""
+    with _base_client(url, ca, pin, token) as c:
+        try:
+            resp = c.get("/v1/whoami")
+        except httpx.TransportError as exc:
+            raise E.TransientError(f"vault: connection problem ({type(exc).__name__})") from exc
+        if resp.status_code >= 400:
+            raise translate(resp)
+        out: dict[str, Any] = resp.json()
+        return out
