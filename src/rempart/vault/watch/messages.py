@@ -1,0 +1,91 @@
+"""Wording of alert notifications, in French (default) and English. Plain text, no markup: the
+practice name is the only free text and it goes in as is (mail bodies are text/plain)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+LANGS = ("fr", "en")
+
+LEVEL = {
+    "fr": {"late": "sauvegarde en retard", "missing": "sauvegarde manquante", "failed": "sauvegarde en échec",
+           "suspicious": "sauvegarde suspecte (possible attaque)", "quota": "espace de stockage presque plein",
+           "frozen": "gel d'incident en cours"},
+    "en": {"late": "backup late", "missing": "backup missing", "failed": "backup failed",
+           "suspicious": "suspicious backup (possible attack)", "quota": "storage almost full",
+           "frozen": "incident freeze in place"},
+}
+
+EVENT = {
+    "fr": {"opened": "ALERTE", "worsened": "AGGRAVATION", "escalated": "ESCALADE", "resolved": "RÉSOLU"},
+    "en": {"opened": "ALERT", "worsened": "WORSE", "escalated": "ESCALATED", "resolved": "RESOLVED"},
+}
+
+ADVICE = {
+    "fr": {
+        "late": "Aucune sauvegarde n'est arrivée au coffre à l'heure prévue. Vérifiez que le poste de "
+                "sauvegarde est allumé et connecté.",
+        "missing": "Aucune sauvegarde n'est arrivée depuis longtemps. Vos données ne sont plus protégées : "
+                   "contactez votre prestataire informatique.",
+        "failed": "L'agent de sauvegarde a signalé un échec. Consultez son journal ou votre prestataire.",
+        "suspicious": "La dernière sauvegarde ressemble à des fichiers chiffrés par un rançongiciel. "
+                      "N'éteignez rien, débranchez le poste du réseau et appelez votre prestataire. Les "
+                      "sauvegardes sont gelées : aucune ne sera supprimée.",
+        "quota": "L'espace de stockage réservé au cabinet est presque plein. Rien ne sera supprimé pour "
+                 "faire de la place : demandez une augmentation du quota.",
+        "frozen": "Le coffre est en gel d'incident : aucune sauvegarde ne sera supprimée jusqu'à la levée.",
+        "resolved": "La situation est revenue à la normale.",
+    },
+    "en": {
+        "late": "No backup reached the vault when expected. Check that the backup PC is on and online.",
+        "missing": "No backup has arrived for a long time. Your data is no longer protected: call your "
+                   "IT provider.",
+        "failed": "The backup agent reported a failure. Check its log or call your IT provider.",
+        "suspicious": "The latest backup looks like files encrypted by ransomware. Do not switch anything "
+                      "off, unplug the PC from the network and call your IT provider. Backups are frozen: "
+                      "none will be deleted.",
+        "quota": "The practice's storage space is almost full. Nothing will be deleted to make room: ask "
+                 "for a larger quota.",
+        "frozen": "The vault is under incident freeze: no backup will be deleted until it is released.",
+        "resolved": "Things are back to normal.",
+    },
+}
+
+
+def lang_of(value: str | None) -> str:
+    return value if value in LANGS else "fr"
+
+
+def alert_mail(payload: dict[str, Any], lang: str) -> tuple[str, str]:
+    """(subject, body) of one alert notification."""
+    lang = lang_of(lang)
+    event = payload["event"]
+    level = payload["level"]
+    practice = payload["practice"]
+    what = LEVEL[lang].get(level, level)
+    subject = f"[Rempart] {EVENT[lang].get(event, event)} {practice}: {what}"
+    lines = [
+        f"{'Cabinet' if lang == 'fr' else 'Practice'}: {practice}",
+        f"{'État' if lang == 'fr' else 'State'}: {what}",
+        f"{'Heure (UTC)' if lang == 'fr' else 'Time (UTC)'}: {payload['time']}",
+    ]
+    detail = payload.get("detail") or {}
+    if detail.get("hours_without_backup") is not None:
+        lines.append(f"{'Heures sans sauvegarde' if lang == 'fr' else 'Hours without a backup'}: "
+                     f"{detail['hours_without_backup']}")
+    if detail.get("percent") is not None:
+        lines.append(f"{'Espace utilisé' if lang == 'fr' else 'Space used'}: {detail['percent']} %")
+    if detail.get("error_class"):
+        lines.append(f"{'Erreur' if lang == 'fr' else 'Error'}: {detail['error_class']}")
+    lines.append("")
+    lines.append(ADVICE[lang]["resolved" if event == "resolved" else level] if level in ADVICE[lang]
+                 or event == "resolved" else "")
+    if event == "escalated":
+        lines.append("")
+        lines.append("Cette alerte n'a pas été résolue à temps ; elle vous est transmise en tant que prestataire."
+                     if lang == "fr" else
+                     "This alert was not resolved in time; it is passed on to you as the IT provider.")
+    if payload.get("link"):
+        lines += ["", payload["link"]]
+    lines += ["", "-- ", "Rempart"]
+    return subject, "\n".join(lines) + "\n"
