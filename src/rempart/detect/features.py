@@ -1,0 +1,194 @@
+"""Per-file features computed from the sampled ranges: the sketch kept in each tree node.
+
+Statistics (entropy, chi-square, compressibility) cost far more than structure checks, so they
+are computed only for files whose structure does not vouch for them: unknown data, text, and
+files that fail their format's check.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from rempart.detect import stats
+from rempart.detect.formats_archive import (
+    CFB_MAGIC,
+    GZIP_MAGIC,
+    SEVENZ_MAGIC,
+    ZIP_MAGIC,
+    check_7z,
+    check_cfb,
+    check_gzip,
+    check_pdf,
+    check_zip,
+)
+from rempart.detect.formats_binary import (
+    DB_EXTENSIONS,
+    PE_MAGIC,
+    SQLITE_MAGIC,
+    WAL_MAGICS,
+    check_pe,
+    check_sqlite,
+    check_wal,
+)
+from rempart.detect.formats_media import JPEG_MAGIC, PNG_MAGIC, check_dicom, check_jpeg, check_png
+from rempart.detect.notes import note_score
+from rempart.detect.sampling import Check, SampleView
+
+VERSION = 1
+NOTE_SCAN_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FileSample:
+    """The captured ranges of one file: ``ranges`` holds (offset, bytes) for each planned range."""
+
+    name: str
+    size: int
+    ranges: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileFeatures:
+    """Small JSON-serialisable sketch of one file version (a few hundred bytes)."""
+
+    type: str  # detected from content: "docx", "pdf", "jpeg", "sqlite", "text", "data", "zeros" ...
+    size: int
+    ext: str = ""  # lower-case extension of the name, with the dot
+    valid: bool | None = None  # structure holds (None: no validator for this type)
+    why: str = ""  # first structural inconsistency found
+    enc: bool = False  # encrypted by the format itself (password PDF, encrypted OOXML, AES ZIP)
+    db: bool = False  # a database file (by content or extension)
+    random: bool | None = None  # head sample is uniformly random (None: not measured)
+    entropy: int | None = None  # head entropy, centibits per byte
+    chi2: int | None = None  # head chi-square against uniform
+    zr: tuple[int, ...] | None = None  # per-range zlib ratio in percent
+    hashes: tuple[int, ...] = ()  # per-range CRC-32, to see which ranges changed
+    encoded: str | None = None  # "b64" / "hex": text that encodes random bytes
+    utf8: bool | None = None  # text only
+    note: int = 0  # ransom-note content score
+    entries: int | None = None  # archives: number of members
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": VERSION, "t": self.type, "s": self.size, "h": list(self.hashes)}
+        optional = {
+            "x": self.ext or None,
+            "ok": self.valid,
+            "w": self.why or None,
+            "enc": self.enc or None,
+            "db": self.db or None,
+            "r": self.random,
+            "e": self.entropy,
+            "c": self.chi2,
+            "z": list(self.zr) if self.zr is not None else None,
+            "b": self.encoded,
+            "u": self.utf8,
+            "n": self.note or None,
+            "m": self.entries,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FileFeatures:
+        z = data.get("z")
+        return cls(
+            type=str(data["t"]),
+            size=int(data["s"]),
+            ext=str(data.get("x", "")),
+            valid=data.get("ok"),
+            why=str(data.get("w", "")),
+            enc=bool(data.get("enc", False)),
+            db=bool(data.get("db", False)),
+            random=data.get("r"),
+            entropy=data.get("e"),
+            chi2=data.get("c"),
+            zr=tuple(int(v) for v in z) if z is not None else None,
+            hashes=tuple(int(v) for v in data.get("h", ())),
+            encoded=data.get("b"),
+            utf8=data.get("u"),
+            note=int(data.get("n", 0)),
+            entries=data.get("m"),
+        )
+
+    @property
+    def structured(self) -> bool:
+        """The file had a recognised format whose structure held."""
+        return self.valid is True
+
+
+def extension(name: str) -> str:
+    dot = name.rfind(".")
+    return name[dot:].lower()[:16] if dot > 0 else ""
+
+
+def _check(view: SampleView) -> Check | None:
+    head = view.head
+    if head.startswith(ZIP_MAGIC):
+        return check_zip(view)
+    if head.startswith(CFB_MAGIC):
+        return check_cfb(view)
+    if b"%PDF-" in head[:1024]:
+        return check_pdf(view)
+    if head.startswith(JPEG_MAGIC):
+        return check_jpeg(view)
+    if head.startswith(PNG_MAGIC):
+        return check_png(view)
+    if head[128:132] == b"DICM":
+        return check_dicom(view)
+    if head.startswith(SQLITE_MAGIC):
+        return check_sqlite(view)
+    if head[:4] in WAL_MAGICS:
+        return check_wal(view)
+    if head.startswith(SEVENZ_MAGIC):
+        return check_7z(view)
+    if head.startswith(GZIP_MAGIC):
+        return check_gzip(view)
+    if head.startswith(PE_MAGIC):
+        return check_pe(view)
+    return None
+
+
+def extract_features(sample: FileSample) -> FileFeatures:
+    """Compute the sketch of one file from its sampled ranges (no I/O)."""
+    view = SampleView(sample.size, sample.ranges)
+    ext = extension(sample.name)
+    hashes = tuple(zlib.crc32(data) for _, data in view.ranges)
+    is_db = ext in DB_EXTENSIONS
+    if sample.size == 0 or not view.ranges:
+        return FileFeatures("empty", sample.size, ext, db=is_db, hashes=hashes)
+    check = _check(view)
+    if check is not None and check.valid:
+        return FileFeatures(
+            check.kind, sample.size, ext, valid=True, enc=check.enc, db=is_db or check.db,
+            hashes=hashes, entries=check.entries,
+        )
+    if all(stats.single_byte(data) and data[:1] == view.head[:1] for _, data in view.ranges):
+        kind = "zeros" if view.head[:1] == b"\x00" else "fill"
+        return FileFeatures(kind, sample.size, ext, db=is_db, hashes=hashes)
+    if check is None and all(stats.is_text(data) for _, data in view.ranges):
+        encoded = stats.encoded_kind(view.head)
+        utf8 = all(stats.utf8_ok(data) for _, data in view.ranges)
+        note = note_score(view.head) if sample.size <= NOTE_SCAN_LIMIT and not encoded else 0
+        kind = "encoded" if encoded else "text"
+        return FileFeatures(
+            kind, sample.size, ext, db=is_db, hashes=hashes, random=False, encoded=encoded, utf8=utf8, note=note
+        )
+    entropy, chi2 = stats.histogram_stats(view.head)
+    zr = tuple(round(stats.zratio(data) * 100) for _, data in view.ranges)
+    return FileFeatures(
+        check.kind if check is not None else "data",
+        sample.size,
+        ext,
+        valid=False if check is not None else None,
+        why=check.why if check is not None else "",
+        enc=check.enc if check is not None else False,
+        db=is_db,
+        random=stats.looks_random(entropy, chi2, len(view.head)),
+        entropy=round(entropy * 100),
+        chi2=round(chi2),
+        zr=zr,
+        hashes=hashes,
+        entries=check.entries if check is not None else None,
+    )

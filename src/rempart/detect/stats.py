@@ -1,0 +1,113 @@
+"""Byte statistics without per-byte Python loops: entropy, chi-square, compressibility, text.
+
+``collections.Counter`` over a bytes object, ``bytes.translate`` and ``zlib`` all run in C.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+import re
+import zlib
+from collections import Counter
+
+# Bytes that never appear in ordinary text (NUL and the C0 controls except \t \n \v \f \r, ESC
+# and the DOS end-of-file 0x1A, plus DEL).
+_CONTROL = bytes([*range(0, 9), 0x0E, 0x0F, *range(0x10, 0x1A), 0x1C, 0x1D, 0x1E, 0x1F, 0x7F])
+_NOT_CONTROL = bytes(b for b in range(256) if b not in _CONTROL)
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_\r\n"
+_HEX = b"0123456789abcdefABCDEF\r\n"
+_RANDOM_ENTROPY = 7.9  # bits per byte; 8 KiB of random data measures about 7.98
+_RANDOM_CHI2_MAX = 350.0  # 255 degrees of freedom: p(chi2 > 350) < 1e-4 for random data
+_RANDOM_ZRATIO = 0.98
+
+
+def histogram_stats(data: bytes) -> tuple[float, float]:
+    """(Shannon entropy in bits per byte, chi-square against the uniform distribution)."""
+    n = len(data)
+    if n == 0:
+        return 0.0, 0.0
+    counts = Counter(data)
+    expected = n / 256.0
+    entropy = 0.0
+    chi2 = 0.0
+    for c in counts.values():
+        p = c / n
+        entropy -= p * math.log2(p)
+        chi2 += (c - expected) ** 2 / expected
+    chi2 += (256 - len(counts)) * expected  # absent byte values
+    return entropy, chi2
+
+
+def looks_random(entropy: float, chi2: float, n: int) -> bool:
+    """Uniformly random by both tests (compressed data usually fails chi-square)."""
+    if n < 1024:
+        return entropy >= 7.0 and chi2 < 400.0
+    return entropy >= _RANDOM_ENTROPY and chi2 < _RANDOM_CHI2_MAX
+
+
+def zratio(data: bytes) -> float:
+    """Compressed size / size with zlib level 1: about 1.0 for random bytes."""
+    if not data:
+        return 0.0
+    return len(zlib.compress(data, 1)) / len(data)
+
+
+def control_count(data: bytes) -> int:
+    """Number of bytes that cannot occur in text."""
+    return len(data.translate(None, _NOT_CONTROL))
+
+
+def utf8_ok(data: bytes) -> bool:
+    """True if ``data`` is valid UTF-8, tolerating a sequence cut at either end of the sample."""
+    start = 0
+    while start < 3 and start < len(data) and 0x80 <= data[start] < 0xC0:
+        start += 1
+    try:
+        data[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.reason == "unexpected end of data" and exc.start >= len(data) - start - 4
+    return True
+
+
+def is_text(data: bytes) -> bool:
+    """Looks like text (any 8-bit encoding): almost no control bytes."""
+    if not data:
+        return False
+    bad = control_count(data)
+    return bad <= max(2, len(data) // 2000)
+
+
+def encoded_kind(data: bytes) -> str | None:
+    """"b64" or "hex" when ``data`` is base64/hex text whose decoded bytes look random."""
+    if len(data) < 256:
+        return None
+    probe = data[:6144]
+    if not probe.translate(None, _HEX):
+        digits = re.sub(rb"[\r\n]", b"", probe)
+        digits = digits[: len(digits) // 2 * 2]
+        try:
+            raw = binascii.unhexlify(digits)
+        except (binascii.Error, ValueError):
+            return None
+        return "hex" if zratio(raw) >= _RANDOM_ZRATIO else None
+    if not probe.translate(None, _B64):
+        text = re.sub(rb"[\r\n=]", b"", probe).replace(b"-", b"+").replace(b"_", b"/")
+        text = text[: len(text) // 4 * 4]
+        if len(set(text[:1024])) < 48:  # real base64 of random bytes uses the whole alphabet
+            return None
+        try:
+            raw = binascii.a2b_base64(text)
+        except (binascii.Error, ValueError):
+            return None
+        return "b64" if len(raw) >= 128 and zratio(raw) >= _RANDOM_ZRATIO else None
+    return None
+
+
+def all_zero(data: bytes) -> bool:
+    return not data.strip(b"\x00")
+
+
+def single_byte(data: bytes) -> bool:
+    """Every byte equal (zeros, 0xFF fill ...)."""
+    return bool(data) and not data.strip(data[:1])
