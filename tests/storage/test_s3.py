@@ -212,3 +212,22 @@ def test_create_refuses_existing_bucket_without_lock(seaweed: S3Server, bucket: 
     with pytest.raises(ConfigError, match="without Object Lock"):
         S3Backend(_cfg(seaweed, bucket, object_lock_days=1), clock=FakeClock(), create=True)
     S3Backend(_cfg(seaweed, bucket), create=True)  # no lock wanted: an existing bucket is fine
+
+
+def test_if_none_match_closes_the_head_then_put_race(seaweed: S3Server, bucket: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even when HEAD saw nothing (another writer got in between), the server refuses the PUT."""
+    b = S3Backend(_cfg(seaweed, bucket, f"race/{uuid.uuid4().hex}"))
+    h = _h(b"first")
+    b.save(h, b"first")
+
+    def head_sees_nothing(key: str) -> dict[str, Any]:
+        raise _client_error("404", 404)
+
+    monkeypatch.setattr(b, "_head", head_sees_nothing)
+    with pytest.raises(AlreadyExists):
+        b.save(h, b"second")
+    monkeypatch.undo()
+    assert b.load(h) == b"first"
+    raw: Any = s3_client(seaweed, seaweed.admin)
+    assert len(raw.list_object_versions(Bucket=bucket, Prefix=b._key(h)).get("Versions", [])) == 1
