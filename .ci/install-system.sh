@@ -5,6 +5,8 @@ set -euo pipefail
 
 PACKAGES=(
   postgresql        # real PostgreSQL for vault index tests (rempart.testing.servers.postgres)
+  mariadb-server    # real MariaDB for the agent's database-source tests (tests/agent/conftest.py)
+  mariadb-client    # mariadb-dump / mariadb for the same tests
 )
 
 missing=()
