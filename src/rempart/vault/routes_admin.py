@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from rempart.core.errors import RempartError
@@ -16,6 +16,7 @@ from rempart.vault import practices as ops
 from rempart.vault.config import RetentionPolicy
 from rempart.vault.deps import authenticate, client_ip, refuse, require_admin, vault_of
 from rempart.vault.gc import run_gc
+from rempart.vault.tokens import Principal
 
 router = APIRouter(tags=["admin"])
 PracticeName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", max_length=63)]
@@ -52,8 +53,10 @@ class EnrollRequest(BaseModel):
     code: str = Field(min_length=1, max_length=100)
 
 
-def _guard(request: Request, fn: Any, *args: Any, practice: str | None = None, **kw: Any) -> Any:
-    p = require_admin(request)
+Admin = Annotated[Principal, Depends(require_admin)]
+
+
+def _guard(request: Request, p: Principal, fn: Any, *args: Any, practice: str | None = None, **kw: Any) -> Any:
     try:
         return fn(vault_of(request), *args, actor=p.actor, **kw)
     except RempartError as exc:
@@ -79,86 +82,85 @@ def enroll(request: Request, body: EnrollRequest) -> dict[str, str]:
 
 
 @router.get("/v1/admin/practices")
-def list_practices(request: Request) -> list[dict[str, Any]]:
-    require_admin(request)
+def list_practices(request: Request, admin: Admin) -> list[dict[str, Any]]:
     vault = vault_of(request)
     return [ops.status(vault, p) for p in vault.practices()]
 
 
 @router.post("/v1/admin/practices", status_code=201)
-def add_practice(request: Request, body: NewPractice) -> dict[str, Any]:
+def add_practice(request: Request, admin: Admin, body: NewPractice) -> dict[str, Any]:
     """Create a practice; its backup and restore tokens are returned once."""
-    toks = _guard(request, ops.add_practice, body.name, quota_bytes=body.quota_bytes, practice=body.name)
+    toks = _guard(request, admin, ops.add_practice, body.name, quota_bytes=body.quota_bytes, practice=body.name)
     return {"name": body.name, "tokens": toks}
 
 
 @router.get("/v1/admin/practices/{practice}")
-def get_practice(request: Request, practice: PracticeName) -> dict[str, Any]:
-    return _guard(request, lambda v, actor: ops.status(v, v.practice(practice)), practice=practice)
+def get_practice(request: Request, admin: Admin, practice: PracticeName) -> dict[str, Any]:
+    return _guard(request, admin, lambda v, actor: ops.status(v, v.practice(practice)), practice=practice)
 
 
 @router.put("/v1/admin/practices/{practice}/policy")
-def put_policy(request: Request, practice: PracticeName, body: PolicyBody) -> dict[str, Any]:
+def put_policy(request: Request, admin: Admin, practice: PracticeName, body: PolicyBody) -> dict[str, Any]:
     pol = RetentionPolicy.from_dict(body.model_dump())
-    _guard(request, ops.set_policy, practice, pol, practice=practice)
+    _guard(request, admin, ops.set_policy, practice, pol, practice=practice)
     return pol.to_dict()
 
 
 @router.put("/v1/admin/practices/{practice}/quota")
-def put_quota(request: Request, practice: PracticeName, body: QuotaBody) -> dict[str, int]:
-    _guard(request, ops.set_quota, practice, body.quota_bytes, practice=practice)
+def put_quota(request: Request, admin: Admin, practice: PracticeName, body: QuotaBody) -> dict[str, int]:
+    _guard(request, admin, ops.set_quota, practice, body.quota_bytes, practice=practice)
     return {"quota_bytes": body.quota_bytes}
 
 
 @router.post("/v1/admin/practices/{practice}/freeze")
-def freeze(request: Request, practice: PracticeName, body: Reason) -> dict[str, bool]:
-    _guard(request, ops.freeze, practice, True, body.reason, practice=practice)
+def freeze(request: Request, admin: Admin, practice: PracticeName, body: Reason) -> dict[str, bool]:
+    _guard(request, admin, ops.freeze, practice, True, body.reason, practice=practice)
     return {"frozen": True}
 
 
 @router.post("/v1/admin/practices/{practice}/release")
-def release(request: Request, practice: PracticeName, body: Reason) -> dict[str, bool]:
+def release(request: Request, admin: Admin, practice: PracticeName, body: Reason) -> dict[str, bool]:
     """Release an incident freeze (audited); retention and GC resume."""
-    _guard(request, ops.freeze, practice, False, body.reason, practice=practice)
+    _guard(request, admin, ops.freeze, practice, False, body.reason, practice=practice)
     return {"frozen": False}
 
 
 @router.post("/v1/admin/practices/{practice}/snapshots/{name}/false-positive")
-def false_positive(request: Request, practice: PracticeName,
+def false_positive(request: Request, admin: Admin, practice: PracticeName,
                    name: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]) -> dict[str, bool]:
-    _guard(request, ops.mark_false_positive, practice, name, practice=practice)
+    _guard(request, admin, ops.mark_false_positive, practice, name, practice=practice)
     return {"false_positive": True}
 
 
 @router.post("/v1/admin/practices/{practice}/enroll-codes", status_code=201)
-def new_enroll_code(request: Request, practice: PracticeName) -> dict[str, Any]:
-    code = _guard(request, ops.enroll_code, practice, practice=practice)
+def new_enroll_code(request: Request, admin: Admin, practice: PracticeName) -> dict[str, Any]:
+    code = _guard(request, admin, ops.enroll_code, practice, practice=practice)
     return {"code": code, "ttl_seconds": request.app.state.config.limits.enroll_code_ttl_seconds}
 
 
 @router.post("/v1/admin/practices/{practice}/tokens", status_code=201)
-def new_token(request: Request, practice: PracticeName, body: TokenRequest) -> dict[str, str]:
-    return {"token": _guard(request, ops.new_token, practice, body.scope, practice=practice)}
+def new_token(request: Request, admin: Admin, practice: PracticeName, body: TokenRequest) -> dict[str, str]:
+    return {"token": _guard(request, admin, ops.new_token, practice, body.scope, practice=practice)}
 
 
 @router.delete("/v1/admin/tokens/{token_id}", status_code=200)
-def revoke_token(request: Request, token_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]) -> dict[str, bool]:
-    _guard(request, ops.revoke_token, token_id)
+def revoke_token(request: Request, admin: Admin,
+                 token_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]) -> dict[str, bool]:
+    _guard(request, admin, ops.revoke_token, token_id)
     return {"revoked": True}
 
 
 @router.post("/v1/admin/practices/{practice}/gc")
-def gc_practice(request: Request, practice: PracticeName) -> dict[str, Any]:
+def gc_practice(request: Request, admin: Admin, practice: PracticeName) -> dict[str, Any]:
     """Apply retention and collect garbage for one practice now."""
-    rep = _guard(request, lambda v, actor: run_gc(v, v.practice(practice), actor=actor), practice=practice)
+    rep = _guard(request, admin, lambda v, actor: run_gc(v, v.practice(practice), actor=actor), practice=practice)
     return {"practice": rep.practice, "frozen": rep.frozen, "forgotten": len(rep.forgotten),
             "deleted_packs": len(rep.deleted_packs), "freed_bytes": rep.freed_bytes}
 
 
 @router.get("/v1/admin/audit")
-def read_audit(request: Request, after: Annotated[int, Query(ge=0)] = 0,
+def read_audit(request: Request, admin: Admin, after: Annotated[int, Query(ge=0)] = 0,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-    require_admin(request)
     with vault_of(request).engine.connect() as conn:
         rows = conn.execute(sa.select(db.audit).where(db.audit.c.seq > after).order_by(db.audit.c.seq)
                             .limit(limit)).all()
@@ -166,8 +168,7 @@ def read_audit(request: Request, after: Annotated[int, Query(ge=0)] = 0,
 
 
 @router.get("/v1/admin/audit/verify")
-def verify_audit(request: Request) -> dict[str, Any]:
-    require_admin(request)
+def verify_audit(request: Request, admin: Admin) -> dict[str, Any]:
     v = vault_of(request)
     res = audit_mod.verify(v.engine, v.config.audit_checkpoint)
     return {"ok": res.ok, "count": res.count, "problems": list(res.problems)}

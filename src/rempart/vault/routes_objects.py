@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -18,12 +18,30 @@ from rempart.core.errors import IntegrityError, RempartError, UserError
 from rempart.storage.base import FileType, Handle
 from rempart.vault import practices as ops
 from rempart.vault.deps import refuse, require_practice, vault_of
+from rempart.vault.service import Practice
+from rempart.vault.tokens import Principal
 
 router = APIRouter(prefix="/v1/p/{practice}", tags=["practice"])
 
 PracticeName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", max_length=63)]
 ObjName = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", min_length=64, max_length=64)]
 READ = ("backup", "restore", "admin")
+Auth = tuple[Principal, Practice]
+
+
+def _needs(*scopes: str) -> Any:
+    """Dependency: authenticate before anything else (body validation included)."""
+
+    def dep(request: Request, practice: PracticeName) -> Auth:
+        return require_practice(request, practice, scopes)
+
+    return Depends(dep)
+
+
+ReadAuth = Annotated[Auth, _needs(*READ)]
+WriteAuth = Annotated[Auth, _needs("backup", "admin")]
+RunAuth = Annotated[Auth, _needs("backup")]
+AdminAuth = Annotated[Auth, _needs("admin")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
@@ -89,8 +107,8 @@ async def _spool(request: Request) -> bytes:
             pass
 
 
-async def _upload(request: Request, response: Response, practice: str, h: Handle) -> Created:
-    p, pr = await run_in_threadpool(require_practice, request, practice, ("backup", "admin"))
+async def _upload(request: Request, response: Response, auth: Auth, h: Handle) -> Created:
+    p, pr = auth
     vault = vault_of(request)
     try:
         data = await _spool(request)
@@ -99,7 +117,7 @@ async def _upload(request: Request, response: Response, practice: str, h: Handle
         created = await run_in_threadpool(vault.ingest, p.actor, pr, h, data)
     except RempartError as exc:
         err = exc
-        raise await run_in_threadpool(lambda: refuse(request, err, actor=p.actor, practice=practice)) from None
+        raise await run_in_threadpool(lambda: refuse(request, err, actor=p.actor, practice=pr.name)) from None
     response.status_code = 201 if created else 200
     if created:
         request.app.state.metrics.bytes_received.labels(h.type.value).inc(len(data))
@@ -129,9 +147,9 @@ def _range(request: Request, size: int) -> tuple[int, int | None, bool]:
     return start, end - start + 1, True
 
 
-def _get(request: Request, practice: str, h: Handle) -> Response:
-    _, pr = require_practice(request, practice, READ)
+def _get(request: Request, auth: Auth, h: Handle) -> Response:
     vault = vault_of(request)
+    pr = auth[1]
     size = vault.stat(pr, h).size
     start, length, partial = _range(request, size)
     data = vault.load(pr, h, start, length)
@@ -142,95 +160,99 @@ def _get(request: Request, practice: str, h: Handle) -> Response:
                     headers=headers)
 
 
-def _head(request: Request, practice: str, h: Handle) -> Response:
-    _, pr = require_practice(request, practice, READ)
-    size = vault_of(request).stat(pr, h).size
+def _head(request: Request, auth: Auth, h: Handle) -> Response:
+    size = vault_of(request).stat(auth[1], h).size
     return Response(status_code=200, headers={"Content-Length": str(size), "Accept-Ranges": "bytes"})
 
+
+def _delete(request: Request, auth: Auth, h: Handle) -> Response:
+    p, pr = auth
+    try:
+        ops.admin_remove(vault_of(request), pr, h, actor=p.actor)
+    except RempartError as exc:
+        raise refuse(request, exc, actor=p.actor, practice=pr.name) from None
+    return Response(status_code=204)
+
+
+CONFIG = Handle(FileType.CONFIG, "config")
+BINARY: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial content (Range)"}}
 
 # --- fixed routes first (they would otherwise match /{type}/{name}) ---------------------
 
 
 @router.post("/blobs/exists", response_model=ExistsResponse)
-def blobs_exist(request: Request, practice: PracticeName, body: ExistsRequest) -> ExistsResponse:
+def blobs_exist(request: Request, auth: ReadAuth, body: ExistsRequest) -> ExistsResponse:
     """Which of these blob ids are stored (marks them "touched": GC keeps them a grace period)."""
-    _, pr = require_practice(request, practice, READ)
-    found = vault_of(request).exists(pr, [bytes.fromhex(i) for i in body.ids])
+    found = vault_of(request).exists(auth[1], [bytes.fromhex(i) for i in body.ids])
     return ExistsResponse(present=sorted(i.hex() for i in found))
 
 
 @router.post("/runs", status_code=201)
-def report_run(request: Request, practice: PracticeName, body: RunReport) -> dict[str, str]:
+def report_run(request: Request, auth: RunAuth, body: RunReport) -> dict[str, str]:
     """The agent reports a run's outcome (no paths, only counts and an error class)."""
-    p, pr = require_practice(request, practice, ("backup",))
-    ops.report_run(vault_of(request), pr, body.outcome, body.error_class, dict(body.counts), actor=p.actor)
+    ops.report_run(vault_of(request), auth[1], body.outcome, body.error_class, dict(body.counts), actor=auth[0].actor)
     return {"status": "recorded"}
 
 
 @router.get("/status")
-def practice_status(request: Request, practice: PracticeName) -> dict[str, Any]:
+def practice_status(request: Request, auth: ReadAuth) -> dict[str, Any]:
     """Last snapshot (server time), last clean point, freeze, usage, last run."""
-    _, pr = require_practice(request, practice, READ)
-    return ops.status(vault_of(request), pr)
+    return ops.status(vault_of(request), auth[1])
 
 
 @router.get("/timeline")
-def practice_timeline(request: Request, practice: PracticeName) -> list[dict[str, Any]]:
+def practice_timeline(request: Request, auth: ReadAuth) -> list[dict[str, Any]]:
     """Snapshots with server receive time and detection verdict, newest first."""
-    _, pr = require_practice(request, practice, READ)
-    return ops.timeline(vault_of(request), pr)
+    return ops.timeline(vault_of(request), auth[1])
 
 
-@router.get("/config", response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
-def get_config(request: Request, practice: PracticeName) -> Response:
-    return _get(request, practice, Handle(FileType.CONFIG, "config"))
+@router.get("/config", response_class=Response, responses=BINARY)
+def get_config(request: Request, auth: ReadAuth) -> Response:
+    return _get(request, auth, CONFIG)
 
 
 @router.head("/config")
-def head_config(request: Request, practice: PracticeName) -> Response:
-    return _head(request, practice, Handle(FileType.CONFIG, "config"))
+def head_config(request: Request, auth: ReadAuth) -> Response:
+    return _head(request, auth, CONFIG)
 
 
 @router.post("/config", response_model=Created, openapi_extra=UPLOAD_BODY)
-async def post_config(request: Request, response: Response, practice: PracticeName) -> Created:
+async def post_config(request: Request, response: Response, auth: WriteAuth) -> Created:
     """Create the repository config once; identical bytes again is a no-op, different is 409."""
-    return await _upload(request, response, practice, Handle(FileType.CONFIG, "config"))
+    return await _upload(request, response, auth, CONFIG)
+
+
+@router.delete("/config", status_code=204)
+def delete_config(request: Request, auth: AdminAuth) -> Response:
+    """Provider admin only, under the same rules as other deletions."""
+    return _delete(request, auth, CONFIG)
 
 
 @router.get("/{type}/", response_model=list[FileEntry])
-def list_files(request: Request, practice: PracticeName, type: ObjType) -> list[FileEntry]:
-    _, pr = require_practice(request, practice, READ)
-    return [FileEntry(name=i.name, size=i.size) for i in vault_of(request).list_files(pr, FileType(type.value))]
+def list_files(request: Request, auth: ReadAuth, type: ObjType) -> list[FileEntry]:
+    return [FileEntry(name=i.name, size=i.size) for i in vault_of(request).list_files(auth[1], FileType(type.value))]
 
 
-@router.get("/{type}/{name}", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "range"}})
-def get_file(request: Request, practice: PracticeName, type: ObjType, name: ObjName) -> Response:
-    return _get(request, practice, Handle(FileType(type.value), name))
+@router.get("/{type}/{name}", response_class=Response, responses=BINARY)
+def get_file(request: Request, auth: ReadAuth, type: ObjType, name: ObjName) -> Response:
+    return _get(request, auth, Handle(FileType(type.value), name))
 
 
 @router.head("/{type}/{name}")
-def head_file(request: Request, practice: PracticeName, type: ObjType, name: ObjName) -> Response:
-    return _head(request, practice, Handle(FileType(type.value), name))
+def head_file(request: Request, auth: ReadAuth, type: ObjType, name: ObjName) -> Response:
+    return _head(request, auth, Handle(FileType(type.value), name))
 
 
 @router.post("/{type}/{name}", response_model=Created, openapi_extra=UPLOAD_BODY,
              responses={409: {"description": "missing blobs (snapshot/index) or name taken"},
                         413: {"description": "too large"}, 422: {"description": "not a valid object"},
                         507: {"description": "quota exceeded"}})
-async def post_file(request: Request, response: Response, practice: PracticeName, type: ObjType,
-                    name: ObjName) -> Created:
+async def post_file(request: Request, response: Response, auth: WriteAuth, type: ObjType, name: ObjName) -> Created:
     """Create-only upload; the name must be the SHA-256 of the body and the body must parse."""
-    return await _upload(request, response, practice, Handle(FileType(type.value), name))
+    return await _upload(request, response, auth, Handle(FileType(type.value), name))
 
 
 @router.delete("/{type}/{name}", status_code=204)
-def delete_file(request: Request, practice: PracticeName, type: ObjType, name: ObjName) -> Response:
+def delete_file(request: Request, auth: AdminAuth, type: ObjType, name: ObjName) -> Response:
     """Provider admin only; refused under freeze, below the minimum age, or for referenced packs."""
-    p, pr = require_practice(request, practice, ("admin",))
-    h = Handle(FileType(type.value), name)
-    try:
-        ops.admin_remove(vault_of(request), pr, h, actor=p.actor)
-    except RempartError as exc:
-        raise refuse(request, exc, actor=p.actor, practice=practice) from None
-    return Response(status_code=204)
+    return _delete(request, auth, Handle(FileType(type.value), name))
