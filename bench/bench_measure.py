@@ -1,0 +1,180 @@
+"""Measuring one command: wall time, peak memory of its process tree, cache control, sizes.
+
+Used by compare.py and memory_scale.py. Every tool runs as a child process; the peak memory is
+the larger of
+
+* ``ru_maxrss`` from ``os.wait4`` on the child (the kernel's high-water mark of the largest
+  process in the waited tree: exact, never misses a short spike), and
+* the largest *sum* of RSS over the whole process tree sampled every 20 ms with psutil (catches
+  tools that fork worker processes, whose RSS adds up).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:  # optional: only the tree-sum sampling needs it
+    import psutil
+except ImportError:  # pragma: no cover - psutil is in the bench extra
+    psutil = None
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Measured:
+    argv: list[str]
+    returncode: int
+    wall_s: float
+    maxrss_bytes: int  # from wait4: largest single process in the tree
+    tree_rss_bytes: int  # sampled sum over the tree (0 without psutil)
+    stdout: str = ""
+    stderr: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def peak_rss_bytes(self) -> int:
+        return max(self.maxrss_bytes, self.tree_rss_bytes)
+
+
+def _sample_tree(pid: int, stop: threading.Event, out: list[int]) -> None:
+    if psutil is None:
+        return
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return
+    peak = 0
+    while not stop.is_set():
+        try:
+            procs = [root, *root.children(recursive=True)]
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak = max(peak, total)
+        except psutil.Error:
+            break
+        stop.wait(0.02)
+    out.append(peak)
+
+
+def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                 ok_codes: Iterable[int] = (0,)) -> Measured:
+    """Run ``argv`` to completion; raise CommandFailed unless its exit code is in ``ok_codes``."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(argv), env=full_env, cwd=cwd, stdout=out_f, stderr=err_f,
+                                stdin=subprocess.DEVNULL)
+        stop = threading.Event()
+        sampled: list[int] = []
+        sampler = threading.Thread(target=_sample_tree, args=(proc.pid, stop, sampled), daemon=True)
+        sampler.start()
+        _, status, rusage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        stop.set()
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # we reaped it ourselves
+        out_f.seek(0)
+        err_f.seek(0)
+        stdout = out_f.read().decode(errors="replace")
+        stderr = err_f.read().decode(errors="replace")
+    m = Measured(list(argv), proc.returncode, wall, rusage.ru_maxrss * 1024, sampled[0] if sampled else 0,
+                 stdout, stderr)
+    if m.returncode not in set(ok_codes):
+        raise CommandFailed(f"{' '.join(argv)} exited {m.returncode}:\n{stderr[-3000:]}")
+    return m
+
+
+def run_quiet(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    res = subprocess.run(list(argv), env=full_env, cwd=cwd, capture_output=True, text=True, check=False,
+                         stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise CommandFailed(f"{' '.join(argv)} exited {res.returncode}:\n{res.stderr[-3000:]}")
+    return res.stdout
+
+
+# -- page cache -------------------------------------------------------------------------------
+
+
+def can_drop_caches() -> bool:
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def warm_read(root: Path) -> int:
+    """Read every file under ``root`` once (so every tool sees the same warm page cache)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p):
+                continue
+            try:
+                with open(p, "rb", buffering=0) as f:
+                    while chunk := f.read(1 << 20):
+                        total += len(chunk)
+            except OSError:
+                pass
+    return total
+
+
+def prepare_cache(mode: str, *roots: Path) -> None:
+    """``cold``: sync and drop the page cache; ``warm``: sync and read ``roots`` once."""
+    if mode == "cold":
+        drop_caches()
+    else:
+        os.sync()
+        for r in roots:
+            warm_read(r)
+
+
+# -- sizes --------------------------------------------------------------------------------------
+
+
+def tree_size(root: Path) -> tuple[int, int]:
+    """(apparent bytes of regular files, number of regular files) under ``root``."""
+    total = files = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if not os.path.islink(os.path.join(dirpath, name)):
+                total += st.st_size
+                files += 1
+    return total, files
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Peak memory of a backup as the number of files grows (issue 2: "bounded, not proportional").
+
+Generates folders of N small files (deterministic, 200 B - 4 KiB each, 500 per folder) and
+measures, for each N and each tool, the peak RSS of the process tree (see bench_measure) and the
+wall time of a first backup and of a second backup with nothing changed. Fresh repository per N.
+
+    python bench/memory_scale.py --files 10000,200000 --tools rempart,restic --markdown out.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_measure import can_drop_caches, median, prepare_cache, run_measured, tree_size
+from bench_tools import detection_available, make_tool
+
+MIB = 2**20
+WORDS = [w.encode() for w in "patient dent carie couronne implant radio facture rendez-vous "
+         "détartrage bridge prothèse anesthésie ordonnance mutuelle orthodontie extraction".split()]
+
+
+def make_small_files(root: Path, count: int, seed: int) -> int:
+    """``count`` files of 200 B - 4 KiB (half text, half random bytes) in folders of 500."""
+    rng = random.Random(f"small-{seed}-{count}")
+    total = 0
+    for i in range(count):
+        d = root / f"d{i // 500:04d}"
+        if i % 500 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        size = rng.randint(200, 4096)
+        if i % 2:
+            data = rng.randbytes(size)
+        else:
+            data = b" ".join(rng.choice(WORDS) for _ in range(size // 8))[:size]
+        (d / f"f{i:06d}.txt").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def measure(tool_name: str, data: Path, home: Path, cache: str, runs: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for phase in ("initial", "nochange"):
+        out[phase] = {"wall_s": [], "peak_rss": []}
+    for r in range(runs):
+        tool = make_tool(tool_name, home / f"{tool_name}-{r}")
+        shutil.rmtree(tool.home, ignore_errors=True)
+        tool.init()
+        for phase, label in (("initial", "a"), ("nochange", "b")):
+            prepare_cache(cache, data)
+            m = run_measured(tool.backup_argv(data, label), env=tool.env(), ok_codes=tool.backup_ok_codes())
+            out[phase]["wall_s"].append(m.wall_s)
+            out[phase]["peak_rss"].append(m.peak_rss_bytes)
+            print(f"  {tool_name:17s} {phase:8s} {m.wall_s:7.2f}s rss {m.peak_rss_bytes / MIB:6.0f} MiB",
+                  file=sys.stderr, flush=True)
+        out["repo_bytes"] = tree_size(tool.repo)[0]
+        out["local_cache_bytes"] = tree_size(tool.cache_dir)[0]
+        shutil.rmtree(tool.home, ignore_errors=True)
+    return out
+
+
+def render(result: dict[str, Any]) -> str:
+    counts = result["files"]
+    lines = [f"Command: `{result['command']}`  ", f"Cache mode `{result['cache']}`; {result['runs']} run(s) "
+             f"per cell, medians; load average at start {result['load'][0]:.2f}.", ""]
+    if result.get("notes"):
+        lines += [f"Note: {n}" for n in result["notes"]] + [""]
+    head = "| tool | backup |" + "".join(f" {n} files: peak RSS MiB | time s |" for n in counts)
+    head += f" RSS {counts[-1]}/{counts[0]} |"
+    lines += [head, "|---|---|" + "---:|---:|" * len(counts) + "---:|"]
+    for tool, per in result["tools"].items():
+        for phase in ("initial", "nochange"):
+            rss = [median(per[str(n)][phase]["peak_rss"]) for n in counts]
+            t = [median(per[str(n)][phase]["wall_s"]) for n in counts]
+            row = f"| {tool} | {phase} |" + "".join(f" {a / MIB:.0f} | {b:.1f} |" for a, b in zip(rss, t))
+            lines.append(row + f" {rss[-1] / rss[0]:.2f} |")
+    lines.append("")
+    lines.append("Local state/cache after the second backup (MiB): " + "; ".join(
+        f"{tool} " + ", ".join(f"{n}: {per[str(n)]['local_cache_bytes'] / MIB:.1f}" for n in counts)
+        for tool, per in result["tools"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--files", default="10000,200000", help="comma-separated file counts")
+    p.add_argument("--tools", default="rempart,restic", help="comma-separated: rempart, rempart-nodetect, restic, borg")
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workdir", default="/tmp/rempart-bench-mem")
+    p.add_argument("--cache", choices=("cold", "warm", "auto"), default="auto")
+    p.add_argument("--json", dest="json_out")
+    p.add_argument("--markdown")
+    args = p.parse_args(argv)
+    if args.cache == "auto":
+        args.cache = "cold" if can_drop_caches() else "warm"
+    counts = [int(x) for x in args.files.split(",")]
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    notes = []
+    if "rempart" in tools and not detection_available():
+        tools = ["rempart-nodetect" if t == "rempart" else t for t in tools]
+        notes.append("rempart.agent.detection is missing in this build: rempart ran with --no-detect")
+    work = Path(args.workdir)
+    result: dict[str, Any] = {"command": "python bench/memory_scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                              "files": counts, "cache": args.cache, "runs": args.runs, "load": os.getloadavg(),
+                              "notes": notes, "tools": {t: {} for t in tools}}
+    for n in counts:
+        data = work / f"files{n}"
+        shutil.rmtree(data, ignore_errors=True)
+        t0 = time.perf_counter()
+        size = make_small_files(data, n, args.seed)
+        print(f"{n} files, {size / MIB:.0f} MiB, generated in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        for t in tools:
+            result["tools"][t][str(n)] = measure(t, data, work / "homes", args.cache, args.runs)
+        shutil.rmtree(data, ignore_errors=True)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=1))
+    md = render(result)
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
