@@ -116,7 +116,8 @@ class VaultProc:
         return name, toks
 
     def backend(self, practice: str, token: str, **kw: Any) -> VaultBackend:
-        return VaultBackend(f"{self.url}/{practice}", token=token, pin=self.pin, **kw)
+        kw.setdefault("pin", self.pin)
+        return VaultBackend(f"{self.url}/{practice}", token=token, **kw)
 
 
 def make_vault(root: Path, extra: str = "") -> VaultProc:
