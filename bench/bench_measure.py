@@ -12,6 +12,7 @@ the larger of
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -28,6 +29,10 @@ except ImportError:  # pragma: no cover - psutil is in the bench extra
 
 
 class CommandFailed(RuntimeError):
+    pass
+
+
+class CommandTimedOut(CommandFailed):
     pass
 
 
@@ -72,21 +77,38 @@ def _sample_tree(pid: int, stop: threading.Event, out: list[int]) -> None:
 
 
 def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                 ok_codes: Iterable[int] = (0,)) -> Measured:
-    """Run ``argv`` to completion; raise CommandFailed unless its exit code is in ``ok_codes``."""
+                 ok_codes: Iterable[int] = (0,), timeout: float | None = None) -> Measured:
+    """Run ``argv`` to completion; raise CommandFailed unless its exit code is in ``ok_codes``.
+
+    With ``timeout`` the whole process group is killed after that many seconds (CommandTimedOut).
+    """
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
         start = time.perf_counter()
         proc = subprocess.Popen(list(argv), env=full_env, cwd=cwd, stdout=out_f, stderr=err_f,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        timed_out = threading.Event()
+
+        def _kill() -> None:
+            timed_out.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        timer = threading.Timer(timeout, _kill) if timeout else None
+        if timer:
+            timer.start()
         stop = threading.Event()
         sampled: list[int] = []
         sampler = threading.Thread(target=_sample_tree, args=(proc.pid, stop, sampled), daemon=True)
         sampler.start()
         _, status, rusage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        if timer:
+            timer.cancel()
         stop.set()
         sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)  # we reaped it ourselves
@@ -96,6 +118,8 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, c
         stderr = err_f.read().decode(errors="replace")
     m = Measured(list(argv), proc.returncode, wall, rusage.ru_maxrss * 1024, sampled[0] if sampled else 0,
                  stdout, stderr)
+    if timed_out.is_set():
+        raise CommandTimedOut(f"{' '.join(argv)} killed after {timeout:.0f}s")
     if m.returncode not in set(ok_codes):
         raise CommandFailed(f"{' '.join(argv)} exited {m.returncode}:\n{stderr[-3000:]}")
     return m

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_measure import can_drop_caches, median, prepare_cache, run_measured, tree_size
+from bench_measure import CommandTimedOut, can_drop_caches, median, prepare_cache, run_measured, tree_size
 from bench_tools import detection_available, make_tool
 
 MIB = 2**20
@@ -48,7 +48,7 @@ def make_small_files(root: Path, count: int, seed: int) -> int:
     return total
 
 
-def measure(tool_name: str, data: Path, home: Path, cache: str, runs: int) -> dict[str, Any]:
+def measure(tool_name: str, data: Path, home: Path, cache: str, runs: int, timeout: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for phase in ("initial", "nochange"):
         out[phase] = {"wall_s": [], "peak_rss": []}
@@ -58,7 +58,13 @@ def measure(tool_name: str, data: Path, home: Path, cache: str, runs: int) -> di
         tool.init()
         for phase, label in (("initial", "a"), ("nochange", "b")):
             prepare_cache(cache, data)
-            m = run_measured(tool.backup_argv(data, label), env=tool.env(), ok_codes=tool.backup_ok_codes())
+            try:
+                m = run_measured(tool.backup_argv(data, label), env=tool.env(), ok_codes=tool.backup_ok_codes(),
+                                 timeout=timeout)
+            except CommandTimedOut:
+                out[phase]["timeout"] = timeout
+                print(f"  {tool_name:17s} {phase:8s} killed after {timeout:.0f}s", file=sys.stderr, flush=True)
+                break
             out[phase]["wall_s"].append(m.wall_s)
             out[phase]["peak_rss"].append(m.peak_rss_bytes)
             print(f"  {tool_name:17s} {phase:8s} {m.wall_s:7.2f}s rss {m.peak_rss_bytes / MIB:6.0f} MiB",
@@ -80,10 +86,17 @@ def render(result: dict[str, Any]) -> str:
     lines += [head, "|---|---|" + "---:|---:|" * len(counts) + "---:|"]
     for tool, per in result["tools"].items():
         for phase in ("initial", "nochange"):
-            rss = [median(per[str(n)][phase]["peak_rss"]) for n in counts]
-            t = [median(per[str(n)][phase]["wall_s"]) for n in counts]
-            row = f"| {tool} | {phase} |" + "".join(f" {a / MIB:.0f} | {b:.1f} |" for a, b in zip(rss, t))
-            lines.append(row + f" {rss[-1] / rss[0]:.2f} |")
+            cells, rss = [], []
+            for n in counts:
+                cell = per[str(n)][phase]
+                if cell["wall_s"]:
+                    rss.append(median(cell["peak_rss"]))
+                    cells.append(f" {rss[-1] / MIB:.0f} | {median(cell['wall_s']):.1f} |")
+                else:
+                    rss.append(float("nan"))
+                    why = f"killed after {cell['timeout']:.0f} s" if "timeout" in cell else "not run"
+                    cells.append(f" - | {why} |")
+            lines.append(f"| {tool} | {phase} |" + "".join(cells) + f" {rss[-1] / rss[0]:.2f} |")
     lines.append("")
     lines.append("Local state/cache after the second backup (MiB): " + "; ".join(
         f"{tool} " + ", ".join(f"{n}: {per[str(n)]['local_cache_bytes'] / MIB:.1f}" for n in counts)
@@ -99,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", default="/tmp/rempart-bench-mem")
     p.add_argument("--cache", choices=("cold", "warm", "auto"), default="auto")
+    p.add_argument("--timeout", type=float, default=900, help="kill a backup after this many seconds")
     p.add_argument("--json", dest="json_out")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         size = make_small_files(data, n, args.seed)
         print(f"{n} files, {size / MIB:.0f} MiB, generated in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         for t in tools:
-            result["tools"][t][str(n)] = measure(t, data, work / "homes", args.cache, args.runs)
+            result["tools"][t][str(n)] = measure(t, data, work / "homes", args.cache, args.runs, args.timeout)
         shutil.rmtree(data, ignore_errors=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=1))
