@@ -11,14 +11,19 @@ from rempart.core.errors import UserError
 from rempart.snapshot.restorer import Restorer
 
 
+INTERMIXED = "items"
+
+
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("snapshot", help="snapshot id (or prefix), or 'latest'")
+    # one positional list (argparse cannot place a second one after options): SNAPSHOT [PATH...]
+    p.add_argument("items", nargs="+", metavar="SNAPSHOT [PATH ...]",
+                   help="snapshot id (or prefix) or 'latest', then optional paths to restore (as `ls` shows them)")
     p.add_argument("--target", required=True, help="folder to restore into (created if needed)")
     p.add_argument("--kit", help="recovery kit file (env REMPART_KIT)")
-    p.add_argument("paths", nargs="*", help="restore only these paths (as shown by `ls`)")
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    args.snapshot, args.paths = args.items[0], args.items[1:]
     repo = open_repo(ctx)
     session = read_session(ctx, repo, args.kit)
     name = resolve_snapshot(repo, args.snapshot)

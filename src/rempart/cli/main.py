@@ -80,7 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     name = _command_name(args_list)
     parser = build_parser(only=name)
-    args = parser.parse_args(args_list)
+    args, extra = parser.parse_known_args(args_list)
+    module_name = COMMANDS[args.command][0] if args.command else None
+    intermixed = getattr(importlib.import_module(module_name), "INTERMIXED", None) if module_name else None
+    if extra and intermixed and not any(e.startswith("-") for e in extra):
+        getattr(args, intermixed).extend(extra)  # positionals given after options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()
         return 2

@@ -9,6 +9,7 @@ A lost cache only costs reading time: dedup still avoids re-uploading known chun
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from rempart.core.errors import LockedError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
-  path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
+  path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
   content BLOB, features TEXT, read_at REAL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
@@ -56,13 +57,14 @@ class StateCache:
 
     def lookup(self, path: str) -> CachedFile | None:
         row = self.db.execute(
-            "SELECT path,size,mtime_ns,ctime_ns,inode,content,features,read_at FROM files WHERE path=?", (path,)
+            "SELECT path,size,mtime_ns,ctime_ns,inode,content,features,read_at FROM files WHERE path=?",
+            (os.fsencode(path),),
         ).fetchone()
         if row is None:
             return None
         content = bytes(row[5] or b"")
         return CachedFile(
-            row[0], row[1], row[2], row[3], row[4],
+            path, row[1], row[2], row[3], row[4],
             [content[i : i + 32] for i in range(0, len(content), 32)],
             json.loads(row[6]) if row[6] else None, row[7] or 0.0,
         )
@@ -70,7 +72,7 @@ class StateCache:
     def record(self, path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int,
                content: list[bytes], features: dict[str, Any] | None, read_at: float) -> None:
         """Thread-safe; rows reach SQLite on ``flush`` (called from the owning thread)."""
-        row = (path, size, mtime_ns, ctime_ns, inode, b"".join(content),
+        row = (os.fsencode(path), size, mtime_ns, ctime_ns, inode, b"".join(content),
                json.dumps(features, sort_keys=True) if features else None, read_at)
         with self._batch_lock:
             self._batch.append(row)
@@ -84,7 +86,7 @@ class StateCache:
     def deleted_paths(self) -> list[str]:
         """Paths of the previous snapshot absent from this run (call after ``flush``)."""
         self.flush()
-        return [r[0] for r in self.db.execute(
+        return [os.fsdecode(r[0]) for r in self.db.execute(
             "SELECT f.path FROM files f LEFT JOIN files_new n ON f.path = n.path WHERE n.path IS NULL")]
 
     def previous_count(self) -> int:

@@ -130,6 +130,10 @@ class Restorer:
                 os.symlink(node.target, child, dir_fd=self._root_fd)
                 _set_times(node, child, self._root_fd)
                 self.stats.symlinks += 1
+            elif statmod.S_ISFIFO(node.mode) and hasattr(os, "mkfifo"):
+                _remove_existing(self._root_fd, child)
+                os.mkfifo(child, statmod.S_IMODE(node.mode), dir_fd=self._root_fd)
+                _set_times(node, child, self._root_fd)
 
     def _file_job(self, rel: str, node: Node) -> None:
         try:

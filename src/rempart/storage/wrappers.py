@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from rempart.core.errors import TransientError
+from rempart.core.errors import AlreadyExists, TransientError
 from rempart.storage.base import Backend, FileInfo, FileType, Handle, Permissions
 
 
@@ -98,7 +98,19 @@ class RetryBackend(_Wrapper):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def save(self, h: Handle, data: bytes) -> None:
-        self._retry(lambda: self.inner.save(h, data))
+        attempts = [0]
+
+        def once() -> None:
+            attempts[0] += 1
+            try:
+                self.inner.save(h, data)
+            except AlreadyExists:
+                # an earlier attempt may have landed with its reply lost: for content-addressed
+                # names the stored bytes are ours, so this is success
+                if attempts[0] == 1 or h.type is FileType.CONFIG:
+                    raise
+
+        self._retry(once)
 
     def load(self, h: Handle, *, offset: int = 0, length: int | None = None) -> bytes:
         out = self._retry(lambda: self.inner.load(h, offset=offset, length=length))
