@@ -104,9 +104,10 @@ class Dispatcher:
         if hook is None:
             self._mark(row, UserError("webhook no longer configured"), res, permanent=True)
             return
-        kw = {"sleep": self.sleep} if self.sleep else {}
+        channel = WebhookChannel(hook, self.vault.clock, sleep=self.sleep) if self.sleep else \
+            WebhookChannel(hook, self.vault.clock)
         try:
-            WebhookChannel(hook, self.vault.clock, **kw).post(row.payload.encode())
+            channel.post(row.payload.encode())
         except UserError as exc:
             self._mark(row, exc, res, permanent=True)
             return

@@ -1,7 +1,8 @@
 """The alert engine: reads plain facts from the vault's database, runs the pure state machine
 (:mod:`rules`) and records alert changes and the notifications to send in one transaction
 (a transactional outbox: a crash never loses or duplicates a notification decision).
-Sending is done by :mod:`dispatch`."""
+Sending is done by :mod:`dispatch`. Alert history lives in ``watch_alerts`` (shown on the
+dashboard); the vault's audit trail records the human actions (logins, freeze, release)."""
 
 from __future__ import annotations
 
@@ -131,19 +132,18 @@ class Watch:
                     self._apply(conn, row, a, now)
                     out.actions.append((row.name, a))
                 out.states.append(state)
-            if actions:
-                self.vault.checkpoint(conn)
         return out
 
     def _apply(self, conn: Connection, row: Any, a: Action, now: datetime) -> None:
         n = now.timestamp()
         detail = json.dumps(a.detail, sort_keys=True)[:2000]
         if a.kind == "open":
-            aid = conn.execute(t.alerts.insert().values(
+            res = conn.execute(t.alerts.insert().values(
                 practice_id=row.id, grp=a.group, level=a.level, opened=n, escalated=n if a.escalate_now else None,
-                resolved=None, detail=detail, is_open=True)).inserted_primary_key[0]
+                resolved=None, detail=detail, is_open=True))
+            aid = int(res.inserted_primary_key[0]) if res.inserted_primary_key else 0
         else:
-            aid = a.alert_id
+            aid = a.alert_id or 0
             values: dict[str, Any] = {}
             if a.kind == "worsen":
                 values = {"level": a.level, "detail": detail}
@@ -154,8 +154,6 @@ class Watch:
             elif a.kind == "resolve":
                 values = {"is_open": False, "resolved": n}
             conn.execute(t.alerts.update().where(t.alerts.c.id == aid).values(**values))
-        self.vault.audit(conn, "watch", f"alert.{EVENT_OF[a.kind]}", row.name, "ok",
-                         {"alert": aid, "level": a.level, "to": list(a.audiences)})
         self._queue(conn, row, int(aid), a, now)
 
     def _queue(self, conn: Connection, row: Any, aid: int, a: Action, now: datetime) -> None:

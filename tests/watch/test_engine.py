@@ -1,0 +1,130 @@
+"""The alert engine inside a real vault (database, storage, service) with a fake clock, sending
+through a real SMTP server: late -> escalated -> missing -> resolved, deduplication, failed
+runs, suspicious snapshots, quota, retries when SMTP is down, weekly reports, metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from watch_helpers import SmtpServer, backup, start_smtp
+
+from conftest import Env, make_env
+from rempart.testing.servers import free_ports
+from rempart.vault import practices as vp
+from rempart.vault.watch import tables as t
+
+
+def subjects(smtp: SmtpServer) -> list[tuple[str, str]]:
+    return [(m["X-Test-Rcpt"], m["Subject"]) for m in smtp.messages]
+
+
+def test_late_escalate_missing_resolved_by_mail(env: Env, smtp: SmtpServer) -> None:
+    env.add("cabinet-a")
+    env.provider("infogarde", ["support@infogarde.test"], lang="en")
+    backup(env.vault, "cabinet-a")
+    assert env.watch.tick().evaluation.actions == []
+    env.clock.advance(3600 + 600)  # due + grace: late
+    r = env.watch.tick()
+    assert [(a.kind, a.level) for _, a in r.evaluation.actions] == [("open", "late")]
+    assert r.dispatch.sent == 1
+    (m,) = smtp.wait_for(lambda m: True)
+    assert m["X-Test-Rcpt"] == "dr@cabinet.test"
+    assert m["Subject"] == "[Rempart] ALERTE cabinet-a: sauvegarde en retard"
+    assert "https://vault.test:8443/ui/practices/cabinet-a" in m.get_content()
+    for _ in range(3):  # deduplicated
+        env.clock.advance(300)
+        assert env.watch.tick().dispatch.sent == 0
+    env.clock.advance(2 * 3600)  # open for > escalate_after: the IT provider is told, in its language
+    env.watch.tick()
+    esc = smtp.wait_for(lambda m: m["X-Test-Rcpt"] == "support@infogarde.test")
+    assert esc[0]["Subject"] == "[Rempart] ESCALATED cabinet-a: backup late"
+    env.clock.advance(3600)  # due + missing_after: worse, both told
+    env.watch.tick()
+    smtp.wait_for(lambda m: "manquante" in m["Subject"])
+    smtp.wait_for(lambda m: "backup missing" in m["Subject"])
+    backup(env.vault, "cabinet-a")
+    env.watch.tick()
+    smtp.wait_for(lambda m: m["Subject"].startswith("[Rempart] RÉSOLU cabinet-a"))
+    smtp.wait_for(lambda m: m["Subject"].startswith("[Rempart] RESOLVED cabinet-a"))
+    assert len(smtp.messages) == 6, subjects(smtp)
+    assert all(m["X-Test-TLS"] == "yes" and m["X-Test-Auth"] == "yes" for m in smtp.messages)
+    with env.vault.engine.connect() as conn:
+        rows = conn.execute(sa.select(t.alerts)).all()
+    assert len(rows) == 1 and not rows[0].is_open and rows[0].level == "missing" and rows[0].escalated
+
+
+def test_failed_run_suspicious_and_quota(env: Env, smtp: SmtpServer) -> None:
+    env.add("cabinet-b")
+    env.provider("infogarde", ["support@infogarde.test"])
+    backup(env.vault, "cabinet-b")
+    env.clock.advance(60)
+    vp.report_run(env.vault, env.vault.practice("cabinet-b"), "failed", "SourceError", {}, actor="test")
+    env.watch.tick()
+    smtp.wait_for(lambda m: "en échec" in m["Subject"])
+    backup(env.vault, "cabinet-b", verdict="suspicious", findings={"became_random": 40})
+    used = env.vault.practice("cabinet-b").used_bytes
+    vp.set_quota(env.vault, "cabinet-b", int(used / 0.95), actor="test")  # 95 % full
+    ev = env.watch.tick().evaluation
+    kinds = sorted((a.kind, a.group) for _, a in ev.actions)
+    assert ("resolve", "failed") in kinds and ("open", "suspicious") in kinds and ("open", "frozen") in kinds
+    assert ("open", "quota") in kinds
+    sus = smtp.wait_for(lambda m: "suspecte" in m["Subject"])
+    assert {m["X-Test-Rcpt"] for m in sus} == {"dr@cabinet.test", "support@infogarde.test"}  # urgent: both at once
+    assert env.watch.watch.states()[0].light == "red"
+
+
+def test_mail_retried_when_smtp_is_down(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    smtp = start_smtp(tmp_path, port)
+    env = make_env(tmp_path, smtp)
+    smtp.stop()  # the mail server is down when the alert fires
+    env.add("cabinet-c")
+    env.clock.advance(2 * 3600)
+    r = env.watch.tick()
+    assert r.dispatch.sent == 0 and r.dispatch.failed == 1
+    with env.vault.engine.connect() as conn:
+        row = conn.execute(sa.select(t.outbox)).one()
+    assert row.sent is None and row.attempts == 1 and "cannot send mail" in row.last_error
+    assert smtp.password not in row.last_error
+    smtp = start_smtp(tmp_path, port)  # back up (same port, same CA file path)
+    try:
+        assert env.watch.tick().dispatch.sent == 0  # not before its retry time
+        env.clock.advance(61)
+        assert env.watch.tick().dispatch.sent == 1
+        smtp.wait_for(lambda m: "retard" in m["Subject"])
+    finally:
+        smtp.stop()
+
+
+def test_weekly_report_french_and_english(tmp_path: Path, smtp: SmtpServer) -> None:
+    env = make_env(tmp_path, smtp, report_weekday="mon", report_hour=11)
+    env.add("cabinet-fr")
+    env.add("cabinet-en", contacts=("doc@practice.test",), lang="en")
+    for _ in range(3):
+        backup(env.vault, "cabinet-fr", nbytes=2_500_000_000, files=1234)
+        backup(env.vault, "cabinet-en")
+    assert env.watch.tick().reports == 0  # 10:00 Paris, reports at 11:00
+    env.clock.advance(3600)
+    assert env.watch.tick().reports == 2
+    fr = smtp.wait_for(lambda m: m["Subject"] == "[Rempart] Rapport hebdomadaire cabinet-fr")[0].get_content()
+    assert "Sauvegardes reçues: 3 (dont suspectes: 0)" in fr
+    assert "Données protégées (dernière sauvegarde saine): 2,5 Go, 1234 fichiers" in fr
+    assert "jamais fait" in fr  # no restore drill recorded
+    en = smtp.wait_for(lambda m: m["Subject"] == "[Rempart] Weekly report cabinet-en")[0].get_content()
+    assert "Backups received: 3" in en and "Latest restore drill: never done" in en
+    env.clock.advance(600)
+    assert env.watch.tick().reports == 0  # once a week
+
+
+def test_metrics_expose_open_alerts_and_status(env: Env) -> None:
+    env.add("cabinet-m")
+    backup(env.vault, "cabinet-m")
+    env.clock.advance(2 * 3600)
+    env.watch.tick()
+    body = TestClient(env.app).get("/metrics").text
+    assert 'rempart_vault_alerts_open{level="late",practice="cabinet-m"} 1.0' in body
+    assert 'rempart_vault_practice_status{practice="cabinet-m"} 1.0' in body
+    assert 'rempart_vault_practice_last_backup_age_seconds{practice="cabinet-m"} 7200.0' in body
+    assert 'rempart_vault_practice_bytes_stored{practice="cabinet-m"}' in body
