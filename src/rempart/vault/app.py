@@ -145,4 +145,7 @@ def create_app(config: VaultConfig, clock: Clock | None = None, *, vault: Vault 
 
     app.include_router(routes_objects.router)
     app.include_router(routes_admin.router)
+    from rempart.vault.watch import include_watch  # alerts, reports, dashboard (/ui), watch metrics
+
+    include_watch(app)
     return app

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from rempart.core.errors import ConfigError
+from rempart.vault.watch.config import DashboardConfig, WatchConfig, parse_dashboard, parse_watch
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,9 @@ class VaultConfig:
     limits: Limits = Limits()
     gc_grace_seconds: float = 86400.0
     metrics_public: bool = False
+    # [watch] and [dashboard]: alerts, channels, reports and web UI (rempart.vault.watch)
+    watch: WatchConfig = WatchConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
     @property
     def db_url(self) -> str:
@@ -187,7 +191,8 @@ def _build(cls: type, sec: dict[str, Any], name: str, base: Path | None = None) 
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
-    top_known = {"data_dir", "listen", "tls", "storage", "database", "retention", "limits", "gc", "metrics"}
+    top_known = {"data_dir", "listen", "tls", "storage", "database", "retention", "limits", "gc", "metrics",
+                 "watch", "dashboard"}
     unknown = set(raw) - top_known
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -222,6 +227,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
         limits=_build(Limits, _section(raw, "limits"), "limits"),
         gc_grace_seconds=float(grace),
         metrics_public=public,
+        watch=parse_watch(_section(raw, "watch"), data_dir),
+        dashboard=parse_dashboard(_section(raw, "dashboard")),
     )
 
 
