@@ -138,6 +138,7 @@ def generate(root: Path, size_mb: int, seed: int) -> None:
     _make_dat(root, r, budget["dat"])
     for d in range(3):
         _dump(root, r, -d - 1)
+    floors = {"docx": 120, "pdf": 80, "txt": 150, "csv": 20, "xlsx": 20}  # a practice has many small files
     fillers = [
         ("xray", 1_650_000, lambda i: _xray(root, r, f"{i:05d}")),
         ("photo", 525_000, lambda i: _photo(root, r, f"{i:05d}")),
@@ -152,7 +153,7 @@ def generate(root: Path, size_mb: int, seed: int) -> None:
                                           fm.pe(r, r.rng.randint(50_000, 800_000)))),
     ]
     for kind, avg, make in fillers:
-        for i in range(max(3, budget[kind] // avg)):
+        for i in range(max(3, floors.get(kind, 0), budget[kind] // avg)):
             make(i)
     letters = sorted((root / LETTERS).rglob("*.docx"))
     for i, src in enumerate(letters[:: max(1, len(letters) // 12)]):

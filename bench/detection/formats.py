@@ -43,16 +43,29 @@ class Rand:
         return enc.update(bytes(n))
 
     def words(self, n: int) -> str:
-        return " ".join(self.rng.choices(WORDS, k=n))
+        i = self.rng.randrange(len(_CORPUS_WORDS) - n)
+        return " ".join(_CORPUS_WORDS[i : i + n])
 
     def text(self, size: int) -> str:
-        lines = []
-        total = 0
-        while total < size:
-            line = self.words(self.rng.randint(6, 16)).capitalize() + "."
-            lines.append(line)
-            total += len(line) + 2
-        return "\r\n".join(lines) + "\r\n"
+        """About ``size`` characters of sentences (a window of a fixed pseudo-French corpus)."""
+        size = min(size, len(_CORPUS) // 2)
+        i = _CORPUS.index("\r\n", self.rng.randrange(len(_CORPUS) - size - 200)) + 2
+        return _CORPUS[i : i + size].rsplit("\r\n", 1)[0] + "\r\n"
+
+
+def _corpus() -> tuple[list[str], str]:
+    rng = random.Random(0)
+    words = rng.choices(WORDS, k=120_000)
+    lines = []
+    i = 0
+    while i < len(words):
+        n = rng.randint(6, 16)
+        lines.append(" ".join(words[i : i + n]).capitalize() + ".")
+        i += n
+    return words, "\r\n".join(lines) + "\r\n"
+
+
+_CORPUS_WORDS, _CORPUS = _corpus()
 
 
 # --------------------------------------------------------------------------- JPEG

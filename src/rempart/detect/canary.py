@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import io
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 _PREFIXES = ["!", "0", "00_", "_", "~", "A"]
@@ -38,6 +38,7 @@ class CanaryStatus:
     planted: int = 0
     modified: int = 0
     deleted: int = 0
+    moved: int = 0  # gone from its place but the same bytes are elsewhere (a folder was moved)
 
     @property
     def tripped(self) -> bool:
@@ -115,13 +116,22 @@ def canary_files(folder: str, seed: bytes, count: int = 2) -> list[CanaryFile]:
     return out
 
 
-def check_canaries(expected: Mapping[str, str], observed: Mapping[str, str | None]) -> CanaryStatus:
-    """Compare planted canaries (path -> SHA-256 hex) with what the backup saw (None: missing)."""
-    modified = deleted = 0
+def check_canaries(
+    expected: Mapping[str, str], observed: Mapping[str, str | None], present: Collection[str] = frozenset()
+) -> CanaryStatus:
+    """Compare planted canaries (path -> content digest) with what the backup saw (None: missing).
+
+    ``present`` holds the digests of every file in the backup: a canary missing from its place
+    whose exact bytes are elsewhere was moved with its folder (the agent re-plants it).
+    """
+    modified = deleted = moved = 0
     for path, digest in expected.items():
         seen = observed.get(path)
         if seen is None:
-            deleted += 1
+            if digest in present:
+                moved += 1
+            else:
+                deleted += 1
         elif not hmac.compare_digest(seen, digest):
             modified += 1
-    return CanaryStatus(planted=len(expected), modified=modified, deleted=deleted)
+    return CanaryStatus(planted=len(expected), modified=modified, deleted=deleted, moved=moved)

@@ -38,6 +38,7 @@ from rempart.detect.sampling import Check, SampleView
 
 VERSION = 1
 NOTE_SCAN_LIMIT = 64 * 1024
+STATS_PROBE = 4096  # statistics look at most this many bytes of each range
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,11 @@ def extract_features(sample: FileSample) -> FileFeatures:
         return FileFeatures(
             kind, sample.size, ext, db=is_db, hashes=hashes, random=False, encoded=encoded, utf8=utf8, note=note
         )
-    entropy, chi2 = stats.histogram_stats(view.head)
-    zr = tuple(round(stats.zratio(data) * 100) for _, data in view.ranges)
+    probe = view.head[:STATS_PROBE]
+    entropy, chi2 = stats.histogram_stats(probe)
+    zr = None
+    if check is None:  # generic data: keep per-range compressibility to compare the next version
+        zr = tuple(round(stats.zratio(data[:STATS_PROBE]) * 100) for _, data in view.ranges)
     return FileFeatures(
         check.kind if check is not None else "data",
         sample.size,
@@ -185,7 +189,7 @@ def extract_features(sample: FileSample) -> FileFeatures:
         why=check.why if check is not None else "",
         enc=check.enc if check is not None else False,
         db=is_db,
-        random=stats.looks_random(entropy, chi2, len(view.head)),
+        random=stats.looks_random(entropy, chi2, len(probe)),
         entropy=round(entropy * 100),
         chi2=round(chi2),
         zr=zr,

@@ -16,21 +16,23 @@ from rempart.detect.sampling import Check, SampleView
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_SCAN_OK = [bytes([0xFF, m]) for m in (0x00, *range(0xD0, 0xD8), 0xD9, 0xDA, 0xC4, 0xDB, 0xDD, 0xFF)]
+# Bytes that may follow 0xFF inside entropy-coded data: stuffing, restarts, end of image, the
+# markers between the scans of a progressive JPEG, and 0xFF fill (b"" after a split).
+_SCAN_OK = frozenset([b"", *(bytes([m]) for m in (0x00, *range(0xD0, 0xD8), 0xD9, 0xDA, 0xC4, 0xDB, 0xDD))])
 # DICOM fragments start with a whole JPEG header (SOI, SOFn, APPn ...) and item tags FE FF.
-_FRAGMENT_OK = _SCAN_OK + [bytes([0xFF, m]) for m in (0xD8, *range(0xC0, 0xD0), *range(0xE0, 0xF0), 0xFE)]
+_FRAGMENT_OK = _SCAN_OK | {bytes([m]) for m in (0xD8, *range(0xC0, 0xD0), *range(0xE0, 0xF0), 0xFE)}
 _SEGMENT_MARKERS = frozenset([*range(0xC0, 0xD0), 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, *range(0xE0, 0xF0), 0xFE])
 _MAX_SCAN_VIOLATIONS = 1
 _MAX_PIXEL_VIOLATIONS = 3
 
 
-def ff_violations(data: bytes, allowed: list[bytes] = _SCAN_OK) -> int:
+def ff_violations(data: bytes, allowed: frozenset[bytes] = _SCAN_OK) -> int:
     """How many 0xFF bytes are followed by a byte that cannot follow 0xFF in entropy-coded data."""
-    total = data[:-1].count(b"\xff")
-    if not total:
+    pieces = data.split(b"\xff")
+    if len(pieces) < 3:
         return 0
-    ok = sum(data.count(p) for p in allowed)
-    return max(0, total - ok)
+    # each piece after a 0xFF starts with the byte that followed it; the last one may be cut
+    return sum(1 for p in pieces[1:-1] if p[:1] not in allowed)
 
 
 def _jpeg_header(head: bytes) -> tuple[str, int]:

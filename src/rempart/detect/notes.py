@@ -27,7 +27,7 @@ _KEYWORDS = [
     re.compile(rb"leak|publish|publi(er|cation)|stolen|exfiltrat|vol\xc3\xa9es", re.I),
     re.compile(rb"do not (rename|modify|try)|ne (renommez|modifiez) pas|deadline|within \d+ (hours|days)", re.I),
 ]
-_TRIGGERS = (b"crypt", b"chiffr", b"bitcoin", b"monero", b".onion", b"ransom", b"ran\xc3\xa7on", b"decrypt", b"tor ")
+_TRIGGER = re.compile(rb"crypt|chiffr|bitcoin|monero|\.onion|ransom|ran\xc3\xa7on|tor ")
 NOTE_SCORE = 3  # content score from which a text is taken for a ransom note
 
 
@@ -43,7 +43,7 @@ def note_score(text: bytes) -> int:
     """How many distinct ransom-note signals a text holds (0 for an ordinary letter)."""
     sample = text[:16384]
     lower = sample.lower()
-    if not any(t in lower for t in _TRIGGERS):
+    if not _TRIGGER.search(lower):
         return 0  # cheap filter: every note names encryption, a payment or a Tor address
     score = sum(1 for pattern in _KEYWORDS if pattern.search(sample))
     if _ONION_V3.search(sample.lower()):
