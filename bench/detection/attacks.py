@@ -239,7 +239,7 @@ def software_update(ctx: Ctx) -> list[str]:
     for i in range(40):
         (new / f"res{i:03d}.pak").write_bytes(ctx.r.bytes(ctx.r.rng.randint(20_000, 300_000)))
         (new / f"plugin{i:03d}.dll").write_bytes(fm.pe(ctx.r, 60_000))
-        (new / f"conf{i:03d}.json").write_text('{"version": "2.%d", "enabled": true}\n' % i)
+        (new / f"conf{i:03d}.json").write_text(f'{{"version": "2.{i}", "enabled": true}}\n')
     return []
 
 
