@@ -3,8 +3,12 @@
 Used by compare.py and memory_scale.py. Every tool runs as a child process; the peak memory is
 the larger of
 
-* ``ru_maxrss`` from ``os.wait4`` on the child (the kernel's high-water mark of the largest
-  process in the waited tree: exact, never misses a short spike), and
+* ``%M`` of ``/usr/bin/time`` (GNU time) wrapped around the tool: ``ru_maxrss`` of the largest
+  process in the waited tree, the kernel's exact high-water mark, never misses a short spike.
+  It must come from a small parent: Linux copies the RSS high-water mark of the process that
+  forks into the child at ``exec``, so ``os.wait4`` from this (large) Python process would
+  report at least our own RSS for every tool. Without GNU time, only the sampling is used.
+* and
 * the largest *sum* of RSS over the whole process tree sampled every 20 ms with psutil (catches
   tools that fork worker processes, whose RSS adds up).
 """
@@ -28,6 +32,9 @@ except ImportError:  # pragma: no cover - psutil is in the bench extra
     psutil = None
 
 
+GNU_TIME = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None
+
+
 class CommandFailed(RuntimeError):
     pass
 
@@ -41,7 +48,7 @@ class Measured:
     argv: list[str]
     returncode: int
     wall_s: float
-    maxrss_bytes: int  # from wait4: largest single process in the tree
+    maxrss_bytes: int  # GNU time %M: largest single process in the tree
     tree_rss_bytes: int  # sampled sum over the tree (0 without psutil)
     stdout: str = ""
     stderr: str = ""
@@ -85,9 +92,11 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, c
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f, \
+            tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_f:
+        wrapped = [GNU_TIME, "-f", "%M", "-o", rss_f.name, *argv] if GNU_TIME else list(argv)
         start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), env=full_env, cwd=cwd, stdout=out_f, stderr=err_f,
+        proc = subprocess.Popen(wrapped, env=full_env, cwd=cwd, stdout=out_f, stderr=err_f,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         timed_out = threading.Event()
 
@@ -105,7 +114,7 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, c
         sampled: list[int] = []
         sampler = threading.Thread(target=_sample_tree, args=(proc.pid, stop, sampled), daemon=True)
         sampler.start()
-        _, status, rusage = os.wait4(proc.pid, 0)
+        _, status, _rusage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         if timer:
             timer.cancel()
@@ -116,8 +125,11 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, c
         err_f.seek(0)
         stdout = out_f.read().decode(errors="replace")
         stderr = err_f.read().decode(errors="replace")
-    m = Measured(list(argv), proc.returncode, wall, rusage.ru_maxrss * 1024, sampled[0] if sampled else 0,
-                 stdout, stderr)
+        maxrss = 0
+        if GNU_TIME:
+            lines = [ln for ln in rss_f.read().splitlines() if ln.strip().isdigit()]
+            maxrss = int(lines[-1]) * 1024 if lines else 0  # time prints a "Command exited" line first on failure
+    m = Measured(list(argv), proc.returncode, wall, maxrss, sampled[0] if sampled else 0, stdout, stderr)
     if timed_out.is_set():
         raise CommandTimedOut(f"{' '.join(argv)} killed after {timeout:.0f}s")
     if m.returncode not in set(ok_codes):
