@@ -8,9 +8,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from watch_helpers import SmtpServer, backup, start_smtp
+from watch_helpers import Env, SmtpServer, backup, make_env, start_smtp
 
-from conftest import Env, make_env
 from rempart.testing.servers import free_ports
 from rempart.vault import practices as vp
 from rempart.vault.watch import tables as t

@@ -11,6 +11,7 @@ import os
 import ssl
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fastapi import FastAPI
 
+from rempart.core.clock import FakeClock
 from rempart.repository.format import (
     ENVELOPE_LEN,
     BlobType,
@@ -27,6 +30,12 @@ from rempart.repository.format import (
     pack_trailer,
 )
 from rempart.storage.base import FileType, Handle
+from rempart.vault import practices as vp
+from rempart.vault.app import create_app
+from rempart.vault.config import parse_config
+from rempart.vault.service import Vault
+from rempart.vault.watch import settings as st
+from rempart.vault.watch.service import WatchService
 
 
 def sha(b: bytes) -> str:
@@ -140,3 +149,43 @@ def start_smtp(dirpath: Path, port: int, username: str = "vault", password: str 
     server.host = "127.0.0.1"
     server.controller = controller
     return server
+
+
+MONDAY_10H_PARIS = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class Env:
+    app: FastAPI
+    vault: Vault
+    clock: FakeClock
+    watch: WatchService
+
+    def add(self, name: str, *, provider: str | None = "infogarde", contacts: tuple[str, ...] = ("dr@cabinet.test",),
+            lang: str = "fr", quota: int | None = None, **overrides: Any) -> None:
+        vp.add_practice(self.vault, name, actor="test", quota_bytes=quota)
+        pid = self.vault.practice(name).id
+        with self.vault.engine.begin() as conn:
+            st.put(conn, pid, provider=provider, contacts=list(contacts), lang=lang, overrides=overrides or None)
+
+    def provider(self, name: str, contacts: list[str], lang: str = "fr") -> None:
+        with self.vault.engine.begin() as conn:
+            st.put_provider(conn, name, contacts, lang)
+
+
+def make_env(tmp_path: Path, smtp: SmtpServer | None = None, **watch: Any) -> Env:
+    clock = FakeClock(MONDAY_10H_PARIS)
+    w: dict[str, Any] = {"enabled": False, "every_seconds": 3600, "open_hours": "", "grace_seconds": 600,
+                         "missing_after_seconds": 3 * 3600, "escalate_after_seconds": 2 * 3600,
+                         "report_weekday": "off", "base_url": "https://vault.test:8443"}
+    if smtp is not None:
+        w["smtp"] = {"host": "127.0.0.1", "port": smtp.port, "username": smtp.username, "password": smtp.password,
+                     "sender": "Rempart <vault@example.test>", "ca_file": str(smtp.cert), "timeout_seconds": 10}
+    w.update(watch)
+    cfg = parse_config({"data_dir": str(tmp_path / "vault"), "tls": {"enabled": False},
+                        "metrics": {"public": True}, "watch": w,
+                        "dashboard": {"login_failures": 3, "login_window_seconds": 600}}, tmp_path)
+    app = create_app(cfg, clock)
+    return Env(app, app.state.vault, clock, app.state.watch)
+
+
