@@ -7,6 +7,7 @@ PACKAGES=(
   postgresql        # real PostgreSQL for vault index tests (rempart.testing.servers.postgres)
   mariadb-server    # real MariaDB for the agent's database-source tests (tests/agent/conftest.py)
   mariadb-client    # mariadb-dump / mariadb for the same tests
+  chromium          # headless browser for the dashboard tests (tests/watch/test_browser.py, via Playwright)
 )
 
 missing=()
