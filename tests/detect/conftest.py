@@ -12,7 +12,6 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from detection import formats as fm  # noqa: E402
-
 from rempart.detect.features import FileFeatures, FileSample, extract_features  # noqa: E402
 from rempart.detect.sampling import sample_plan  # noqa: E402
 

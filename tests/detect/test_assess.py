@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from conftest import features_of
 from detection import formats as fm
-
 from rempart.detect.assess import DetectionConfig, assess_backup
 from rempart.detect.canary import CanaryStatus, canary_files, check_canaries
 from rempart.detect.ledger import DamageLedger
 from rempart.detect.notes import note_name, note_score
 
-T = datetime(2026, 3, 2, 9, tzinfo=timezone.utc)
+T = datetime(2026, 3, 2, 9, tzinfo=UTC)
 NOTE = b"Your files are encrypted. To decrypt them pay 1 BTC. Contact us on Tor Browser: %s.onion" % (b"a" * 56)
 
 

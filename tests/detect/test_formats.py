@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+
 from conftest import features_of
 from detection import formats as fm
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from rempart.detect.sampling import BLOCK, HEAD, TAIL, SampleView, sample_plan
@@ -11,7 +13,7 @@ def test_plan_bounded_sorted_with_head_and_tail(size: int) -> None:
     assert plan[0][0] == 0
     assert plan[-1][0] + plan[-1][1] == size
     assert sum(n for _, n in plan) <= 64 * 1024
-    for (a, n), (b, _) in zip(plan, plan[1:], strict=False):
+    for (a, n), (b, _) in itertools.pairwise(plan):
         assert a + n <= b  # sorted, no overlap
     if size > 65536:
         assert plan[0] == (0, HEAD) and plan[-1] == (size - TAIL, TAIL)

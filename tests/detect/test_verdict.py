@@ -6,10 +6,10 @@ import base64
 import os
 from pathlib import Path
 
-from conftest import features_of
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from detection import formats as fm
 
+from conftest import features_of
+from detection import formats as fm
 from rempart.detect import verdict as v
 
 
@@ -36,7 +36,7 @@ def test_encryption_in_place_of_each_format(rand: fm.Rand, tmp_path: Path) -> No
 
     con = sqlite3.connect(tmp_path / "db.sqlite")
     con.execute("CREATE TABLE t(x TEXT)")
-    con.executemany("INSERT INTO t VALUES (?)", [("row %d" % i * 5,) for i in range(5000)])
+    con.executemany("INSERT INTO t VALUES (?)", [(f"row {i}" * 5,) for i in range(5000)])
     con.commit()
     con.close()
     files = {
