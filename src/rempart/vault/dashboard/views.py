@@ -99,7 +99,7 @@ class Views:
             out = self.summary(conn, row, lang)
             ws = st.get(conn, row.id)
             out["provider"] = ws.provider
-            out["expectation"] = st.expectation(self.service.config, ws.overrides).describe()
+            out["expectation"] = st.expectation(self.service.config, ws.overrides).describe(lang)
             alerts = conn.execute(sa.select(t.alerts).where(t.alerts.c.practice_id == row.id)
                                   .order_by(t.alerts.c.id.desc()).limit(100)).all()
         out["alerts"] = [{"opened": self.fmt_time(a.opened), "level": a.level,

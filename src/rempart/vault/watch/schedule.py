@@ -70,11 +70,25 @@ class Expectation:
     days: frozenset[int] = frozenset(range(6))
     tz: str = "Europe/Paris"
 
-    def describe(self) -> str:
-        h = "always" if self.hours is None else (
+    def describe(self, lang: str = "en") -> str:
+        fr = lang == "fr"
+        h = ("toute la journée" if fr else "all day") if self.hours is None else (
             f"{self.hours[0] // 60:02d}:{self.hours[0] % 60:02d}-{self.hours[1] // 60:02d}:{self.hours[1] % 60:02d}")
         days = ",".join(DAYS[d] for d in sorted(self.days))
-        return f"every {int(self.every)}s {h} {days} ({self.tz}), at least every {int(self.max_gap)}s"
+        every = _dur(self.every)
+        gap = f", {'au moins toutes les' if fr else 'at least every'} {_dur(self.max_gap)}" if self.max_gap else ""
+        return (f"{'une sauvegarde toutes les' if fr else 'one backup every'} {every}, {h}, {days} ({self.tz}){gap}; "
+                f"{'retard après' if fr else 'late after'} +{_dur(self.grace)}, "
+                f"{'manquante après' if fr else 'missing after'} +{_dur(self.missing_after)}")
+
+
+def _dur(seconds: float) -> str:
+    s = int(seconds)
+    if s % 3600 == 0 and s >= 3600:
+        return f"{s // 3600} h"
+    if s % 60 == 0 and s >= 60:
+        return f"{s // 60} min"
+    return f"{s} s"
 
 
 def next_open(exp: Expectation, t: datetime) -> datetime:
