@@ -56,6 +56,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     asub = au.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     v = asub.add_parser("verify", help="check the hash chain and the checkpoint")
     v.add_argument("--config", help="vault TOML config file (env REMPART_VAULT_CONFIG)")
+    from rempart.cli import vault_watch  # watch, user, report (alerts and dashboard)
+
+    vault_watch.add_parsers(sub)
 
 
 def _config(args: argparse.Namespace, ctx: Context) -> Any:
@@ -76,6 +79,10 @@ def _emit(ctx: Context, data: Any, text: str) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     config = _config(args, ctx)
+    from rempart.cli import vault_watch
+
+    if args.vault_command in vault_watch.COMMANDS:
+        return vault_watch.run(args, ctx, config)
     if args.vault_command == "serve":
         return _serve(config, ctx)
     if args.vault_command == "fingerprint":
