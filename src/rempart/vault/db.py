@@ -3,7 +3,8 @@
 SQLite (default) and PostgreSQL run the same code. Every write transaction that must see a
 consistent practice (snapshot commit, exists/touch, GC marking) starts with
 :func:`lock_practice`, which is ``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite transactions are
-opened with ``BEGIN IMMEDIATE`` so they are serialised by the database lock.
+opened with ``BEGIN IMMEDIATE`` (:func:`write`) so they are serialised by the database lock;
+read-only connections use a deferred ``BEGIN`` and never wait for writers (WAL).
 
 Migrations are a list of functions; ``schema_version`` records how many ran. To add a table,
 define it below and append a migration that creates it (``metadata.create_all(conn,
@@ -165,7 +166,9 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # writers take the database lock up front (no upgrade deadlocks); readers do not
+            write = conn.get_execution_options().get("rempart_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     if url.startswith("postgresql"):
@@ -186,6 +189,11 @@ def migrate(engine: Engine) -> int:
         elif current < len(MIGRATIONS):
             conn.execute(schema_version.update().values(version=len(MIGRATIONS)))
     return len(MIGRATIONS)
+
+
+def write(engine: Engine) -> Any:
+    """A write transaction: ``with db.write(engine) as conn:`` (BEGIN IMMEDIATE on SQLite)."""
+    return engine.execution_options(rempart_write=True).begin()
 
 
 def lock_practice(conn: Connection, practice_id: int) -> None:

@@ -62,7 +62,7 @@ def referenced_packs(conn: Connection, pid: int, packs: list[str]) -> set[str]:
 
 def forget(vault: Vault, practice: Practice, *, actor: str, report: GcReport) -> None:
     now = vault.now()
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         db.lock_practice(conn, practice.id)
         p = vault.practice(practice.name, conn)
         if p.frozen:
@@ -90,14 +90,21 @@ def forget(vault: Vault, practice: Practice, *, actor: str, report: GcReport) ->
 def _mark(vault: Vault, practice: Practice, *, actor: str, report: GcReport) -> bool:
     now = vault.now()
     cutoff = now - vault.config.gc_grace_seconds
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         db.lock_practice(conn, practice.id)
         p = vault.practice(practice.name, conn)
         if p.frozen:
             report.frozen = True
             vault.audit(conn, actor, "gc", p.name, "refused-frozen")
-            vault.checkpoint(conn)
-            return False
+            frozen = True
+        else:
+            frozen = False
+    if frozen:
+        vault.checkpoint(conn)
+        return False
+    with db.write(vault.engine) as conn:
+        db.lock_practice(conn, practice.id)
+        p = vault.practice(practice.name, conn)
         o = db.objects
         old = [r.name for r in conn.execute(sa.select(o.c.name).where(
             o.c.practice_id == p.id, o.c.type == "data", o.c.state == "live", o.c.created < cutoff))]
@@ -117,7 +124,7 @@ def _mark(vault: Vault, practice: Practice, *, actor: str, report: GcReport) -> 
 
 
 def _write_index(vault: Vault, practice: Practice, *, actor: str, report: GcReport) -> None:
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         db.lock_practice(conn, practice.id)
         by_pack: dict[str, list[PackEntry]] = defaultdict(list)
         for r in conn.execute(sa.select(db.blobs).where(db.blobs.c.practice_id == practice.id)
@@ -143,7 +150,7 @@ def _sweep(vault: Vault, practice: Practice, states: tuple[str, ...], types: tup
         todo = conn.execute(sa.select(o.c.type, o.c.name).where(
             o.c.practice_id == practice.id, o.c.state.in_(states), o.c.type.in_(types))).all()
     for t, name in todo:
-        with vault.engine.begin() as conn:
+        with db.write(vault.engine) as conn:
             db.lock_practice(conn, practice.id)
             row = vault.object_row(conn, practice.id, FileType(t), name)
             if row is None or row.state not in states:

@@ -22,7 +22,7 @@ def add_practice(vault: Vault, name: str, *, actor: str, quota_bytes: int | None
     """Create a practice and return its first tokens (shown once)."""
     check_practice_name(name)
     now = vault.now()
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         if conn.execute(sa.select(db.practices.c.id).where(db.practices.c.name == name)).first():
             raise UserError(f"practice {name!r} exists already")
         quota = vault.config.limits.default_quota_bytes if quota_bytes is None else quota_bytes
@@ -42,7 +42,7 @@ def ensure_practice_row(vault: Vault, name: str) -> Practice:
     try:
         return vault.practice(name)
     except NotFound:
-        with vault.engine.begin() as conn:
+        with db.write(vault.engine) as conn:
             conn.execute(db.practices.insert().values(
                 name=name, created=vault.now(), quota_bytes=vault.config.limits.default_quota_bytes,
                 used_bytes=0, frozen=False))
@@ -50,7 +50,7 @@ def ensure_practice_row(vault: Vault, name: str) -> Practice:
 
 
 def new_token(vault: Vault, practice: str | None, scope: str, *, actor: str) -> str:
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         pid = vault.practice(practice, conn).id if practice else None
         tok = tokens.create_token(conn, scope=scope, practice_id=pid, now=vault.now(), label=scope)
         vault.audit(conn, actor, "token.create", practice, "ok", {"scope": scope, "token_id": tokens.token_id_of(tok)})
@@ -59,7 +59,7 @@ def new_token(vault: Vault, practice: str | None, scope: str, *, actor: str) -> 
 
 
 def revoke_token(vault: Vault, token_id: str, *, actor: str) -> None:
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         if not tokens.revoke(conn, token_id):
             raise NotFound(f"no token with id {token_id[:20]!r}")
         vault.audit(conn, actor, "token.revoke", None, "ok", {"token_id": token_id[:20]})
@@ -67,7 +67,7 @@ def revoke_token(vault: Vault, token_id: str, *, actor: str) -> None:
 
 
 def enroll_code(vault: Vault, practice: str, *, actor: str) -> str:
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         p = vault.practice(practice, conn)
         code = tokens.create_enroll_code(conn, p.id, now=vault.now(), ttl=vault.config.limits.enroll_code_ttl_seconds)
         vault.audit(conn, actor, "enroll-code.create", practice, "ok", {"code_id": code.split("-")[0]})
@@ -78,7 +78,7 @@ def enroll_code(vault: Vault, practice: str, *, actor: str) -> str:
 def enroll(vault: Vault, code: str, *, actor: str) -> tuple[str, str]:
     """Exchange an enrollment code for a new backup token: (practice, token)."""
     now = vault.now()
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         pid = tokens.redeem_enroll_code(conn, code, now=now)
         name = conn.execute(sa.select(db.practices.c.name).where(db.practices.c.id == pid)).scalar_one()
         tok = tokens.create_token(conn, scope="backup", practice_id=pid, now=now, label="enrolled agent")
@@ -88,7 +88,7 @@ def enroll(vault: Vault, code: str, *, actor: str) -> tuple[str, str]:
 
 
 def set_policy(vault: Vault, practice: str, policy: RetentionPolicy, *, actor: str) -> None:
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         p = vault.practice(practice, conn)
         conn.execute(db.practices.update().where(db.practices.c.id == p.id).values(policy=json.dumps(policy.to_dict())))
         vault.audit(conn, actor, "policy.set", practice, "ok", policy.to_dict())
@@ -98,7 +98,7 @@ def set_policy(vault: Vault, practice: str, policy: RetentionPolicy, *, actor: s
 def set_quota(vault: Vault, practice: str, quota_bytes: int, *, actor: str) -> None:
     if quota_bytes < 0:
         raise UserError("quota must be >= 0 (0 = unlimited)")
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         p = vault.practice(practice, conn)
         conn.execute(db.practices.update().where(db.practices.c.id == p.id).values(quota_bytes=quota_bytes))
         vault.audit(conn, actor, "quota.set", practice, "ok", {"quota_bytes": quota_bytes})
@@ -106,14 +106,14 @@ def set_quota(vault: Vault, practice: str, quota_bytes: int, *, actor: str) -> N
 
 
 def freeze(vault: Vault, practice: str, frozen: bool, reason: str, *, actor: str) -> None:
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         p = vault.practice(practice, conn)
         vault.set_frozen(conn, p, frozen, reason or ("frozen by admin" if frozen else "released by admin"), actor=actor)
     vault.checkpoint(conn)
 
 
 def mark_false_positive(vault: Vault, practice: str, snapshot: str, *, actor: str) -> None:
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         p = vault.practice(practice, conn)
         res = conn.execute(db.snapshots.update().where(
             db.snapshots.c.practice_id == p.id, db.snapshots.c.name == snapshot).values(false_positive=True))
@@ -127,7 +127,7 @@ def report_run(vault: Vault, practice: Practice, outcome: str, error_class: str 
                counts: dict[str, int], *, actor: str) -> None:
     if outcome not in RUN_OUTCOMES:
         raise UserError(f"outcome must be one of {', '.join(RUN_OUTCOMES)}")
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         conn.execute(db.runs.insert().values(
             practice_id=practice.id, received=vault.now(), outcome=outcome,
             error_class=(error_class or None) and error_class[:64], counts=json.dumps(counts)))
@@ -182,7 +182,7 @@ def admin_remove(vault: Vault, practice: Practice, h: Handle, *, actor: str) -> 
     from rempart.vault.gc import referenced_packs
 
     now = vault.now()
-    with vault.engine.begin() as conn:
+    with db.write(vault.engine) as conn:
         db.lock_practice(conn, practice.id)
         p = vault.practice(practice.name, conn)
         row = vault.object_row(conn, p.id, h.type, h.name)

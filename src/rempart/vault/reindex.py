@@ -60,7 +60,7 @@ def _index_practice(vault: Vault, p: Practice, report: ReindexReport, *, only_mi
                 continue
             h = Handle(ftype, info.name)
             try:
-                with vault.engine.begin() as conn:
+                with db.write(vault.engine) as conn:
                     db.lock_practice(conn, p.id)
                     if ftype is FileType.SNAPSHOT:
                         snap = parse_snapshot(backend.load(h))
@@ -94,7 +94,7 @@ def rebuild_index(vault: Vault, *, actor: str) -> ReindexReport:
     names = sorted({p.name for p in vault.practices()} | set(vault.store.practice_names()))
     for name in names:
         p = ensure_practice_row(vault, name)
-        with vault.engine.begin() as conn:
+        with db.write(vault.engine) as conn:
             for t in (db.objects, db.blobs, db.snapshots, db.snapshot_refs):
                 conn.execute(t.delete().where(t.c.practice_id == p.id))
             conn.execute(db.practices.update().where(db.practices.c.id == p.id).values(

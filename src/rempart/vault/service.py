@@ -81,7 +81,7 @@ class Vault:
 
     def audit_now(self, actor: str, action: str, practice: str | None, outcome: str,
                   detail: dict[str, Any] | None = None) -> None:
-        with self.engine.begin() as conn:
+        with db.write(self.engine) as conn:
             self.audit(conn, actor, action, practice, outcome, detail)
         self.checkpoint(conn)
 
@@ -157,7 +157,7 @@ class Vault:
     def exists(self, practice: Practice, ids: list[bytes]) -> set[bytes]:
         """Which of ``ids`` are stored; marks them touched now (GC keeps them a grace period)."""
         now = self.now()
-        with self.engine.begin() as conn:
+        with db.write(self.engine) as conn:
             db.lock_practice(conn, practice.id)
             found = self.present_blobs(conn, practice.id, ids)
             fl = list(found)
@@ -205,7 +205,7 @@ class Vault:
         if snap is not None:
             return self._commit_snapshot(actor, practice, h, data, snap)
         self._save(practice, h, data)
-        with self.engine.begin() as conn:
+        with db.write(self.engine) as conn:
             self._record(conn, practice.id, h, len(data))
             if entries:
                 self._record_blobs(conn, practice.id, h.name, entries)
@@ -265,7 +265,7 @@ class Vault:
         plain = snap.plain
         detection = plain.get("detection") if isinstance(plain.get("detection"), dict) else {}
         verdict = "suspicious" if detection.get("verdict") == "suspicious" else "clean"
-        with self.engine.begin() as conn:
+        with db.write(self.engine) as conn:
             db.lock_practice(conn, practice.id)
             present = self.present_blobs(conn, practice.id, snap.refs)
             missing = [r.hex() for r in snap.refs if r not in present]

@@ -1,0 +1,116 @@
+"""Deterministic retention and GC scenarios (in-process service, FakeClock)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rempart.core.clock import FakeClock
+from rempart.core.errors import MissingBlobs
+from rempart.repository.format import parse_index
+from rempart.storage.base import FileType, Handle
+from rempart.vault import gc
+from rempart.vault import practices as ops
+from rempart.vault.bootstrap import open_vault
+from rempart.vault.config import RetentionPolicy, parse_config
+
+from .objects import make_index, make_pack, make_snapshot
+
+DAY = 86400.0
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> tuple[Any, FakeClock, str]:
+    clock = FakeClock()
+    v = open_vault(parse_config({"tls": {"enabled": False}, "gc": {"grace_seconds": 3600}}, tmp_path), clock)
+    ops.add_practice(v, "doc", actor="t")
+    ops.set_policy(v, "doc", RetentionPolicy(keep_last=1, hourly=0, daily=0, weekly=0, monthly=0, yearly=0,
+                                             min_age_days=7), actor="t")
+    return v, clock, "doc"
+
+
+def put(v: Any, name: str, h: Handle, data: bytes) -> None:
+    v.ingest("t", v.practice(name), h, data)
+
+
+def test_gc_deletes_only_unreferenced_packs_after_min_age_and_writes_index(svc: Any) -> None:
+    v, clock, name = svc
+    a, ida = make_pack([10, 10])
+    b, idb = make_pack([20])
+    put(v, name, Handle(FileType.DATA, a.name), a.data)
+    put(v, name, Handle(FileType.DATA, b.name), b.data)
+    idx = make_index([(a.name, ida, [10, 10]), (b.name, idb, [20])])
+    put(v, name, Handle(FileType.INDEX, idx.name), idx.data)
+    s1 = make_snapshot(ida)
+    put(v, name, Handle(FileType.SNAPSHOT, s1.name), s1.data)
+    clock.advance(DAY)
+    s2 = make_snapshot(idb)
+    put(v, name, Handle(FileType.SNAPSHOT, s2.name), s2.data)
+    # younger than the minimum age: nothing goes
+    rep = gc.run_gc(v, v.practice(name), actor="t")
+    assert rep.forgotten == [] and rep.deleted_packs == []
+    clock.advance(8 * DAY)
+    rep = gc.run_gc(v, v.practice(name), actor="t")
+    assert rep.forgotten == [s1.name]
+    assert rep.deleted_packs == [a.name]
+    p = v.practice(name)
+    assert [f.name for f in v.list_files(p, FileType.DATA)] == [b.name]
+    assert [f.name for f in v.list_files(p, FileType.SNAPSHOT)] == [s2.name]
+    # clients now see one consolidated index naming only live packs
+    idx_files = v.list_files(p, FileType.INDEX)
+    assert [f.name for f in idx_files] == [rep.new_index]
+    packs = [pid.hex() for pid, _ in parse_index(v.load(p, Handle(FileType.INDEX, rep.new_index)))]
+    assert packs == [b.name]
+    assert v.exists(p, ida) == set()
+    assert not (v.config.storage.path / name / "data" / a.name[:2] / a.name).exists()
+    assert p.used_bytes == len(b.data) + len(s2.data) + (v.stat(p, Handle(FileType.INDEX, rep.new_index)).size)
+    # a snapshot still referencing the collected blobs is refused, not committed on missing data
+    s3 = make_snapshot(ida)
+    with pytest.raises(MissingBlobs):
+        put(v, name, Handle(FileType.SNAPSHOT, s3.name), s3.data)
+
+
+def test_freeze_stops_every_deletion_and_release_resumes(svc: Any) -> None:
+    v, clock, name = svc
+    a, ida = make_pack([10])
+    put(v, name, Handle(FileType.DATA, a.name), a.data)
+    s1 = make_snapshot(ida)
+    put(v, name, Handle(FileType.SNAPSHOT, s1.name), s1.data)
+    bad = make_snapshot(ida, verdict="suspicious")
+    put(v, name, Handle(FileType.SNAPSHOT, bad.name), bad.data)
+    assert v.practice(name).frozen
+    clock.advance(30 * DAY)
+    for _ in range(5):  # a flood of later garbage snapshots, each suspicious
+        g, gid = make_pack([5])
+        put(v, name, Handle(FileType.DATA, g.name), g.data)
+        s = make_snapshot(gid, verdict="suspicious")
+        put(v, name, Handle(FileType.SNAPSHOT, s.name), s.data)
+    rep = gc.run_gc(v, v.practice(name), actor="t")
+    assert rep.frozen and rep.forgotten == [] and rep.deleted_packs == []
+    ops.freeze(v, name, False, "incident handled", actor="admin")
+    clock.advance(30 * DAY)
+    rep = gc.run_gc(v, v.practice(name), actor="t")
+    # suspicious ones never count towards keep_last=1: the clean s1 survives the flood
+    kept = {f.name for f in v.list_files(v.practice(name), FileType.SNAPSHOT)}
+    assert s1.name in kept and bad.name not in kept
+    assert a.name not in rep.deleted_packs
+
+
+def test_grace_period_keeps_packs_touched_by_exists(svc: Any) -> None:
+    v, clock, name = svc
+    a, ida = make_pack([10])
+    put(v, name, Handle(FileType.DATA, a.name), a.data)  # unreferenced pack
+    clock.advance(2 * 3600)
+    assert v.exists(v.practice(name), ida) == set(ida)  # an agent dedups against it
+    clock.advance(1800)
+    rep = gc.run_gc(v, v.practice(name), actor="t")
+    assert rep.deleted_packs == []
+    s = make_snapshot(ida)  # the agent's commit within the grace period succeeds
+    put(v, name, Handle(FileType.SNAPSHOT, s.name), s.data)
+    b, _ = make_pack([10])
+    put(v, name, Handle(FileType.DATA, b.name), b.data)
+    clock.advance(2 * 3600)
+    rep = gc.run_gc(v, v.practice(name), actor="t")
+    assert rep.deleted_packs == [b.name]  # untouched, unreferenced, older than grace
