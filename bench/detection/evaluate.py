@@ -38,6 +38,7 @@ T0 = datetime(2026, 1, 5, tzinfo=UTC)
 SLOTS = (8, 13, 19)
 CANARY_DIRS = ("Practice/Documents/Letters", "Practice/Documents/Invoices", "Practice/Imaging/Photos", "Practice/Exports")
 CANARY_SEED = b"bench canary seed"
+SLOW = {"slow-3-files-a-night": 3, "slow-1-file-a-night": 1}  # in place, canaries avoided
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def run(name: str, kind: str, base: Base, cfg: Config, work: Path, *, event_day:
     b = base.copy(root)
     b.pipeline = kind == "benign"
     ctx = at.Ctx(root, fm.Rand(f"{name}-{cfg.seed}"), canaries=set(base.canaries))
-    days = cfg.slow_days if name == "slow-3-files-a-day" else cfg.attack_days if kind == "attack" else (
+    days = cfg.slow_days if name.startswith("slow-") else cfg.attack_days if kind == "attack" else (
         cfg.baseline_days if name == "daily-activity-only" else cfg.benign_days)
     damaged_at: dict[str, int] = {}  # ground truth: path -> index of the first backup that saw it damaged
     attack_start: datetime | None = None
@@ -151,10 +152,10 @@ def run(name: str, kind: str, base: Base, cfg: Config, work: Path, *, event_day:
                 after = _stat_keys(root)
                 ctx.recent.update({p: day for p, k in after.items() if before.get(p) != k})
             hit: list[str] = []
-            if kind == "attack" and name == "slow-3-files-a-day" and day >= event_day and slot == 0:
-                hit = at.slow_step(ctx, day)
+            if kind == "attack" and name.startswith("slow-") and day >= event_day and slot == 0:
+                hit = at.slow_step(ctx, day, per_day=SLOW[name])
                 attack_start = attack_start or _when(day, 0) - timedelta(hours=6)
-            elif day == event_day and slot == 2:
+            elif day == event_day and slot == 2 and name not in SLOW:
                 action = at.ATTACKS.get(name) or at.BENIGN[name]
                 hit = action(ctx)
                 if kind == "attack":
@@ -199,7 +200,7 @@ def evaluate(cfg: Config, workdir: Path, only: list[str] | None = None) -> tuple
     t_start = time.perf_counter()
     base = Base(cfg, workdir)
     results = []
-    scenarios = [(n, "attack") for n in at.ATTACKS] + [("slow-3-files-a-day", "attack")] + [(n, "benign") for n in at.BENIGN]
+    scenarios = [(n, "attack") for n in at.ATTACKS] + [(n, "attack") for n in SLOW] + [(n, "benign") for n in at.BENIGN]
     total = Timing()
     benign = Timing()
     for name, kind in scenarios:

@@ -81,20 +81,20 @@ class Backuper:
         self.snapshots.append("s0000")
 
     def _read(self, rel: str, size: int, timing: Timing) -> tuple[bytes, bytes, FileSample]:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         with open(self.root / rel, "rb") as f:
             data = f.read()
         digest = blake3.blake3(data).digest()
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         plan = sample_plan(len(data))
         sample = FileSample(os.path.basename(rel), len(data), [(o, data[o : o + n]) for o, n in plan])
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         timing.read_hash += t1 - t0
         timing.detect += t2 - t1
         if self.pipeline:
             packed = zstandard.ZstdCompressor(level=3).compress(data)
             AESGCM(_KEY).encrypt(_NONCE, packed, None)
-            timing.pipeline += time.perf_counter() - t2 + (t1 - t0)
+            timing.pipeline += time.process_time() - t2 + (t1 - t0)
         timing.bytes_read += len(data)
         timing.files_read += 1
         return data, digest, sample
@@ -121,14 +121,14 @@ class Backuper:
             if old is not None and old.digest == digest:
                 new_index[rel] = Entry(key, digest, old.features)
                 continue
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             feats = extract_features(sample)
-            timing.detect += time.perf_counter() - t0
+            timing.detect += time.process_time() - t0
             new_index[rel] = Entry(key, digest, feats)
             changes.append(FileChange(rel, old.features if old else None, feats))
         deletions = [Deletion(rel, e.features) for rel, e in self.index.items() if rel not in stats and rel not in self.canaries]
         families = Counter(family(e.features.type) for rel, e in self.index.items() if rel not in self.canaries)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         status = None
         if self.canaries:
             present = {e.digest.hex(): rel for rel, e in new_index.items()}
@@ -147,7 +147,7 @@ class Backuper:
             canaries=status,
             family_counts=families,
         )
-        timing.detect += time.perf_counter() - t0
+        timing.detect += time.process_time() - t0
         if count_timing:
             self.timing.add(timing)
         self.ledger = result.ledger

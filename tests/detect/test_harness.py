@@ -14,7 +14,7 @@ def test_quick_evaluation_meets_targets(tmp_path: Path) -> None:
     results, meta = evaluate.evaluate(evaluate.QUICK, tmp_path)
     attacks = [r for r in results if r.kind == "attack"]
     benign = [r for r in results if r.kind == "benign"]
-    assert len(attacks) >= 14 and len(benign) >= 8
+    assert len(attacks) >= 15 and len(benign) >= 8
     for r in attacks:
         assert r.detected, r.scenario
         assert r.clean_point_ok and r.clean_point_exact, r.scenario

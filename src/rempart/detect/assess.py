@@ -139,16 +139,20 @@ def assess_backup(
                 counts["moved"] += 1
     remaining = [d for d in dels if d.path not in moved_from]
 
-    # Deletions covered by a new archive next to them (zip a folder, then delete it).
+    # Deletions covered by a new archive (zip a folder, then delete it). A zip vouches for as many
+    # deletions as it has members, anywhere (its own folder first); an archive whose member count
+    # is unknown (7z) only for the folder it sits in.
     archives = [c for c in chg if c.prev is None and c.cur.valid and v.family(c.cur.type) in ("zip", "7z")]
     covered: set[str] = set()
     for a in archives:
         folder = posixpath.dirname(a.path)
         budget = a.cur.entries if a.cur.entries is not None else len(remaining)
-        for d in remaining:
+        near = [d for d in remaining if _is_under(d.path, folder)]
+        far = [d for d in remaining if not _is_under(d.path, folder)] if a.cur.entries is not None else []
+        for d in near + far:
             if budget <= 0:
                 break
-            if d.path not in covered and _is_under(d.path, folder):
+            if d.path not in covered:
                 covered.add(d.path)
                 budget -= 1
     counts["archived"] += len(covered)

@@ -38,7 +38,9 @@ from rempart.detect.sampling import Check, SampleView
 
 VERSION = 1
 NOTE_SCAN_LIMIT = 64 * 1024
-STATS_PROBE = 4096  # statistics look at most this many bytes of each range
+STATS_PROBE = 4096  # entropy and chi-square look at most this many bytes of the head
+ZR_PROBE = 2048  # compressibility looks at most this many bytes of each range
+HASH_STRIDE = 8  # range hashes cover every 8th byte: any changed run of 8 bytes or more shows
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class FileFeatures:
     entropy: int | None = None  # head entropy, centibits per byte
     chi2: int | None = None  # head chi-square against uniform
     zr: tuple[int, ...] | None = None  # per-range zlib ratio in percent
-    hashes: tuple[int, ...] = ()  # per-range CRC-32, to see which ranges changed
+    hashes: tuple[int, ...] = ()  # per-range CRC-32 of every 8th byte, to see which ranges changed
     encoded: str | None = None  # "b64" / "hex": text that encodes random bytes
     utf8: bool | None = None  # text only
     note: int = 0  # ransom-note content score
@@ -155,7 +157,7 @@ def extract_features(sample: FileSample) -> FileFeatures:
     """Compute the sketch of one file from its sampled ranges (no I/O)."""
     view = SampleView(sample.size, sample.ranges)
     ext = extension(sample.name)
-    hashes = tuple(zlib.crc32(data) for _, data in view.ranges)
+    hashes = tuple(zlib.crc32(data[::HASH_STRIDE]) for _, data in view.ranges)
     is_db = ext in DB_EXTENSIONS
     if sample.size == 0 or not view.ranges:
         return FileFeatures("empty", sample.size, ext, db=is_db, hashes=hashes)
@@ -178,9 +180,10 @@ def extract_features(sample: FileSample) -> FileFeatures:
         )
     probe = view.head[:STATS_PROBE]
     entropy, chi2 = stats.histogram_stats(probe)
+    rnd = stats.looks_random(entropy, chi2, len(probe))
     zr = None
-    if check is None:  # generic data: keep per-range compressibility to compare the next version
-        zr = tuple(round(stats.zratio(data[:STATS_PROBE]) * 100) for _, data in view.ranges)
+    if check is None and not rnd:  # generic data: per-range compressibility, for the next version
+        zr = tuple(round(stats.zratio(data[:ZR_PROBE]) * 100) for _, data in view.ranges)
     return FileFeatures(
         check.kind if check is not None else "data",
         sample.size,
@@ -189,7 +192,7 @@ def extract_features(sample: FileSample) -> FileFeatures:
         why=check.why if check is not None else "",
         enc=check.enc if check is not None else False,
         db=is_db,
-        random=stats.looks_random(entropy, chi2, len(probe)),
+        random=rnd,
         entropy=round(entropy * 100),
         chi2=round(chi2),
         zr=zr,

@@ -115,6 +115,7 @@ _SHORT_VRS = {
     b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
 }
 _IMPLICIT = "1.2.840.10008.1.2"
+_ALLOWED_HIGH = {bits: bytes(range(1 << (bits - 8))) for bits in range(9, 16)}
 _UNDEFINED = 0xFFFFFFFF
 
 
@@ -193,16 +194,15 @@ def _check_native_pixels(view: SampleView, data: dict, start: int, length: int) 
     signed = _us(data.get((0x0028, 0x0103)))
     if allocated != 16 or stored is None or not 8 < stored < 16 or signed:
         return Check("dicom", True)
-    allowed = bytes(range(1 << (stored - 8)))
+    allowed = _ALLOWED_HIGH[stored]
     bad = 0
     end = start + length
     for off, chunk in view.ranges:
         lo, hi = max(off, start), min(off + len(chunk), end)
         if lo >= hi:
             continue
-        seg = chunk[lo - off : hi - off]
-        first_high = (lo - start + 1) % 2  # little endian: the high byte of each sample is odd
-        bad += len(seg[first_high::2].translate(None, allowed))
+        first_high = lo + (lo - start + 1) % 2  # little endian: the high byte of each sample is odd
+        bad += len(chunk[first_high - off : hi - off : 2].translate(None, allowed))
     if bad > _MAX_PIXEL_VIOLATIONS:
         return Check("dicom", False, "pixel-values-out-of-range")
     return Check("dicom", True)

@@ -83,6 +83,8 @@ def encoded_kind(data: bytes) -> str | None:
     if len(data) < 256:
         return None
     probe = data[:6144]
+    if b" " in probe:
+        return None  # prose has spaces; base64 and hex never do
     if not probe.translate(None, _HEX):
         digits = re.sub(rb"[\r\n]", b"", probe)
         digits = digits[: len(digits) // 2 * 2]

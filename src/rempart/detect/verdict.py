@@ -69,7 +69,7 @@ def compare(prev: FileFeatures | None, cur: FileFeatures) -> FileVerdict:
     """Judge the change from ``prev`` (None for a new file) to ``cur``."""
     if prev is None:
         return _new_file(cur)
-    if prev.hashes == cur.hashes and prev.size == cur.size and prev.type == cur.type:
+    if (prev.hashes, prev.size, prev.type, prev.valid) == (cur.hashes, cur.size, cur.type, cur.valid):
         return FileVerdict(UNCHANGED, False)
     if cur.enc and cur.valid:
         return FileVerdict(LEGIT_ENCRYPTED, False, cur.type)
