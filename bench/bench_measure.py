@@ -52,6 +52,7 @@ class Measured:
     tree_rss_bytes: int  # sampled sum over the tree (0 without psutil)
     stdout: str = ""
     stderr: str = ""
+    cpu_s: float = float("nan")  # user + system CPU seconds of the tool (GNU time)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -94,7 +95,7 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, c
         full_env.update(env)
     with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f, \
             tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_f:
-        wrapped = [GNU_TIME, "-f", "%M", "-o", rss_f.name, *argv] if GNU_TIME else list(argv)
+        wrapped = [GNU_TIME, "-f", "%M %U %S", "-o", rss_f.name, *argv] if GNU_TIME else list(argv)
         start = time.perf_counter()
         proc = subprocess.Popen(wrapped, env=full_env, cwd=cwd, stdout=out_f, stderr=err_f,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -125,11 +126,14 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, c
         err_f.seek(0)
         stdout = out_f.read().decode(errors="replace")
         stderr = err_f.read().decode(errors="replace")
-        maxrss = 0
-        if GNU_TIME:
-            lines = [ln for ln in rss_f.read().splitlines() if ln.strip().isdigit()]
-            maxrss = int(lines[-1]) * 1024 if lines else 0  # time prints a "Command exited" line first on failure
-    m = Measured(list(argv), proc.returncode, wall, maxrss, sampled[0] if sampled else 0, stdout, stderr)
+        maxrss, cpu = 0, float("nan")
+        if GNU_TIME:  # on failure time prints a "Command exited ..." line first
+            lines = [ln.split() for ln in rss_f.read().splitlines() if ln.strip() and ln.split()[0].isdigit()]
+            if lines and len(lines[-1]) == 3:
+                maxrss = int(lines[-1][0]) * 1024
+                cpu = float(lines[-1][1]) + float(lines[-1][2])
+    m = Measured(list(argv), proc.returncode, wall, maxrss, sampled[0] if sampled else 0, stdout, stderr,
+                 cpu_s=cpu)
     if timed_out.is_set():
         raise CommandTimedOut(f"{' '.join(argv)} killed after {timeout:.0f}s")
     if m.returncode not in set(ok_codes):

@@ -24,7 +24,7 @@ def _ratio(result: dict[str, Any], a: str, b: str, phase: str, key: str) -> floa
     rs = []
     for run in result["runs"]:
         ra, rb = run["tools"].get(a, {}).get(phase), run["tools"].get(b, {}).get(phase)
-        if ra and rb and rb.get(key):
+        if ra and rb and rb.get(key) and ra.get(key) is not None:
             rs.append(ra[key] / rb[key])
     return median(rs)
 
@@ -51,23 +51,25 @@ def _headline(tools: list[str]) -> str | None:
 def phase_table(result: dict[str, Any], phase: str) -> str:
     tools = _tools(result)
     ref = [t for t in ("restic", "borg") if t in tools]
-    head = "| tool | time s, median (min-max) | MB/s | peak RSS MiB |"
-    sep = "|---|---:|---:|---:|"
+    head = "| tool | time s, median (min-max) | MB/s | CPU s (user+sys) | peak RSS MiB |"
+    sep = "|---|---:|---:|---:|---:|"
     for r in ref:
-        head += f" time x{r} | RSS x{r} |"
-        sep += "---:|---:|"
+        head += f" time x{r} | CPU x{r} | RSS x{r} |"
+        sep += "---:|---:|---:|"
     rows = [head, sep]
     for t in tools:
         if not _vals(result, t, phase, "wall_s"):
             continue
         row = (f"| {t} | {_fmt_range(_vals(result, t, phase, 'wall_s'), '.2f')} | "
                f"{median(_vals(result, t, phase, 'mb_s')):.1f} | "
+               f"{median(_vals(result, t, phase, 'cpu_s')):.1f} | "
                f"{median(_vals(result, t, phase, 'peak_rss')) / MIB:.0f} |")
         for r in ref:
             if t == r:
-                row += " 1 | 1 |"
+                row += " 1 | 1 | 1 |"
             else:
                 row += (f" {_ratio(result, t, r, phase, 'wall_s'):.2f} |"
+                        f" {_ratio(result, t, r, phase, 'cpu_s'):.2f} |"
                         f" {_ratio(result, t, r, phase, 'peak_rss'):.2f} |")
         rows.append(row)
     return "\n".join(rows)

@@ -80,7 +80,7 @@ def measure_backup(tool: Tool, data: Path, label: str, cache: str, source_bytes:
     after, _ = tree_size(tool.repo)
     cache_bytes, _ = tree_size(tool.cache_dir)
     rec: dict[str, Any] = {
-        "wall_s": m.wall_s, "mb_s": source_bytes / 1e6 / m.wall_s, "peak_rss": m.peak_rss_bytes,
+        "wall_s": m.wall_s, "mb_s": source_bytes / 1e6 / m.wall_s, "cpu_s": m.cpu_s, "peak_rss": m.peak_rss_bytes,
         "maxrss": m.maxrss_bytes, "tree_rss": m.tree_rss_bytes, "repo_bytes": after,
         "added_bytes": after - before, "local_cache_bytes": cache_bytes, "exit": m.returncode,
     }
@@ -101,7 +101,7 @@ def measure_restore(tool: Tool, target: Path, data: Path, cache: str, source_byt
     prepare_cache(cache, tool.repo)
     argv, cwd = tool.restore_argv(target)
     m = run_measured(argv, env=tool.env(), cwd=cwd)
-    rec: dict[str, Any] = {"wall_s": m.wall_s, "mb_s": source_bytes / 1e6 / m.wall_s,
+    rec: dict[str, Any] = {"wall_s": m.wall_s, "mb_s": source_bytes / 1e6 / m.wall_s, "cpu_s": m.cpu_s,
                            "peak_rss": m.peak_rss_bytes, "maxrss": m.maxrss_bytes,
                            "tree_rss": m.tree_rss_bytes, "exit": m.returncode}
     if verify:
@@ -149,7 +149,7 @@ def one_run(run: int, args: argparse.Namespace, gen: Any, log: Any) -> dict[str,
             rec = measure_backup(tools[n], data, label, args.cache, base_bytes)
             res["tools"][n][phase] = rec
             log(f"  {phase:8s} {n:17s} {rec['wall_s']:7.2f}s {rec['mb_s']:7.1f} MB/s "
-                f"rss {rec['peak_rss'] / 2**20:6.0f} MiB  +{rec['added_bytes'] / 1e6:9.2f} MB")
+                f"cpu {rec['cpu_s']:6.1f}s rss {rec['peak_rss'] / 2**20:6.0f} MiB  +{rec['added_bytes'] / 1e6:9.2f} MB")
     gen.mutate_day(data, 1, args.seed)
     day_bytes, day_files = tree_size(data)
     res["source"].update(day_bytes=day_bytes, day_files=day_files)
@@ -157,7 +157,7 @@ def one_run(run: int, args: argparse.Namespace, gen: Any, log: Any) -> dict[str,
         rec = measure_backup(tools[n], data, "day1", args.cache, day_bytes)
         res["tools"][n]["day"] = rec
         log(f"  {'day':8s} {n:17s} {rec['wall_s']:7.2f}s {rec['mb_s']:7.1f} MB/s "
-            f"rss {rec['peak_rss'] / 2**20:6.0f} MiB  +{rec['added_bytes'] / 1e6:9.2f} MB")
+            f"cpu {rec['cpu_s']:6.1f}s rss {rec['peak_rss'] / 2**20:6.0f} MiB  +{rec['added_bytes'] / 1e6:9.2f} MB")
     for n in order:
         if n == "rempart-nodetect" and "rempart" in order:
             continue  # same restore code as rempart
@@ -165,7 +165,7 @@ def one_run(run: int, args: argparse.Namespace, gen: Any, log: Any) -> dict[str,
                               verify=args.verify == "all" or (args.verify == "first" and run == 0))
         res["tools"][n]["restore"] = rec
         log(f"  {'restore':8s} {n:17s} {rec['wall_s']:7.2f}s {rec['mb_s']:7.1f} MB/s "
-            f"rss {rec['peak_rss'] / 2**20:6.0f} MiB  {rec.get('verified', '')}")
+            f"cpu {rec['cpu_s']:6.1f}s rss {rec['peak_rss'] / 2**20:6.0f} MiB  {rec.get('verified', '')}")
     if not args.keep:
         shutil.rmtree(work / f"run{run}", ignore_errors=True)
     return res

@@ -52,7 +52,7 @@ class Config:
 
 
 QUICK = Config(size_mb=16, attack_days=3, slow_days=8, benign_days=4, baseline_days=8)
-FULL = Config(size_mb=300, attack_days=6, slow_days=30, benign_days=30, baseline_days=60)
+FULL = Config(size_mb=200, attack_days=5, slow_days=30, benign_days=30, baseline_days=60)
 
 
 @dataclass
