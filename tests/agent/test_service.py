@@ -215,3 +215,20 @@ def test_sources_and_hooks_run_around_the_backup(local_repo: LocalSetup, tmp_pat
         assert c.execute("select count(*) from rdv").fetchone()[0] == 100
     assert not (local_repo.state / "agent" / "staging" / "gone.sqlite").exists()
     assert os.stat(staged).st_size > 0
+
+
+def test_failed_upload_fails_the_run_instead_of_hanging(local_repo: LocalSetup, tmp_path: Path) -> None:
+    """Regression: WriteSession leaked an upload slot per failed upload, so a lost link with
+    several files in flight deadlocked the archiver's threads."""
+    import threading as th
+
+    data = make_files(tmp_path / "data", n=12, size=700_000, seed=5)
+    clock = FakeClock(MON_8)
+    svc = service(local_repo, clock, data, backend_wrap=lambda b: Counting(b, fail_data_after=1),
+                  schedule={"retry_attempts": 0})
+    out: list[object] = []
+    t = th.Thread(target=lambda: out.append(svc.attempt()), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the backup hung after an upload failure"
+    assert out[0].outcome == "failed" and out[0].error_class == "transient-error"  # type: ignore[attr-defined]

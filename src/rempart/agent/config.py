@@ -7,6 +7,7 @@ Example (``rempart enroll`` writes one; every section but ``[repository]`` is op
     ca_file = "vault-ca.pem"          # relative paths are relative to the config file
     # pin = "sha256:..."              # or: the vault certificate's SHA-256 fingerprint
     token_file = "vault-token"        # 0600, written by `rempart enroll`
+    attempts = 6                      # tries per request (backoff + jitter) before the run is retried
 
     [backup]
     paths = ["C:/Users/Public/Documents/Cabinet"]
@@ -71,6 +72,7 @@ class RepositorySettings:
     ca_file: Path | None = None
     pin: str = ""  # SHA-256 fingerprint of the vault's certificate (instead of a CA file)
     token_file: Path | None = None
+    attempts: int = 6  # tries per storage request before the run fails and the schedule retries it
 
 
 @dataclass(frozen=True)
@@ -145,12 +147,14 @@ def load_config(path: Path, env: Mapping[str, str]) -> AgentConfig:
 def parse_config(raw: dict[str, Any], env: Mapping[str, str], *, base: Path, path: Path | None = None) -> AgentConfig:
     _only(raw, {"repository", "backup", "schedule", "limits", "status", "sources", "hooks"}, "top level")
     repo_raw = _table(raw, "repository")
-    _only(repo_raw, {"url", "ca_file", "pin", "token_file"}, "[repository]")
+    _only(repo_raw, {"url", "ca_file", "pin", "token_file", "attempts"}, "[repository]")
     url = env.get("REMPART_REPOSITORY") or _str(repo_raw, "url", "[repository]", required=True) or ""
     ca = env.get("REMPART_VAULT_CA") or _str(repo_raw, "ca_file", "[repository]")
     tok = env.get("REMPART_VAULT_TOKEN_FILE") or _str(repo_raw, "token_file", "[repository]")
     pin = env.get("REMPART_VAULT_PIN") or _str(repo_raw, "pin", "[repository]") or ""
-    repository = RepositorySettings(url=url, ca_file=_path(base, ca), pin=pin, token_file=_path(base, tok))
+    repository = RepositorySettings(
+        url=url, ca_file=_path(base, ca), pin=pin, token_file=_path(base, tok),
+        attempts=int(_num(repo_raw, "attempts", "[repository]", 6, lo=1, hi=100, integer=True)))
     if url.startswith("https://") and repository.token_file is None:
         raise ConfigError("[repository] a vault URL needs token_file")
 

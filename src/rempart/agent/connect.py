@@ -59,14 +59,15 @@ def open_bare_backend(settings: RepositorySettings, clock: Clock, *, create: boo
                         vault_ca=settings.ca_file, vault_pin=settings.pin or None)
 
 
-def wrap(backend: Backend, upload_kbps: float) -> Backend:
+def wrap(backend: Backend, upload_kbps: float, attempts: int = 6) -> Backend:
     if upload_kbps > 0:
         backend = LimitedBackend(backend, upload_bps=upload_kbps * 1000)
-    return RetryBackend(backend)
+    return RetryBackend(backend, attempts=attempts)
 
 
 def open_repository(config: AgentConfig, clock: Clock) -> Repository:
-    return Repository.open(wrap(open_bare_backend(config.repository, clock), config.limits.upload_kbps))
+    bare = open_bare_backend(config.repository, clock)
+    return Repository.open(wrap(bare, config.limits.upload_kbps, config.repository.attempts))
 
 
 class VaultReporter:

@@ -59,7 +59,12 @@ def _run(args: argparse.Namespace, ctx: Context, config: object) -> int:
     assert isinstance(config, AgentConfig)
     logging.basicConfig(level=logging.WARNING if ctx.quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s rempart-agent %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     lower_priority(config.limits.nice)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (diagnosing a hang)
+        import faulthandler
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

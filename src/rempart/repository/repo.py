@@ -145,7 +145,11 @@ class WriteSession:
 
     def _upload(self, name: str, data: bytes, entries: list[PackEntry]) -> None:
         self._slots.acquire()
-        self._check_failures()
+        try:
+            self._check_failures()
+        except BaseException:
+            self._slots.release()  # else every failed upload leaks a slot and the next caller hangs
+            raise
 
         def work() -> None:
             try:
