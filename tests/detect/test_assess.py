@@ -150,3 +150,28 @@ def test_fraction_threshold_scales_with_practice_size(rand: fm.Rand) -> None:
     db = [("cabinet.db", features_of("cabinet.db", fm.docx(rand, 100)), features_of("cabinet.db", os.urandom(9000)))]
     assert db_prev.db
     assert "database-damaged" in assess_backup(db, [], total_files=20_000, ledger=DamageLedger(), time=T, parent="s1").rules
+
+
+def test_input_ledger_untouched_and_plain_path_deletions(rand: fm.Rand) -> None:
+    ledger = DamageLedger()
+    data = fm.docx(rand, 4000)
+    prev = features_of("a.docx", data)
+    res = _assess([("a.docx", prev, features_of("a.docx", os.urandom(len(data))))], ["old/gone.txt"], ledger=ledger)
+    assert ledger.entries == {} and not ledger.incident_open
+    assert list(res.ledger.entries) == ["a.docx"] and res.counts["deleted"] == 1
+
+
+def test_incident_stays_open_until_acknowledged(rand: fm.Rand) -> None:
+    data = fm.docx(rand, 4000)
+    prev = features_of("a.docx", data)
+    bad = [(f"a{i}.docx", prev, features_of("a.docx", os.urandom(len(data)))) for i in range(3)]
+    first = _assess(bad, parent="s7")
+    assert first.rules == ["damaged-files"] and first.clean_point == "s7"
+    later = _assess([], ledger=first.ledger, when=T + timedelta(hours=5), parent="s8")
+    assert later.rules == ["damage-accumulated"] and later.clean_point == "s7"  # the damage is still there
+    later.ledger.entries.clear()  # even with nothing left to count, the incident holds the clean point
+    still = _assess([], ledger=later.ledger, when=T + timedelta(hours=7), parent="s9")
+    assert still.rules == ["incident-open"] and still.clean_point == "s7"
+    ack = still.ledger.copy()
+    ack.acknowledge()
+    assert _assess([], ledger=ack, when=T + timedelta(hours=9), parent="s9").verdict == "clean"
