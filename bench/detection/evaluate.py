@@ -235,21 +235,32 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=1, help="run seeds SEED..SEED+N-1 and add a worst-case table")
     p.add_argument("--only", action="append")
     p.add_argument("--json", type=Path)
     p.add_argument("--workdir", type=Path)
     args = p.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
-    cfg = Config(**{**asdict(cfg), "seed": args.seed})
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        results, meta = evaluate(cfg, Path(tmp), args.only)
-    from detection.report import render
+    base_cfg = QUICK if args.quick else FULL
+    from detection.report import render, render_seeds
 
-    print(render(results, meta))
+    per_seed: dict[int, list[Result]] = {}
+    out: list[str] = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        cfg = Config(**{**asdict(base_cfg), "seed": seed})
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            results, meta = evaluate(cfg, Path(tmp), args.only)
+        per_seed[seed] = results
+        out.append(f"### seed {seed}\n\n{render(results, meta)}\n")
+        print(out[-1], flush=True)
+    if args.seeds > 1:
+        print(render_seeds(per_seed))
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1))
-    ok = all(r.detected and r.clean_point_ok for r in results if r.kind == "attack") and not any(
-        r.false_alerts for r in results)
+        args.json.write_text(json.dumps(
+            {str(s): [asdict(r) for r in rs] for s, rs in per_seed.items()}, indent=1))
+    ok = all(
+        r.detected and r.clean_point_ok and not r.false_alerts if r.kind == "attack" else not r.false_alerts
+        for rs in per_seed.values() for r in rs
+    )
     return 0 if ok else 1
 
 

@@ -47,3 +47,30 @@ def render(results: list[Any], meta: dict[str, Any]) -> str:
         f"- data set: {meta['base_files']} files at start, config {meta['config']}, run time {meta['seconds']} s",
     ]
     return "\n".join(lines)
+
+
+def render_seeds(per_seed: dict[int, list[Any]]) -> str:
+    """One line per scenario over several seeds (worst case of each column)."""
+    names: dict[str, str] = {}
+    for results in per_seed.values():
+        for r in results:
+            names.setdefault(r.scenario, r.kind)
+    n = len(per_seed)
+    lines = [
+        f"| scenario | kind | detected (of {n} seeds) | worst backups to alert | worst % damaged at alert "
+        "| clean point right | false alerts | simulated days |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, kind in names.items():
+        rs = [r for results in per_seed.values() for r in results if r.scenario == name]
+        det = [r for r in rs if r.detected]
+        worst_b = max((r.backups_to_alert for r in det), default="-")
+        worst_p = max((r.damaged_pct for r in det), default="-")
+        cp = sum(bool(r.clean_point_ok and r.clean_point_exact) for r in det)
+        fa = sum(r.false_alerts for r in rs)
+        days = sum(r.days for r in rs)
+        if kind == "attack":
+            lines.append(f"| {name} | attack | {len(det)} | {worst_b} | {worst_p} | {cp}/{len(det)} | {fa} | {days} |")
+        else:
+            lines.append(f"| {name} | benign | - | - | - | - | {fa} | {days} |")
+    return "\n".join(lines)
