@@ -166,6 +166,10 @@ def test_text_base64_hex_random_zeros(rand: fm.Rand) -> None:
     assert (r.type, r.random) == ("data", True)
     z = features_of("a.bin", bytes(100_000))
     assert z.type == "zeros"
+    u16 = features_of("export.txt", "\ufeffid;nom;montant\r\n1;DUPONT;45\r\n".encode("utf-16-le") * 50)
+    assert u16.type == "text"
+    fake = features_of("export.txt", b"\xff\xfe" + os.urandom(5000))  # a BOM in front of ciphertext
+    assert fake.type == "data" and fake.random
 
 
 def test_features_round_trip_and_small(rand: fm.Rand, tmp_path: Path) -> None:

@@ -170,6 +170,8 @@ def extract_features(sample: FileSample) -> FileFeatures:
     if all(stats.single_byte(data) and data[:1] == view.head[:1] for _, data in view.ranges):
         kind = "zeros" if view.head[:1] == b"\x00" else "fill"
         return FileFeatures(kind, sample.size, ext, db=is_db, hashes=hashes)
+    if check is None and stats.is_utf16_text(view.head):
+        return FileFeatures("text", sample.size, ext, db=is_db, hashes=hashes, random=False, utf8=False)
     if check is None and all(stats.is_text(data) for _, data in view.ranges):
         encoded = stats.encoded_kind(view.head)
         utf8 = all(stats.utf8_ok(data) for _, data in view.ranges)

@@ -78,6 +78,17 @@ def is_text(data: bytes) -> bool:
     return bad <= max(2, len(data) // 2000)
 
 
+def is_utf16_text(data: bytes) -> bool:
+    """UTF-16 text with a byte-order mark (Windows "Unicode text" exports): mostly-zero high bytes."""
+    if data[:2] == b"\xff\xfe":
+        lo, hi = data[2::2], data[3::2]
+    elif data[:2] == b"\xfe\xff":
+        lo, hi = data[3::2], data[2::2]
+    else:
+        return False
+    return len(hi) >= 16 and hi.count(0) * 2 >= len(hi) and is_text(lo.replace(b"\x00", b""))
+
+
 def encoded_kind(data: bytes) -> str | None:
     """"b64" or "hex" when ``data`` is base64/hex text whose decoded bytes look random."""
     if len(data) < 256:

@@ -29,7 +29,7 @@ EXPECTED_TYPE = {
     ".dcm": "dicom", ".sqlite": "sqlite", ".sqlite3": "sqlite", ".db3": "sqlite", ".7z": "7z",
     ".gz": "gzip", ".tgz": "gzip", ".exe": "pe", ".dll": "pe", ".doc": "cfb", ".xls": "cfb",
     ".msg": "cfb", ".txt": "text", ".csv": "text", ".xml": "text", ".html": "text", ".rtf": "text",
-    ".ini": "text", ".log": "text", ".json": "text",
+    ".ini": "text", ".json": "text",
 }
 # A structured file may turn into another structured type legitimately (encrypted OOXML is CFB).
 _ENCRYPTED_ZIP_AS = "cfb"
