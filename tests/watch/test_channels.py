@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from watch_helpers import SmtpServer, start_smtp
+from watch_helpers import Hook, SmtpServer, start_smtp
 
 from rempart.core.clock import SystemClock
 from rempart.core.errors import TransientError, UserError
@@ -72,33 +70,6 @@ def test_email_without_starttls_is_refused_by_the_server(smtp: SmtpServer) -> No
     with pytest.raises(TransientError):
         EmailChannel(smtp_config(smtp, starttls=False)).send([Mail(("a@b.test",), "s", "b")], when=0)
     assert smtp.messages == []
-
-
-class Hook:
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        hook = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                code = hook.statuses.pop(0) if hook.statuses else 200
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_webhook_signed_and_retried_with_backoff(caplog: pytest.LogCaptureFixture) -> None:

@@ -4,15 +4,17 @@ runs, suspicious snapshots, quota, retries when SMTP is down, weekly reports, me
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from watch_helpers import Env, SmtpServer, backup, make_env, start_smtp
+from watch_helpers import Env, Hook, SmtpServer, backup, make_env, start_smtp
 
 from rempart.testing.servers import free_ports
 from rempart.vault import practices as vp
 from rempart.vault.watch import tables as t
+from rempart.vault.watch.channels import verify_signature
 
 
 def subjects(smtp: SmtpServer) -> list[tuple[str, str]]:
@@ -127,3 +129,29 @@ def test_metrics_expose_open_alerts_and_status(env: Env) -> None:
     assert 'rempart_vault_practice_status{practice="cabinet-m"} 1.0' in body
     assert 'rempart_vault_practice_last_backup_age_seconds{practice="cabinet-m"} 7200.0' in body
     assert 'rempart_vault_practice_bytes_stored{practice="cabinet-m"}' in body
+
+
+def test_webhooks_signed_per_provider(tmp_path: Path) -> None:
+    ours, theirs = Hook([500]), Hook([])
+    try:
+        env = make_env(tmp_path, None, webhooks=[
+            {"url": ours.url, "secret": "our-hook-secret", "provider": "infogarde", "backoff_seconds": 0.01},
+            {"url": theirs.url, "secret": "their-secret", "provider": "autreprest"}])
+        env.add("cabinet-w", provider="infogarde")
+        backup(env.vault, "cabinet-w")
+        env.clock.advance(3600 + 600)
+        r = env.watch.tick()
+        assert r.dispatch.sent == 1 and r.dispatch.failed == 0
+        assert len(ours.received) == 2 and theirs.received == []  # one 500 retried, then delivered
+        headers, body = ours.received[-1]
+        payload = json.loads(body)
+        assert payload["event"] == "opened" and payload["practice"] == "cabinet-w" and payload["level"] == "late"
+        assert payload["audiences"] == ["practice"]
+        assert verify_signature("our-hook-secret", headers["x-rempart-timestamp"], body,
+                                headers["x-rempart-signature"], now=env.vault.now())
+        backup(env.vault, "cabinet-w")
+        env.watch.tick()
+        assert json.loads(ours.received[-1][1])["event"] == "resolved"
+    finally:
+        ours.close()
+        theirs.close()

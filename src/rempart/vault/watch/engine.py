@@ -170,6 +170,8 @@ class Watch:
                 targets.append((prov, prov_lang))  # nobody at the practice to tell: the provider is told
         if "provider" in a.audiences and prov:
             targets.append((prov, prov_lang))
+        if not self.config.smtp.enabled:
+            targets = []  # no mail server: webhooks and the dashboard only
         for to, lang in targets:
             self.enqueue(conn, "email", json.dumps(list(to)), {**payload, "lang": lang}, aid, row.id, now)
         for hook in self.config.webhooks:
