@@ -161,6 +161,11 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
 def _build(cls: type, sec: dict[str, Any], name: str, base: Path | None = None) -> Any:
     known = {f.name: f for f in fields(cls)}
     out: dict[str, Any] = {}
+    if base is not None:  # default relative paths live under data_dir, never the working directory
+        for k in known:
+            d = getattr(cls(), k)
+            if isinstance(d, Path) and not d.is_absolute():
+                out[k] = base / d
     for k, v in sec.items():
         if k not in known:
             raise ConfigError(f"unknown key {k!r} in [{name}]")
