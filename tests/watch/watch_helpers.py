@@ -174,7 +174,7 @@ class Env:
             st.put_provider(conn, name, contacts, lang)
 
 
-def make_env(tmp_path: Path, smtp: SmtpServer | None = None, **watch: Any) -> Env:
+def make_env(tmp_path: Path, smtp: SmtpServer | None = None, database_url: str = "", **watch: Any) -> Env:
     clock = FakeClock(MONDAY_10H_PARIS)
     w: dict[str, Any] = {"enabled": False, "every_seconds": 3600, "open_hours": "", "grace_seconds": 600,
                          "missing_after_seconds": 3 * 3600, "escalate_after_seconds": 2 * 3600,
@@ -183,7 +183,8 @@ def make_env(tmp_path: Path, smtp: SmtpServer | None = None, **watch: Any) -> En
         w["smtp"] = {"host": "127.0.0.1", "port": smtp.port, "username": smtp.username, "password": smtp.password,
                      "sender": "Rempart <vault@example.test>", "ca_file": str(smtp.cert), "timeout_seconds": 10}
     w.update(watch)
-    cfg = parse_config({"data_dir": str(tmp_path / "vault"), "tls": {"enabled": False},
+    raw_db = {"database": {"url": database_url}} if database_url else {}
+    cfg = parse_config({**raw_db, "data_dir": str(tmp_path / "vault"), "tls": {"enabled": False},
                         "metrics": {"public": True}, "watch": w,
                         "dashboard": {"login_failures": 3, "login_window_seconds": 600}}, tmp_path)
     app = create_app(cfg, clock)
