@@ -3,13 +3,12 @@ retries with backoff, lock, resume without re-upload, run reports without paths.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from rempart.agent.service import AgentService
 from rempart.agent.state import RunLock, load_state
@@ -132,7 +131,7 @@ def test_transient_failures_retry_with_backoff_then_succeed(local_repo: LocalSet
     svc.run_forever(max_runs=3)
     assert [r[0] for r in rec.reports] == ["failed", "failed", "ok"]
     assert rec.reports[0][1] == "transient-error"
-    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
     assert 30 <= gaps[0] <= 60 and 60 <= gaps[1] <= 120  # exponential with jitter
     st = load_state(local_repo.state)
     assert st.failures == 0 and st.retry_at is None and st.time("last_success") == starts[-1]
@@ -146,7 +145,7 @@ def test_permanent_error_is_reported_without_paths_and_not_retried(local_repo: L
     secret_path = tmp_path / "Patients-Dupont-Jean"
     svc = service(local_repo, clock, secret_path, recorder=rec)  # does not exist
     svc.run_forever(max_runs=1)
-    outcome, error_class, counts = rec.reports[0]
+    outcome, error_class, _counts = rec.reports[0]
     assert (outcome, error_class) == ("failed", "user-error")
     assert "Dupont" not in repr(rec.reports)
     st = load_state(local_repo.state)
