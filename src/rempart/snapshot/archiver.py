@@ -142,7 +142,7 @@ class Archiver:
         elif kind == KIND_SYMLINK:
             node.target = os.readlink(path)
         elif kind == KIND_FILE:
-            fut = self._file(path, st, node)
+            fut = self._file(str(path), st, node, self.cache.lookup(str(path)))
             if fut is not None:
                 fut.result()
                 if node.type != KIND_FILE:
@@ -157,6 +157,7 @@ class Archiver:
             entries = []
         nodes: list[Node] = []
         pending: list[tuple[Node, Future[None]]] = []
+        cached = self.cache.lookup_dir(str(path))
         for e in entries:
             if self._excluded(e.name):
                 continue
@@ -168,7 +169,7 @@ class Archiver:
             kind = kind_of(st.st_mode)
             node = Node(name=e.name, type=kind, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
             if kind == KIND_FILE:
-                fut = self._file(Path(e.path), st, node)
+                fut = self._file(e.path, st, node, cached.get(e.name))
                 if fut is not None:
                     pending.append((node, fut))
                 nodes.append(node)
@@ -207,13 +208,11 @@ class Archiver:
 
     # --- files --------------------------------------------------------------------------
 
-    def _file(self, path: Path, st: os.stat_result, node: Node) -> Future[None] | None:
+    def _file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None) -> Future[None] | None:
         """Fill ``node``; returns a future when the file must be read."""
-        spath = str(path)
         self.stats.files += 1
         self.stats.bytes += st.st_size
         node.size = st.st_size
-        prev = self.cache.lookup(spath)
         if prev is not None and self._unchanged(prev, st):
             node.content = prev.content
             node.features = prev.features
@@ -222,7 +221,7 @@ class Archiver:
                               prev.content, prev.features, prev.read_at)
             return None
         self._slots.acquire()
-        return self._pool.submit(self._read_file, path, st, node, prev)
+        return self._pool.submit(self._read_file, Path(spath), st, node, prev)
 
     def _unchanged(self, prev: CachedFile, st: os.stat_result) -> bool:
         if self.options.force_reread:

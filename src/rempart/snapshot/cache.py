@@ -18,10 +18,11 @@ from typing import Any
 
 from rempart.core.errors import LockedError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-  path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
-  content BLOB, features TEXT, read_at REAL);
+FILES_COLUMNS = """(
+  dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
+  content BLOB, features TEXT, read_at REAL, PRIMARY KEY (dir, name)) WITHOUT ROWID"""
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS files {FILES_COLUMNS};
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
@@ -39,7 +40,11 @@ class CachedFile:
 
 
 class StateCache:
-    """Single-writer: one backup at a time per repository (a lock file enforces it)."""
+    """Single-writer: one backup at a time per repository (a lock file enforces it).
+
+    Rows are read one folder at a time (one query per folder, not per file) and written in
+    batches inside a transaction.
+    """
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -50,29 +55,38 @@ class StateCache:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if self.db.execute("SELECT COUNT(*) FROM pragma_table_info('files') WHERE name='dir'").fetchone()[0] == 0:
+            self.db.execute("DROP TABLE files")  # an older layout: start afresh (costs one full read)
+            self.db.executescript(SCHEMA)
         self.db.execute("DROP TABLE IF EXISTS files_new")
-        self.db.execute("CREATE TABLE files_new AS SELECT * FROM files WHERE 0")
+        self.db.execute(f"CREATE TABLE files_new {FILES_COLUMNS}")
         self._batch: list[tuple[Any, ...]] = []
         self._batch_lock = threading.Lock()
 
+    def lookup_dir(self, dirpath: str) -> dict[str, CachedFile]:
+        out = {}
+        for row in self.db.execute(
+            "SELECT name,size,mtime_ns,ctime_ns,inode,content,features,read_at FROM files WHERE dir=?",
+            (os.fsencode(dirpath),),
+        ):
+            name = os.fsdecode(row[0])
+            content = bytes(row[5] or b"")
+            out[name] = CachedFile(
+                os.path.join(dirpath, name), row[1], row[2], row[3], row[4],
+                [content[i : i + 32] for i in range(0, len(content), 32)],
+                json.loads(row[6]) if row[6] else None, row[7] or 0.0,
+            )
+        return out
+
     def lookup(self, path: str) -> CachedFile | None:
-        row = self.db.execute(
-            "SELECT path,size,mtime_ns,ctime_ns,inode,content,features,read_at FROM files WHERE path=?",
-            (os.fsencode(path),),
-        ).fetchone()
-        if row is None:
-            return None
-        content = bytes(row[5] or b"")
-        return CachedFile(
-            path, row[1], row[2], row[3], row[4],
-            [content[i : i + 32] for i in range(0, len(content), 32)],
-            json.loads(row[6]) if row[6] else None, row[7] or 0.0,
-        )
+        d, name = os.path.split(path)
+        return self.lookup_dir(d).get(name)
 
     def record(self, path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int,
                content: list[bytes], features: dict[str, Any] | None, read_at: float) -> None:
         """Thread-safe; rows reach SQLite on ``flush`` (called from the owning thread)."""
-        row = (os.fsencode(path), size, mtime_ns, ctime_ns, inode, b"".join(content),
+        d, name = os.path.split(path)
+        row = (os.fsencode(d), os.fsencode(name), size, mtime_ns, ctime_ns, inode, b"".join(content),
                json.dumps(features, sort_keys=True) if features else None, read_at)
         with self._batch_lock:
             self._batch.append(row)
@@ -81,13 +95,16 @@ class StateCache:
         with self._batch_lock:
             batch, self._batch = self._batch, []
         if batch:
-            self.db.executemany("INSERT OR REPLACE INTO files_new VALUES (?,?,?,?,?,?,?,?)", batch)
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO files_new VALUES (?,?,?,?,?,?,?,?,?)", batch)
+            self.db.execute("COMMIT")
 
     def deleted_paths(self) -> list[str]:
         """Paths of the previous snapshot absent from this run (call after ``flush``)."""
         self.flush()
-        return [os.fsdecode(r[0]) for r in self.db.execute(
-            "SELECT f.path FROM files f LEFT JOIN files_new n ON f.path = n.path WHERE n.path IS NULL")]
+        return [os.path.join(os.fsdecode(r[0]), os.fsdecode(r[1])) for r in self.db.execute(
+            "SELECT f.dir, f.name FROM files f LEFT JOIN files_new n ON f.dir = n.dir AND f.name = n.name "
+            "WHERE n.name IS NULL")]
 
     def previous_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
@@ -102,7 +119,7 @@ class StateCache:
         for k, v in (extra or {}).items():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
         self.db.execute("COMMIT")
-        self.db.execute("CREATE TABLE files_new AS SELECT * FROM files WHERE 0")
+        self.db.execute(f"CREATE TABLE files_new {FILES_COLUMNS}")
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
