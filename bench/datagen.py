@@ -178,7 +178,8 @@ def mutate_day(root: Path, day: int, seed: int) -> None:
     for _ in range(max(5, n_pat // 50)):
         con.execute("UPDATE patients SET notes=? WHERE id=?", (r.words(14), r.rng.randrange(max_id + 1)))
     _db_fill(con, r, r.rng.randint(3, 10), r.rng.randint(0, 3) * 60_000, start=max_id + 1)
-    con.execute("DELETE FROM appointments WHERE id IN (SELECT id FROM appointments ORDER BY random() LIMIT 5)")
+    (max_appt,) = con.execute("SELECT coalesce(max(id), 0) FROM appointments").fetchone()
+    con.executemany("DELETE FROM appointments WHERE id=?", [(r.rng.randrange(max_appt + 1),) for _ in range(5)])
     con.commit()
     con.close()
     dat = root / DAT
@@ -216,8 +217,8 @@ def mutate_day(root: Path, day: int, seed: int) -> None:
     if notes:
         with r.rng.choice(notes).open("a", encoding="utf-8") as f:
             f.write(r.text(200))
-    drafts = sorted((root / LETTERS / "2025").glob("lettre_d*.docx"))
-    for path in r.rng.sample(drafts, min(len(drafts), r.rng.randint(0, 2))):
+    drafts = sorted(p for p in (root / LETTERS).rglob("lettre_*.docx") if f"_d{day:03d}_" not in p.name)
+    for path in r.rng.sample(drafts, min(len(drafts), r.rng.randint(1, 2))):
         path.unlink()
 
 

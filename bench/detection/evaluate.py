@@ -52,7 +52,7 @@ class Config:
 
 
 QUICK = Config(size_mb=16, attack_days=3, slow_days=8, benign_days=4, baseline_days=8)
-FULL = Config(size_mb=200, attack_days=5, slow_days=30, benign_days=30, baseline_days=60)
+FULL = Config(size_mb=200, attack_days=4, slow_days=20, benign_days=20, baseline_days=40)
 
 
 @dataclass
@@ -208,7 +208,10 @@ def evaluate(cfg: Config, workdir: Path, only: list[str] | None = None) -> tuple
             continue
         work = workdir / "runs"
         work.mkdir(exist_ok=True)
+        t_run = time.perf_counter()
         res, timing = run(name, kind, base, cfg, work)
+        print(f"# {name}: {'detected' if res.detected else 'no alert'}, {res.false_alerts} false, "
+              f"{res.days} d, {time.perf_counter() - t_run:.0f} s", file=sys.stderr, flush=True)
         total.add(timing)
         if kind == "benign":
             benign.add(timing)

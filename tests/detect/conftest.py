@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"  # datagen.py and detection/
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
