@@ -1,0 +1,130 @@
+"""Audit trail verification (edit, deletion, truncation), rebuild-index from storage alone, and
+the authentication-failure rate limit (in-process app, injected clock)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from rempart.core.clock import FakeClock, SystemClock
+from rempart.storage.base import FileType, Handle
+from rempart.vault import db
+from rempart.vault import practices as ops
+from rempart.vault.app import create_app
+from rempart.vault.bootstrap import open_vault
+from rempart.vault.config import load_config, parse_config
+from rempart.vault.reindex import rebuild_index
+
+from .conftest import cli, write_config
+from .objects import make_pack, make_snapshot
+
+
+def populated(tmp_path: Path) -> tuple[Path, Any]:
+    cfg = write_config(tmp_path, 1)
+    v = open_vault(load_config(cfg), SystemClock())
+    ops.add_practice(v, "doc", actor="t")
+    p = v.practice("doc")
+    for _ in range(3):
+        pk, ids = make_pack()
+        v.ingest("t", v.practice("doc"), Handle(FileType.DATA, pk.name), pk.data)
+        s = make_snapshot(ids)
+        v.ingest("t", v.practice("doc"), Handle(FileType.SNAPSHOT, s.name), s.data)
+    ops.freeze(v, "doc", True, "drill", actor="t")
+    assert p.name == "doc"
+    return cfg, v
+
+
+def sql(cfg: Path, stmt: str) -> None:
+    con = sqlite3.connect(cfg.parent / "data" / "vault.db")
+    con.execute(stmt)
+    con.commit()
+    con.close()
+
+
+def test_audit_verify_ok_then_detects_edit(tmp_path: Path) -> None:
+    cfg, _ = populated(tmp_path)
+    out = cli(cfg, "audit", "verify")
+    assert "OK" in out.stdout
+    sql(cfg, "UPDATE audit SET outcome = 'ok', actor = 'token:innocent' WHERE action = 'freeze'")
+    out = cli(cfg, "audit", "verify", check=False)
+    assert out.returncode == 20 and "modified" in out.stdout
+
+
+def test_audit_verify_detects_deleted_record(tmp_path: Path) -> None:
+    cfg, _ = populated(tmp_path)
+    sql(cfg, "DELETE FROM audit WHERE seq = 3")
+    out = cli(cfg, "audit", "verify", check=False)
+    assert out.returncode == 20 and "missing" in out.stdout
+
+
+def test_audit_verify_detects_truncation(tmp_path: Path) -> None:
+    cfg, _ = populated(tmp_path)
+    sql(cfg, "DELETE FROM audit WHERE seq > 4")  # the chain of records 1..4 is still valid
+    out = cli(cfg, "audit", "verify", check=False)
+    assert out.returncode == 20 and "truncated" in out.stdout
+
+
+def test_rebuild_index_from_storage_alone(tmp_path: Path) -> None:
+    cfg, v = populated(tmp_path)
+    p = v.practice("doc")
+    before = {t: [f.name for f in v.list_files(p, t)] for t in (FileType.DATA, FileType.SNAPSHOT)}
+    status_before = ops.status(v, p)
+    # wipe the whole index part of the database
+    sql(cfg, "DELETE FROM blobs")
+    sql(cfg, "DELETE FROM snapshots")
+    sql(cfg, "DELETE FROM snapshot_refs")
+    sql(cfg, "DELETE FROM objects")
+    assert v.list_files(p, FileType.DATA) == []
+    out = cli(cfg, "rebuild-index")
+    assert "6 objects" in out.stdout
+    p = v.practice("doc")
+    after = {t: [f.name for f in v.list_files(p, t)] for t in (FileType.DATA, FileType.SNAPSHOT)}
+    assert after == before
+    st = ops.status(v, p)
+    assert st["used_bytes"] == status_before["used_bytes"]
+    # server receive times come back from the audit trail, not from "now"
+    assert st["last_snapshot_at"] == pytest.approx(status_before["last_snapshot_at"])
+    # a complete loss of the database: practices come back from storage
+    (cfg.parent / "data" / "vault.db").unlink()
+    for extra in ("vault.db-wal", "vault.db-shm"):
+        (cfg.parent / "data" / extra).unlink(missing_ok=True)
+    v2 = open_vault(load_config(cfg), SystemClock())
+    rep = rebuild_index(v2, actor="t")
+    assert rep.practices == 1 and rep.snapshots == 3
+    assert [f.name for f in v2.list_files(v2.practice("doc"), FileType.SNAPSHOT)] == before[FileType.SNAPSHOT]
+    with v2.engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(db.blobs)).scalar_one() == 6
+
+
+def test_auth_failure_rate_limit_per_ip_and_practice(tmp_path: Path) -> None:
+    clock = FakeClock()
+    cfg = parse_config({"tls": {"enabled": False}, "limits": {
+        "auth_failures_per_ip": 5, "auth_failures_per_practice": 8, "auth_window_seconds": 60}}, tmp_path)
+    app = create_app(cfg, clock)
+    toks = ops.add_practice(app.state.vault, "doc", actor="t")
+    good = {"Authorization": f"Bearer {toks['backup']}"}
+    bad = {"Authorization": "Bearer rvt_000000000000_nope"}
+    attacker = TestClient(app, client=("203.0.113.9", 4000))
+    agent = TestClient(app, client=("198.51.100.7", 4000))
+    for _ in range(5):
+        assert attacker.get("/v1/p/doc/status", headers=bad).status_code == 401
+    # the attacker's address is now blocked, even with a valid token
+    r = attacker.get("/v1/p/doc/status", headers=good)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    # the practice's own agent is unaffected
+    assert agent.get("/v1/p/doc/status", headers=good).status_code == 200
+    # other addresses spraying the same practice: blocked after the per-practice limit...
+    for i in range(3):
+        TestClient(app, client=(f"203.0.113.{20 + i}", 1)).get("/v1/p/doc/status", headers=bad)
+    sprayer = TestClient(app, client=("203.0.113.99", 1))
+    assert sprayer.get("/v1/p/doc/status", headers=bad).status_code == 401
+    assert sprayer.get("/v1/p/doc/status", headers=good).status_code == 429
+    # ...but an address that never failed still gets through
+    assert agent.get("/v1/p/doc/status", headers=good).status_code == 200
+    clock.advance(61)
+    assert attacker.get("/v1/p/doc/status", headers=good).status_code == 200
