@@ -1,0 +1,145 @@
+"""Unit tests of the engine's building blocks: keys, kit, formats, chunking, blobs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rempart.chunking.fastcdc import Chunker, ChunkerParams
+from rempart.core.errors import DecryptionError, IntegrityError, WrongPassphrase
+from rempart.crypto.aead import DataKey
+from rempart.crypto.keys import IdKey, RecoveryPrivateKey
+from rempart.crypto.kit import TEST_KDF, RecoveryKit, decrypt_kit, encrypt_kit, to_printable
+from rempart.repository.blobs import compress, open_blob, seal_blob
+from rempart.repository.format import (
+    BlobType,
+    PackEntry,
+    encode_index,
+    encode_snapshot_prefix,
+    parse_index,
+    parse_pack_header,
+    parse_snapshot,
+)
+from rempart.repository.packer import Packer
+
+
+def test_envelope_round_trip_and_wrong_key() -> None:
+    priv = RecoveryPrivateKey.generate()
+    k = DataKey.generate()
+    env = priv.public.wrap(k)
+    assert priv.unwrap(env).raw == k.raw
+    with pytest.raises(DecryptionError):
+        RecoveryPrivateKey.generate().unwrap(env)
+    tampered = bytearray(env)
+    tampered[-1] ^= 1
+    with pytest.raises(DecryptionError):
+        RecoveryPrivateKey(priv.raw).unwrap(bytes(tampered))
+
+
+def test_kit_round_trip_printable_and_wrong_passphrase() -> None:
+    kit = RecoveryKit("ab" * 16, RecoveryPrivateKey.generate(), IdKey.generate())
+    data = encrypt_kit(kit, "a long passphrase", TEST_KDF)
+    assert kit.private_key.raw not in data and kit.id_key.raw not in data
+    for form in (data, to_printable(data).encode()):
+        back = decrypt_kit(form, "a long passphrase")
+        assert back.private_key.raw == kit.private_key.raw and back.id_key.raw == kit.id_key.raw
+    with pytest.raises(WrongPassphrase):
+        decrypt_kit(data, "another passphrase")
+    with pytest.raises(IntegrityError):
+        decrypt_kit(b"{not a kit", "x" * 10)
+    assert "secret" in repr(kit) and kit.private_key.raw.hex() not in repr(kit)
+
+
+def test_default_kdf_is_memory_hard() -> None:
+    from rempart.crypto.kit import DEFAULT_KDF
+
+    assert DEFAULT_KDF["name"] == "argon2id" and int(DEFAULT_KDF["memory_kib"]) >= 65536
+
+
+def test_blob_binds_type_and_id() -> None:
+    k = DataKey.generate()
+    bid = os.urandom(32)
+    sealed = seal_blob(k, BlobType.DATA, bid, *compress(b"hello " * 100, 3))
+    assert open_blob(k, BlobType.DATA, bid, sealed) == b"hello " * 100
+    with pytest.raises(DecryptionError):
+        open_blob(k, BlobType.TREE, bid, sealed)
+    with pytest.raises(DecryptionError):
+        open_blob(k, BlobType.DATA, os.urandom(32), sealed)
+
+
+def test_incompressible_data_is_stored_raw() -> None:
+    flag, payload = compress(os.urandom(100_000), 3)
+    assert flag == 0 and len(payload) == 100_000
+    flag, payload = compress(b"a" * 100_000, 3)
+    assert flag == 1 and len(payload) < 1000
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=3000), min_size=0, max_size=20))
+def test_pack_round_trip(blobs: list[bytes]) -> None:
+    priv = RecoveryPrivateKey.generate()
+    k = DataKey.generate()
+    p = Packer(k, priv.public.wrap(k))
+    ids = []
+    for b in blobs:
+        bid = os.urandom(32)
+        ids.append(bid)
+        p.add(BlobType.DATA, bid, seal_blob(k, BlobType.DATA, bid, *compress(b, 3)))
+    name, data, entries = p.finish()
+    h = parse_pack_header(data, len(data))
+    assert [e.id for e in h.entries] == ids
+    key = priv.unwrap(h.envelope)
+    key.open(h.gmac, h.authenticated)  # header authenticity
+    for e, b in zip(h.entries, blobs, strict=True):
+        assert open_blob(key, e.type, e.id, data[e.offset : e.offset + e.length]) == b
+    tampered = bytearray(data)
+    tampered[-40] ^= 1  # inside the header entries
+    try:
+        h2 = parse_pack_header(bytes(tampered), len(tampered))
+    except IntegrityError:
+        return
+    with pytest.raises(DecryptionError):
+        key.open(h2.gmac, h2.authenticated)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=300))
+def test_parsers_reject_garbage_cleanly(junk: bytes) -> None:
+    for parse in (lambda d: parse_pack_header(d, len(d)), parse_snapshot, lambda d: list(parse_index(d))):
+        try:
+            parse(junk)
+        except IntegrityError:
+            pass
+
+
+def test_index_and_snapshot_round_trip() -> None:
+    entries = [PackEntry(BlobType.DATA, os.urandom(32), 0, 10), PackEntry(BlobType.TREE, os.urandom(32), 10, 5)]
+    pid = os.urandom(32)
+    assert list(parse_index(encode_index([(pid, entries)]))) == [(pid, entries)]
+    refs = {os.urandom(32) for _ in range(5)}
+    prefix = encode_snapshot_prefix({"tree": "00" * 32, "v": 1}, refs, b"e" * 89)
+    snap = parse_snapshot(prefix + b"m" * 40)
+    assert set(snap.refs) == refs and snap.plain["v"] == 1
+
+
+def test_chunking_is_content_defined_and_keyed() -> None:
+    params = ChunkerParams()
+    data = os.urandom(3_000_000)
+    a = Chunker(params, 1234)
+    base = [bytes(c) for c in a.chunks_of(data)]
+    shifted = [bytes(c) for c in a.chunks_of(b"inserted!" + data)]
+    assert b"".join(base) == data
+    assert len(set(base) & set(shifted)) >= len(base) - 2  # an insertion re-uses almost all chunks
+    other_seed = [bytes(c) for c in Chunker(params, 99).chunks_of(data)]
+    assert set(other_seed) != set(base)  # boundaries depend on the id key
+    sizes = [len(c) for c in base[:-1]]
+    assert min(sizes) >= params.min_size and max(sizes) <= params.max_size
+    assert 40_000 < sum(sizes) / len(sizes) < 120_000
+
+
+def test_blob_id_is_keyed() -> None:
+    a, b = IdKey.generate(), IdKey.generate()
+    assert a.blob_id(b"x") != b.blob_id(b"x") and a.blob_id(b"x") == a.blob_id(b"x")
