@@ -196,5 +196,5 @@ def parse_index(data: bytes) -> Iterator[tuple[bytes, list[PackEntry]]]:
             yield pack_id, entries
         if pos != len(data):
             raise IntegrityError("index file has trailing bytes")
-    except (struct.error, ValueError) as exc:
+    except (struct.error, ValueError, IndexError) as exc:
         raise IntegrityError("index file is malformed") from exc
