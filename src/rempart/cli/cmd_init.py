@@ -23,7 +23,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     passphrase = ctx.secret("REMPART_KIT_PASSPHRASE", "new recovery kit passphrase", confirm=True)
     backend = open_backend(ctx, create=True)
     created = create_repository(backend, ctx.state_dir, kit_path, passphrase, ctx.clock, kdf=_kdf(ctx),
-                                printable=Path(args.printable) if args.printable else None)
+                                printable=Path(args.printable) if args.printable else None,
+                                pack_size=args.pack_size * 1024 * 1024)
     if ctx.json:
         from rempart.cli.common import print_json
 
