@@ -21,7 +21,11 @@ from rempart.agent.setup import create_repository
 from rempart.core.clock import FakeClock
 from rempart.crypto.kit import TEST_KDF
 from rempart.storage.local import LocalBackend
-from vault.conftest import VaultProc, make_vault, own_vault, vault  # noqa: F401 - fixtures re-exported
+
+try:  # tests/vault's real-vault fixtures (module name depends on how pytest was started)
+    from vault.conftest import VaultProc, make_vault, own_vault, vault
+except ImportError:  # pragma: no cover
+    from tests.vault.conftest import VaultProc, make_vault, own_vault, vault  # type: ignore[no-redef] # noqa: F401
 
 PASSPHRASE = "correct horse battery staple"
 

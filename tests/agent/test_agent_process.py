@@ -22,8 +22,8 @@ import pytest
 
 from rempart.agent.enroll import write_config
 from rempart.storage.base import FileType
-from vault.conftest import VaultProc, make_vault
 
+from .conftest import VaultProc, make_vault
 from .test_enroll import enroll, new_code
 
 PY = sys.executable

@@ -11,9 +11,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from vault.conftest import VaultProc, make_vault
-
-from .conftest import PASSPHRASE
+from .conftest import PASSPHRASE, VaultProc, make_vault
 
 PY = sys.executable
 

@@ -14,8 +14,8 @@ import pytest
 from rempart.agent.config import StatusSettings
 from rempart.agent.state import AgentState
 from rempart.agent.status import compute
-from vault.conftest import VaultProc
 
+from .conftest import VaultProc
 from .test_enroll import enroll, new_code
 
 PY = sys.executable
