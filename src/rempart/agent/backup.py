@@ -37,6 +37,9 @@ class DetectionHook(FileObserver):
     def assess(self, cache: StateCache, deleted: list[str], total_files: int, now: str) -> tuple[dict[str, Any], list[str]]:
         ...
 
+    def commit_state(self) -> dict[str, str]:
+        ...
+
 
 def run_backup(
     repo: Repository,
@@ -102,7 +105,10 @@ def run_backup(
                     repo.index = type(repo.index)()
                     cache.db.execute("DELETE FROM files_new")
                     continue
-                cache.commit(name, {"last_time": plain["time"]})  # type: ignore[dict-item]
+                extra = {"last_time": str(plain["time"])}
+                if detection is not None:
+                    extra.update(detection.commit_state())
+                cache.commit(name, extra)
                 return BackupResult(name, archiver.stats, dict(session.stats), det, damaged)
             finally:
                 session.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rempart.cli.common import open_repo, read_session, resolve_snapshot
 from rempart.cli.context import Context
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             out.write(json.dumps({"path": str(path), "type": node.type, "size": node.size, "mode": node.mode,
                                   "mtime_ns": node.mtime_ns, "target": node.target}) + "\n")
         elif args.long:
-            t = datetime.fromtimestamp(node.mtime_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            t = datetime.fromtimestamp(node.mtime_ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
             out.write(f"{oct(node.mode & 0o7777)[2:]:>5} {node.type:7} {node.size:>12} {t}  {path}\n")
         else:
             out.write(f"{path}\n")

@@ -106,6 +106,23 @@ class StateCache:
             "SELECT f.dir, f.name FROM files f LEFT JOIN files_new n ON f.dir = n.dir AND f.name = n.name "
             "WHERE n.name IS NULL")]
 
+    def deleted_features(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """(path, previous features) of every file of the previous run absent from this one."""
+        self.flush()
+        return [(os.path.join(os.fsdecode(r[0]), os.fsdecode(r[1])), json.loads(r[2]) if r[2] else None)
+                for r in self.db.execute(
+                    "SELECT f.dir, f.name, f.features FROM files f LEFT JOIN files_new n "
+                    "ON f.dir = n.dir AND f.name = n.name WHERE n.name IS NULL")]
+
+    def feature_type_counts(self, *, current: bool = False) -> dict[str, int]:
+        """Files per detected type ("t" of the features) in the previous (or current) run."""
+        table = "files_new" if current else "files"
+        if current:
+            self.flush()
+        return {str(t): int(n) for t, n in self.db.execute(
+            f"SELECT json_extract(features, '$.t'), COUNT(*) FROM {table} "  # noqa: S608 - fixed names
+            "WHERE features IS NOT NULL GROUP BY 1") if t is not None}
+
     def previous_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
 
@@ -142,7 +159,7 @@ def _lock_exclusive(f: Any) -> None:
         import msvcrt
 
         try:
-            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
         except OSError as exc:
             raise LockedError("another backup of this repository is running") from exc
     except OSError as exc:

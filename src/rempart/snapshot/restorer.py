@@ -79,12 +79,28 @@ class Restorer:
         self._lock = threading.Lock()
         self._dir_times: list[tuple[str, Node]] = []
         self._root_fd = -1
+        self._exclude: set[PurePosixPath] = set()
 
-    def restore(self, tree_id: bytes, target: Path, include: list[PurePosixPath] | None = None) -> RestoreStats:
+    def restore(self, tree_id: bytes, target: Path, include: list[PurePosixPath] | None = None,
+                *, exclude: set[PurePosixPath] | None = None,
+                extra: dict[PurePosixPath, Node] | None = None) -> RestoreStats:
+        """Restore ``tree_id`` (only ``include`` if given, never ``exclude``), then ``extra``
+        nodes (files from other snapshots) at their paths."""
         target.mkdir(parents=True, exist_ok=True)
         self._root_fd = os.open(target, os.O_RDONLY | O_DIRECTORY)
+        self._exclude = exclude or set()
         try:
             self._restore_tree(tree_id, "", PurePosixPath("/"), include)
+            for path, node in sorted((extra or {}).items()):
+                parts = path.parts[1:]
+                rel = ""
+                for part in parts[:-1]:
+                    rel = f"{rel}/{check_name(part)}" if rel else check_name(part)
+                    _make_dir(self._root_fd, rel)
+                check_name(node.name)
+                rel = f"{rel}/{parts[-1]}" if rel else parts[-1]
+                self._slots.acquire()
+                self._futures.append(self._pool.submit(self._file_job, rel, node))
             for f in self._futures:
                 f.result()
             # directory modes and mtimes last, deepest first, once their content is written
@@ -112,7 +128,7 @@ class Restorer:
             p = path / node.name
             child = f"{rel}/{node.name}" if rel else node.name
             take, descend = self._wanted(p, include)
-            if not descend:
+            if not descend or p in self._exclude:
                 continue
             if node.type == KIND_DIR:
                 _make_dir(self._root_fd, child)
