@@ -187,6 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep repositories after each run")
     p.add_argument("--json", dest="json_out", help="write raw results here")
     p.add_argument("--markdown", help="write the tables here")
+    p.add_argument("--from-json", help="only render the tables of an earlier --json file (e.g. an interrupted run)")
     args = p.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     return args
@@ -194,6 +195,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        md = render_markdown(json.loads(Path(args.from_json).read_text()))
+        if args.markdown:
+            Path(args.markdown).write_text(md)
+        print(md)
+        return 0
     if args.cache == "auto":
         args.cache = "cold" if can_drop_caches() else "warm"
     notes = []
@@ -211,20 +218,23 @@ def main(argv: list[str] | None = None) -> int:
     probe = [make_tool(n, Path(args.workdir) / "probe" / n) for n in args.tools]
     info = machine_info(probe)
     log(f"machine: {info['nproc']} cpu {info['cpu']}; cache mode {args.cache}; generator {gen_name}")
-    runs = []
+    runs: list[dict[str, Any]] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    result = {"started": started, "args": dict(vars(args)), "generator": gen_name, "machine": info,
+              "notes": notes, "runs": runs,
+              "command": "python bench/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     for r in range(args.runs):
         try:
             runs.append(one_run(r, args, gen, log))
         except CommandFailed as exc:
             log(f"run {r + 1} failed: {exc}")
-            return 1
-    info["loadavg_end"] = os.getloadavg()
-    result = {"started": started, "args": {k: v for k, v in vars(args).items()}, "generator": gen_name,
-              "machine": info, "notes": notes, "runs": runs,
-              "command": "python bench/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=1, default=str))
+            if not runs:
+                return 1
+            result["notes"].append(f"run {r + 1} failed and was left out: {str(exc).splitlines()[0]}")
+            break
+        info["loadavg_end"] = os.getloadavg()
+        if args.json_out:  # after every run, so an interrupted benchmark keeps what it measured
+            Path(args.json_out).write_text(json.dumps(result, indent=1, default=str))
     md = render_markdown(result)
     if args.markdown:
         Path(args.markdown).write_text(md)
