@@ -144,9 +144,6 @@ timeout_seconds = 10
         assert fr[0]["X-Test-Rcpt"] == "dr@cabinet.test" and en[0]["X-Test-Rcpt"] == "astreinte@infogarde.test"
         assert all(m["X-Test-TLS"] == "yes" and m["X-Test-Auth"] == "yes" for m in smtp.messages)
 
-        # the same state through the CLI (cron style) and the vault's metrics
-        status = rempart("vault", "watch", "status", *c).stdout
-        assert "cabinet-e2e" in status and "green" in status
         logtext = (tmp_path / "vault.log").read_text()
         assert smtp.password not in logtext and token not in logtext
         print(f"alert chain late->missing->escalated took {late_after:.1f}s after the agent stopped; "
