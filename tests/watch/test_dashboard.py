@@ -205,11 +205,13 @@ def test_logout_needs_csrf_and_ends_the_session(denv: Env) -> None:
 
 
 def test_timeline_shows_verdicts_and_alerts(denv: Env) -> None:
+    vp.report_run(denv.vault, denv.vault.practice("cabinet-a"), "failed", "SourceError", {}, actor="test")
     backup(denv.vault, "cabinet-a", verdict="suspicious", findings={"became_random": 12, "ransom_notes": 3})
     denv.watch.tick()
     c = login(TestClient(denv.app), "admin", ADMIN_PW)
     html = c.get("/ui/practices/cabinet-a").text
     assert "became_random: 12" in html and "ransom_notes: 3" in html
+    assert "échec (2026-01-05 10:00:00) — SourceError" in html
     assert 'class="det det-suspicious">suspecte' in html
     assert "gel d&#39;incident" in html or "gel d'incident" in html
     assert html.count('class="v-suspicious"') == 1 and html.count('class="v-clean"') == 1

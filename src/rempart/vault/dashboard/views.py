@@ -87,6 +87,9 @@ class Views:
             "used": human_bytes(int(row.used_bytes or 0), lang),
             "quota": human_bytes(int(row.quota_bytes), lang) if row.quota_bytes else None,
             "detection": detection, "frozen": bool(row.frozen), "frozen_reason": row.frozen_reason,
+            "last_run": {"time": state.facts.last_run.received.astimezone(self.tz).strftime("%Y-%m-%d %H:%M:%S"),
+                         "outcome": state.facts.last_run.outcome, "error": state.facts.last_run.error_class or ""}
+            if state.facts.last_run else None,
         }
 
     def practices(self, user: User, lang: str) -> list[dict[str, Any]]:
