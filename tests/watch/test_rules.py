@@ -167,3 +167,24 @@ def test_never_backed_up_counts_from_creation() -> None:
     now = utc(2026, 1, 5, 12, 0)
     f = Facts("p", created=now - timedelta(hours=2))
     assert conditions(f, ALWAYS, now, Policy())["silence"].level == "late"
+
+
+def test_opening_time_across_daylight_saving_change() -> None:
+    # Saturday 2026-03-28 18:30 Paris (UTC+1); Paris moves to UTC+2 on Sunday 29 March.
+    exp = Expectation(every=3600, grace=900, missing_after=14400, max_gap=0, hours=(8 * 60, 19 * 60),
+                      days=parse_days("mon-sat"), tz="Europe/Paris")
+    # next opening: Monday 30 March 08:00 Paris = 06:00 UTC (summer time)
+    assert due_at(exp, utc(2026, 3, 28, 17, 30)) == utc(2026, 3, 30, 6, 0)
+
+
+def test_urgent_level_reached_by_worsening_tells_the_provider_at_once() -> None:
+    clock = FakeClock(utc(2026, 1, 5, 12, 0))
+    sim = Sim(clock, Policy(escalate_after=10 * 3600, urgent=frozenset({"missing"})))
+    start = clock.now()
+    facts = Facts("p", created=start, last_snapshot=start)
+    clock.advance(3600 + 600)
+    assert sim.run(facts) == [("open", "silence", "late", ("practice",))]
+    clock.advance(3 * 3600)
+    assert sim.run(facts) == [("worsen", "silence", "missing", ("practice", "provider"))]
+    clock.advance(10 * 3600)
+    assert sim.run(facts) == []  # already escalated with the worsening: no second escalation
