@@ -35,7 +35,8 @@ def open_backend(ctx: Context, *, create: bool = False) -> Backend:
 
     location = ctx.require_repo()
     backend = factory(location, create=create, vault_token=vault_token(ctx),
-                      vault_ca=ctx.env.get("REMPART_VAULT_CA"), clock=ctx.clock)
+                      vault_ca=ctx.env.get("REMPART_VAULT_CA"), vault_pin=ctx.env.get("REMPART_VAULT_PIN"),
+                      clock=ctx.clock)
     return RetryBackend(backend)
 
 

@@ -69,6 +69,20 @@ def _global_options(p: argparse.ArgumentParser, default: object) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output", **bkw)
 
 
+_FLAGS = {"--json", "-q", "--quiet"}
+
+
+def _hoist_flags(argv: list[str]) -> list[str]:
+    """Accept the argument-less global flags anywhere (also after nested sub-commands)."""
+    if "--" in argv:
+        cut = argv.index("--")
+        head, tail = argv[:cut], argv[cut:]
+    else:
+        head, tail = argv, []
+    flags = [a for a in head if a in _FLAGS]
+    return flags + [a for a in head if a not in _FLAGS] + tail
+
+
 def _command_name(argv: Sequence[str]) -> str | None:
     for a in argv:
         if a in COMMANDS:
@@ -77,7 +91,7 @@ def _command_name(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    args_list = _hoist_flags(list(sys.argv[1:] if argv is None else argv))
     name = _command_name(args_list)
     parser = build_parser(only=name)
     args, extra = parser.parse_known_args(args_list)
