@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.engine.conftest import PASSPHRASE, run_subprocess
 
 from rempart.agent.credentials import load_credential
 from rempart.core.errors import HostilePathError
@@ -20,7 +21,6 @@ from rempart.repository.repo import ReadSession, Repository, WriteSession
 from rempart.snapshot.restorer import Restorer
 from rempart.snapshot.tree import KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, encode_tree
 from rempart.storage.local import LocalBackend
-from tests.engine.conftest import PASSPHRASE, run_subprocess
 
 
 def _forge_snapshot(env, nodes_root: list[Node], sub: dict[str, list[Node]] | None = None) -> tuple[Repository, bytes]:

@@ -88,7 +88,7 @@ def test_pack_round_trip(blobs: list[bytes]) -> None:
         bid = os.urandom(32)
         ids.append(bid)
         p.add(BlobType.DATA, bid, seal_blob(k, BlobType.DATA, bid, *compress(b, 3)))
-    name, data, entries = p.finish()
+    _name, data, _entries = p.finish()
     h = parse_pack_header(data, len(data))
     assert [e.id for e in h.entries] == ids
     key = priv.unwrap(h.envelope)

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rempart import __version__
 from rempart.agent.credentials import AgentCredential, repo_state_dir
@@ -31,7 +31,7 @@ class BackupResult:
         return self.detection.get("verdict") == "suspicious"
 
 
-class DetectionHook(FileObserver):
+class DetectionHook(FileObserver, Protocol):
     """What the archiver needs from detection, plus the end-of-run assessment."""
 
     def assess(self, cache: StateCache, deleted: list[str], total_files: int, now: str) -> tuple[dict[str, Any], list[str]]:
@@ -75,7 +75,8 @@ def run_backup(
                 tree = archiver.archive(sources)
                 session.flush()
                 deleted = cache.deleted_paths()
-                det, damaged = ({}, [])
+                det: dict[str, Any] = {}
+                damaged: list[str] = []
                 if detection is not None:
                     det, damaged = detection.assess(cache, deleted, archiver.stats.files, to_iso(clock.now()))
                 plain = {
@@ -87,7 +88,7 @@ def run_backup(
                     "stats": archiver.stats.to_dict() | {"deleted": len(deleted)},
                     "detection": det,
                 }
-                meta = {
+                meta: dict[str, object] = {
                     "hostname": socket.gethostname(),
                     "paths": [str(s) for s in sources],
                     "tags": tags or [],

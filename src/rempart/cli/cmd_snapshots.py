@@ -12,6 +12,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latest", type=int, default=0, help="show only the N newest")
 
 
+def _num(v: object) -> float:
+    return float(v) if isinstance(v, int | float) else 0.0
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     repo = open_repo(ctx)
     rows = []
@@ -43,6 +47,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     print(f"{'ID':8}  {'time (UTC)':20}  {'files':>8}  {'size':>10}  verdict")
     for r in rows:
         t = str(r["time"])[:19].replace("T", " ")
-        print(f"{r['short_id']:8}  {t:20}  {r['files'] or 0:>8}  {human_bytes(r['bytes'] or 0):>10}  {r['verdict']}")
+        print(f"{r['short_id']:8}  {t:20}  {r['files'] or 0:>8}  {human_bytes(_num(r['bytes'])):>10}  {r['verdict']}")
     print(f"{len(rows)} snapshot(s)")
     return 0

@@ -16,6 +16,7 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rempart import __version__
 from rempart.core.errors import RempartError
@@ -60,8 +61,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def _global_options(p: argparse.ArgumentParser, default: object) -> None:
-    kw = {"default": default} if default is not None else {}
-    bkw = {"default": default} if default is not None else {"default": False}
+    kw: dict[str, Any] = {"default": default} if default is not None else {}
+    bkw: dict[str, Any] = {"default": default} if default is not None else {"default": False}
     p.add_argument("-r", "--repo", help="repository: a folder or https://VAULT/PRACTICE (env REMPART_REPOSITORY)", **kw)
     p.add_argument("--state-dir", help="local state folder (env REMPART_STATE_DIR)", **kw)
     p.add_argument("--config", help="agent TOML config file (env REMPART_CONFIG)", **kw)
