@@ -136,6 +136,9 @@ def test_ledger_heals_and_expires(rand: fm.Rand) -> None:
     res = _assess([("b.docx", good, half)])
     later = _assess([], ledger=res.ledger, when=T + timedelta(days=31))
     assert later.ledger.entries == {}
+    res = _assess([("c.docx", good, half), ("d.docx", good, features_of("d.docx", os.urandom(len(data))))])
+    gone = _assess([], [("c.docx", half), ("d.docx", None)], ledger=res.ledger, when=T + timedelta(hours=4))
+    assert list(gone.ledger.entries) == ["d.docx"]  # a deleted half-saved file is forgotten, ciphertext is not
 
 
 def test_fraction_threshold_scales_with_practice_size(rand: fm.Rand) -> None:

@@ -201,10 +201,15 @@ def assess_backup(
             if fam in USER_FAMILIES and n >= config.family_delete_min:
                 mass = mass or n > config.family_delete_fraction * family_counts.get(fam, n)
 
-    # Ledger: heal files that are healthy again, then record this backup's findings.
+    # Ledger: heal files that are healthy again, forget merely-invalid files that were deleted
+    # (a document caught mid-save, then thrown away), then record this backup's findings.
     for c in chg:
         if c.path in led.entries and not verdicts[c.path].damaged and (c.cur.valid or c.cur.type == "text"):
             led.heal(c.path)
+    for d in dels:
+        entry = led.entries.get(d.path)
+        if entry is not None and entry.kind == v.BECAME_INVALID:
+            led.heal(d.path)
     for p in damaged:
         led.add(p, verdicts[p].kind if p in verdicts else "replaced", time, parent)
     for p in note_paths:

@@ -43,7 +43,9 @@ def looks_random(entropy: float, chi2: float, n: int) -> bool:
     """Uniformly random by both tests (compressed data usually fails chi-square)."""
     if n < 1024:
         return entropy >= 7.0 and chi2 < 400.0
-    return entropy >= _RANDOM_ENTROPY and chi2 < _RANDOM_CHI2_MAX
+    # the plug-in entropy of n random bytes falls short of 8 by about 255 / (2 n ln 2)
+    expected = 8.0 - 255.0 / (2.0 * n * math.log(2))
+    return entropy >= min(_RANDOM_ENTROPY, expected - 0.06) and chi2 < _RANDOM_CHI2_MAX
 
 
 def zratio(data: bytes) -> float:
