@@ -37,7 +37,9 @@ def test_summary_names_no_file(rand: fm.Rand) -> None:
     changes = [(f"Patients/DUPONT Jean/lettre{i}.docx", prev, features_of("a.docx", os.urandom(len(data)))) for i in range(5)]
     res = _assess(changes)
     assert res.suspicious and len(res.damaged_paths) == 5
-    text = json.dumps(res.summary())
+    summary = res.summary()
+    assert set(summary) == {"verdict", "counts", "score", "rules", "clean_point"} and summary["clean_point"] == "s1"
+    text = json.dumps(summary)
     assert "DUPONT" not in text and "lettre" not in text and "Patients" not in text
 
 

@@ -68,9 +68,9 @@ class BackupAssessment:
         return self.verdict == SUSPICIOUS
 
     def summary(self) -> dict[str, Any]:
-        """What the vault may see: no path, no name."""
+        """What the vault may see: no path, no name (the clean point is a snapshot name)."""
         return {"verdict": self.verdict, "counts": dict(sorted(self.counts.items())), "score": self.score,
-                "rules": list(self.rules)}
+                "rules": list(self.rules), "clean_point": self.clean_point}
 
 
 def _fingerprint(f: FileFeatures) -> tuple[Any, ...]:
