@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,8 +15,10 @@ from rempart.crypto.keys import IdKey, RecoveryPrivateKey
 from rempart.repository.blobs import compress, open_blob, seal_blob
 from rempart.repository.config import RepoConfig, load_config
 from rempart.repository.format import (
+    PACK_MAGIC,
     BlobType,
     PackEntry,
+    PackHeader,
     SnapshotPlain,
     encode_index,
     encode_snapshot_prefix,
@@ -26,7 +29,6 @@ from rempart.repository.index import MasterIndex
 from rempart.repository.packer import Packer
 from rempart.storage.base import Backend, FileType, Handle
 
-TAIL_READ = 64 * 1024
 INDEX_EVERY_PACKS = 16
 
 
@@ -60,19 +62,21 @@ class Repository:
                 continue  # check reports damaged packs; backup just won't dedup against them
         return len(missing)
 
-    def read_pack_header(self, name: str, size: int | None = None):  # type: ignore[no-untyped-def]
+    def read_pack_header(self, name: str, size: int | None = None) -> PackHeader:
+        """Read only the plain header of a pack (never blob bytes): the trailer's last 8 bytes
+        give the header length, then exactly the header is read. A backup credential may read
+        this much of a pack and no more."""
         h = Handle(FileType.DATA, name)
         if size is None:
             size = self.backend.stat(h).size
-        n = min(size, TAIL_READ)
-        tail = self.backend.load(h, offset=size - n, length=n)
-        try:
-            return parse_pack_header(tail, size)
-        except IntegrityError:
-            if n == size:
-                raise
-            tail = self.backend.load(h)  # header larger than the first read
-            return parse_pack_header(tail, size)
+        if size < 8:
+            raise IntegrityError(f"pack {name[:12]} is too short to be a pack")
+        trailer = self.backend.load(h, offset=size - 8, length=8)
+        (hlen,) = struct.unpack("<I", trailer[:4])
+        if trailer[4:] != PACK_MAGIC or hlen + 8 > size:
+            raise IntegrityError(f"pack {name[:12]} has no valid trailer")
+        header = self.backend.load(h, offset=size - 8 - hlen, length=hlen)
+        return parse_pack_header(header + trailer, size)
 
     # --- snapshots ----------------------------------------------------------------------
 
