@@ -72,6 +72,23 @@ class Agent:
         finally:
             b.close()
 
+    def duplicate_blobs(self) -> tuple[int, int]:
+        """(blobs stored in more than one pack, blobs) from the packs' plain headers. Every run has
+        its own data key, so re-sending data makes *new* packs: duplicates show at blob level."""
+        from collections import Counter
+
+        from rempart.repository.repo import Repository
+
+        b = self.vault.backend(self.practice, self.token)
+        try:
+            repo = Repository.open(b)
+            seen: Counter[bytes] = Counter()
+            for fi in b.list(FileType.DATA):
+                seen.update(e.id for e in repo.read_pack_header(fi.name, fi.size).entries)
+        finally:
+            b.close()
+        return sum(1 for n in seen.values() if n > 1), len(seen)
+
     def snapshots(self) -> list[dict]:
         with self.vault.client(self.token) as c:
             return list(c.get(f"/v1/p/{self.practice}/timeline").json())
@@ -170,8 +187,11 @@ def test_vault_killed_mid_upload_agent_finishes_without_resending(setup: Agent) 
     created, dup = upload_counts(a.vault)
     final = a.packs()
     state = a.state_doc()
+    dup_blobs, blobs = a.duplicate_blobs()
     print(f"vault kill: {len(stored_at_restart)} packs stored before, {len(final)} at the end, "
-          f"{created} objects created after restart, {dup} sent again; {state['runs']} attempts")
+          f"{created} objects created after restart, {dup} identical re-sends, {dup_blobs} of {blobs} blobs "
+          f"stored twice; {state['runs']} attempts")
+    assert dup_blobs == 0, "data stored before the interruption was uploaded again"
     assert len(a.snapshots()) == 1
     assert state["runs"] >= 2, "the interruption should have failed one attempt"
     # packs stored before the kill were not sent again: at most the uploads in flight at the kill
@@ -197,7 +217,10 @@ def test_agent_killed_and_restarted_resumes_and_keeps_schedule(setup: Agent) -> 
     a.start(**a.env)  # type: ignore[attr-defined]
     wait_for(lambda: a.state_doc().get("last_outcome") == "ok", 120, "the resumed run", a)
     created1, dup = upload_counts(a.vault)
-    print(f"agent kill: {len(stored)} packs stored before, {created1 - created0} objects created after, {dup} sent again")
+    dup_blobs, blobs = a.duplicate_blobs()
+    print(f"agent kill: {len(stored)} packs stored before, {created1 - created0} objects created after, "
+          f"{dup} identical re-sends, {dup_blobs} of {blobs} blobs stored twice")
+    assert dup_blobs == 0, "data stored before the kill was uploaded again"
     assert dup <= 2, dup  # the restarted agent did not send the stored packs again
     # objects created after the restart: the missing packs plus a few index files and the snapshot
     assert created1 - created0 <= len(a.packs()) - len(stored) + 4
