@@ -70,6 +70,8 @@ class Result:
     rules: str
     false_alerts: int
     days: int
+    flagged: int = 0  # files judged damaged while no attack was running (e.g. a letter caught mid-save)
+    legit_encrypted: int = 0  # files classified as encrypted by their own format
 
 
 def _when(day: int, slot: int) -> datetime:
@@ -143,6 +145,7 @@ def run(name: str, kind: str, base: Base, cfg: Config, work: Path, *, event_day:
     false_alerts = 0
     state: dict = {}
     files_at_attack = 0
+    flagged = legit = 0
     for day in range(days):
         for slot in range(len(SLOTS)):
             _glitch(ctx, day, slot, state)
@@ -166,6 +169,9 @@ def run(name: str, kind: str, base: Base, cfg: Config, work: Path, *, event_day:
             for p in hit:
                 damaged_at.setdefault(p, idx)
             res = b.backup(_when(day, slot))
+            legit += res.counts.get("legit-encrypted", 0)
+            if attack_start is None:
+                flagged += res.counts.get("damaged", 0)
             if res.suspicious and "incident-open" not in res.rules:
                 if kind == "attack" and attack_start is not None and alert is None:
                     alert, alert_idx = res, idx
@@ -180,7 +186,7 @@ def run(name: str, kind: str, base: Base, cfg: Config, work: Path, *, event_day:
     timing = b.timing
     if alert is None or alert_idx is None or attack_start is None:
         return Result(name, kind, False, None, None, len(damaged_at), round(100 * len(damaged_at) / max(files, 1), 2),
-                      files, None, None, "", false_alerts, days), timing
+                      files, None, None, "", false_alerts, days, flagged, legit), timing
     first_damage = min(damaged_at.values()) if damaged_at else alert_idx
     cp = alert.clean_point
     cp_idx = int(cp[1:]) if cp else None
@@ -192,7 +198,7 @@ def run(name: str, kind: str, base: Base, cfg: Config, work: Path, *, event_day:
         damaged_at_alert=at_alert, damaged_pct=round(100 * at_alert / max(files, 1), 2), files=files,
         clean_point_ok=cp_idx is not None and cp_idx < first_damage,
         clean_point_exact=cp_idx == first_damage - 1,
-        rules=",".join(alert.rules), false_alerts=false_alerts, days=days,
+        rules=",".join(alert.rules), false_alerts=false_alerts, days=days, flagged=flagged, legit_encrypted=legit,
     ), timing
 
 

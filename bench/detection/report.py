@@ -12,8 +12,9 @@ def _yn(v: bool | None) -> str:
 def render(results: list[Any], meta: dict[str, Any]) -> str:
     lines = [
         "| scenario | kind | detected | backups to alert | hours to alert | files damaged at alert | % of files "
-        "| clean point holds no damage | clean point = last backup before damage | rules | false alerts / 30 days |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| clean point holds no damage | clean point = last backup before damage | rules | false alerts / 30 days "
+        "| files flagged damaged with no attack | legit-encrypted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         fa = f"{r.false_alerts * 30 / max(r.days, 1):.2f} ({r.false_alerts} in {r.days} d)"
@@ -21,12 +22,14 @@ def render(results: list[Any], meta: dict[str, Any]) -> str:
             lines.append(
                 f"| {r.scenario} | attack | {_yn(r.detected)} | {r.backups_to_alert if r.detected else '-'} "
                 f"| {r.hours_to_alert if r.detected else '-'} | {r.damaged_at_alert} | {r.damaged_pct} "
-                f"| {_yn(r.clean_point_ok)} | {_yn(r.clean_point_exact)} | {r.rules or '-'} | {fa} |"
+                f"| {_yn(r.clean_point_ok)} | {_yn(r.clean_point_exact)} | {r.rules or '-'} | {fa} "
+                f"| {r.flagged} | {r.legit_encrypted} |"
             )
         else:
-            lines.append(f"| {r.scenario} | benign | - | - | - | - | - | - | - | - | {fa} |")
+            lines.append(f"| {r.scenario} | benign | - | - | - | - | - | - | - | - | {fa} | {r.flagged} | {r.legit_encrypted} |")
     benign_days = sum(r.days for r in results if r.kind == "benign")
     benign_alerts = sum(r.false_alerts for r in results if r.kind == "benign")
+    flagged = sum(r.flagged for r in results if r.kind == "benign")
     overhead = meta["detect_s"] / meta["read_hash_s"] if meta["read_hash_s"] else 0.0
     pipeline_overhead = meta["benign_detect_s"] / meta["benign_pipeline_s"] if meta["benign_pipeline_s"] else 0.0
     benign_overhead = meta["benign_detect_s"] / meta["benign_read_hash_s"] if meta["benign_read_hash_s"] else 0.0
@@ -36,7 +39,8 @@ def render(results: list[Any], meta: dict[str, Any]) -> str:
         f"{sum(1 for r in results if r.kind == 'attack')}; clean point right: "
         f"{sum(bool(r.clean_point_ok) for r in results if r.kind == 'attack')}",
         f"- benign: {benign_alerts} false alerts in {benign_days} simulated days "
-        f"({benign_alerts * 30 / max(benign_days, 1):.2f} per 30 days)",
+        f"({benign_alerts * 30 / max(benign_days, 1):.2f} per 30 days); {flagged} file verdicts of damage "
+        f"with no attack running, over {meta['benign_changed_files']} changed files",
         f"- detection CPU on benign days (the normal backup): {meta['benign_detect_s']:.2f} s for "
         f"{meta['benign_changed_files']} changed files ({meta['benign_changed_mib']} MiB) vs "
         f"{meta['benign_read_hash_s']:.2f} s to read+hash them: **{100 * benign_overhead:.1f} %**; vs "
