@@ -121,3 +121,20 @@ def test_two_agents_never_run_at_once(tmp_path: Path) -> None:
                             "--once"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert json.loads(r.stdout)["error_class"] == "locked"
+
+
+def test_agent_lowers_its_cpu_priority(tmp_path: Path) -> None:
+    """`[limits] nice` is applied by the agent process itself (the run's child processes inherit it)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (tmp_path / "d").mkdir()
+    marker = tmp_path / "nice.txt"
+    (state / "agent.toml").write_text(
+        f'[repository]\nurl = "{tmp_path / "none"}"\n[backup]\npaths = ["{tmp_path / "d"}"]\n'
+        '[schedule]\nretry_attempts = 0\n[limits]\nnice = 7\n'
+        f'[[hooks]]\nname = "probe"\npre = ["sh", "-c", "cut -d\\" \\" -f19 /proc/$$/stat > {marker}"]\n')
+    base = os.nice(0)
+    r = subprocess.run([PY, "-m", "rempart.cli.main", "--state-dir", str(state), "agent", "run", "--once"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1  # no repository there: the run fails after the hook ran
+    assert int(marker.read_text()) == max(base, 7)
