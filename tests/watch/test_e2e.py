@@ -1,14 +1,12 @@
 """End to end with real processes: a vault process (``rempart vault serve``, HTTPS), a real SMTP
-server (aiosmtpd with STARTTLS on a self-signed certificate and AUTH) and the agent's real vault
-client (:class:`rempart.storage.vaultclient.VaultBackend`, HTTPS with the pinned certificate and
-the practice's backup token) uploading packs and snapshots in the plain format, random bytes
-standing in for ciphertext (the vault has no key and cannot tell; the full agent pipeline is
-tested elsewhere). The practice stops backing up:
+server (aiosmtpd with STARTTLS on a self-signed certificate and AUTH) and the real agent CLI
+(``rempart init`` / ``rempart backup`` against the vault URL, pinned certificate, backup token
+from the environment). The practice stops backing up:
 the SMTP server receives the late then missing alerts (and the escalation to the IT provider);
 backups resume: a "resolved" arrives.
 
 Test hook, stated honestly: to keep this fast the vault's config uses an expectation measured in
-seconds (one backup every 3 s, late after +1 s, missing after +4 s, escalation after 3 s) and an
+seconds (one backup every 6 s, late after +2 s, missing after +8 s, escalation after 5 s) and an
 evaluation interval of 0.5 s. Nothing else differs from production: same code, real clock."""
 
 from __future__ import annotations
@@ -22,12 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from watch_helpers import SmtpServer, pack_and_snapshot, start_smtp
+import sqlalchemy as sa
+from watch_helpers import SmtpServer, start_smtp
 
 from rempart.core.errors import TransientError
-from rempart.storage.base import FileType, Handle
-from rempart.storage.vaultclient import VaultBackend, tls_context
+from rempart.storage.vaultclient import tls_context
 from rempart.testing.servers import free_ports, stop_process
+from rempart.vault.watch import tables as t
 
 PY = sys.executable
 
@@ -64,12 +63,12 @@ self_signed = true
 hostnames = ["127.0.0.1", "localhost"]
 [watch]
 interval_seconds = 0.5
-every_seconds = 3
+every_seconds = 6
 open_hours = ""
-grace_seconds = 1
-missing_after_seconds = 4
+grace_seconds = 2
+missing_after_seconds = 8
 max_gap_seconds = 0
-escalate_after_seconds = 3
+escalate_after_seconds = 5
 report_weekday = "off"
 [watch.smtp]
 host = "127.0.0.1"
@@ -103,25 +102,42 @@ timeout_seconds = 10
             assert time.monotonic() < deadline, "vault did not start"
             time.sleep(0.2)
 
-        agent = VaultBackend(f"{url}/cabinet-e2e", token=token, pin=pin)
+        src = tmp_path / "cabinet"
+        src.mkdir()
+        (src / "patients.db").write_bytes(os.urandom(200_000))
+        (src / "notes.txt").write_text("rendez-vous\n" * 1000)
+        agent = {"REMPART_VAULT_TOKEN": token, "REMPART_VAULT_CA": pin, "REMPART_KIT_PASSPHRASE": "kit passphrase e2e",
+                 "REMPART_STATE_DIR": str(tmp_path / "agent-state"), "REMPART_REPOSITORY": f"{url}/cabinet-e2e"}
+        rempart("init", "--kit", str(tmp_path / "kit.rempart"), env=agent)
 
         def backup() -> None:
-            (pn, pd), (sn, sd) = pack_and_snapshot()
-            agent.save(Handle(FileType.DATA, pn), pd)
-            agent.save(Handle(FileType.SNAPSHOT, sn), sd)
+            (src / "notes.txt").write_text(f"rendez-vous {time.time()}\n" * 1000)
+            rempart("backup", str(src), env=agent)
 
         t0 = time.monotonic()
         backup()
-        # the practice was created seconds before its first backup, so with a 3 s schedule the
-        # vault has already reported it (a practice that never backs up is itself an alert);
-        # the first backup resolves that
-        if smtp.messages:
-            smtp.wait_for(lambda m: m["Subject"].startswith("[Rempart] RÉSOLU cabinet-e2e"), timeout=30)
-            time.sleep(1)
-            smtp.messages.clear()
-        # while it backs up every ~2 s nothing is sent
+        # the practice was created seconds before its first backup, so with a 6 s schedule the
+        # vault may already have reported it (a practice that never backs up is itself an
+        # alert); the first backup resolves that. Wait until no alert is open and every queued
+        # notification is sent, then start from a clean mailbox.
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'data' / 'vault.db'}")
+        deadline = time.monotonic() + 30
+        while True:
+            with engine.connect() as conn:
+                busy = conn.execute(sa.select(sa.func.count()).select_from(t.alerts)
+                                    .where(t.alerts.c.is_open.is_(True))).scalar_one() + \
+                    conn.execute(sa.select(sa.func.count()).select_from(t.outbox)
+                                 .where(t.outbox.c.sent.is_(None))).scalar_one()
+            if not busy:
+                break
+            assert time.monotonic() < deadline, "the first backup did not clear the initial alert"
+            time.sleep(0.3)
+        engine.dispose()
+        initial = [m["Subject"] for m in smtp.messages]
+        assert all("cabinet-e2e" in x for x in initial)
+        smtp.messages.clear()
+        # while it backs up (each run takes a few seconds) nothing is sent
         for _ in range(2):
-            time.sleep(2)
             backup()
         assert smtp.messages == [], [m["Subject"] for m in smtp.messages]
 
@@ -131,7 +147,14 @@ timeout_seconds = 10
         assert late["X-Test-Rcpt"] == "dr@cabinet.test" and late["X-Test-TLS"] == "yes" and late["X-Test-Auth"] == "yes"
         assert late["Subject"] == "[Rempart] ALERTE cabinet-e2e: sauvegarde en retard"
         smtp.wait_for(lambda m: "manquante" in m["Subject"] and m["X-Test-Rcpt"] == "dr@cabinet.test", timeout=30)
-        smtp.wait_for(lambda m: m["X-Test-Rcpt"] == "astreinte@infogarde.test", timeout=30)
+        # escalation 5 s after the late alert opened; the provider then also hears of "missing"
+        # (as WORSE, or as ESCALATED at level missing if one evaluation covered both moments)
+        prov = "astreinte@infogarde.test"
+        smtp.wait_for(lambda m: m["X-Test-Rcpt"] == prov and m["Subject"].endswith("backup missing"), timeout=30)
+        esc = [m for m in smtp.messages if m["X-Test-Rcpt"] == prov and "ESCALATED" in m["Subject"]]
+        assert len(esc) == 1
+        sent = [(m["X-Test-Rcpt"], m["Subject"]) for m in smtp.messages]
+        assert len(sent) == len(set(sent)), sent  # nothing sent twice
         late_after = time.monotonic() - stopped
         n_before = len(smtp.messages)
         time.sleep(2)  # deduplicated: nothing new while nothing changes
@@ -148,7 +171,6 @@ timeout_seconds = 10
         assert smtp.password not in logtext and token not in logtext
         print(f"alert chain late->missing->escalated took {late_after:.1f}s after the agent stopped; "
               f"whole test {time.monotonic() - t0:.1f}s")
-        agent.close()
     finally:
         stop_process(proc)
         log.close()
