@@ -60,3 +60,35 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert all(5 <= x <= 10 for x in d[0]) and all(10 <= x <= 20 for x in d[1])
     assert all(20 <= x <= 40 for x in d[2]) and all(50 <= x <= 100 for x in d[3])
     assert len({round(x, 6) for x in d[0]}) > 40  # jittered, not lockstep
+
+
+def test_system_local_zone_follows_daylight_saving() -> None:
+    import os
+    import time as _time
+
+    from rempart.agent.schedule import SystemLocalZone
+
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Paris"
+    _time.tzset()
+    try:
+        z = SystemLocalZone()
+        winter = datetime(2026, 1, 15, 12, tzinfo=UTC).astimezone(z)
+        summer = datetime(2026, 7, 15, 12, tzinfo=UTC).astimezone(z)
+        assert (winter.hour, summer.hour) == (13, 14)
+        # opening hours are local: Monday 2026-07-06 07:00 in Paris is 05:00 UTC
+        due = next_due(S, z, datetime(2026, 7, 3, 21, 30, tzinfo=z), None)  # Friday after the daily run
+        assert due is not None and due.astimezone(UTC) == datetime(2026, 7, 4, 19, 30, tzinfo=UTC)  # Sat daily
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        _time.tzset()
+
+
+def test_first_run_due_now_in_the_system_zone() -> None:
+    from rempart.agent.schedule import SystemLocalZone
+
+    due = next_due(S, SystemLocalZone(), None)
+    assert due is not None and due < datetime.now(UTC)

@@ -11,26 +11,46 @@
 from __future__ import annotations
 
 import random
-from datetime import date, datetime, timedelta, tzinfo
+import time
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from datetime import time as dtime
 
 from rempart.agent.config import ScheduleSettings
 
 
 def resolve_zone(name: str) -> tzinfo:
-    """The configured IANA zone, or the machine's local zone (edge code only)."""
+    """The configured IANA zone, or the machine's local zone (edge code only), DST included."""
     if name:
         from zoneinfo import ZoneInfo
 
         return ZoneInfo(name)
-    try:
-        from tzlocal import get_localzone  # type: ignore[import-not-found]
+    return SystemLocalZone()
 
-        return get_localzone()  # type: ignore[no-any-return]
-    except ImportError:
-        local = datetime.now().astimezone().tzinfo
-        assert local is not None
-        return local
+
+class SystemLocalZone(tzinfo):
+    """The operating system's local time, asked per instant (so daylight saving changes apply
+    without a restart; works on Windows without the tz database). Python docs' LocalTimezone."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(seconds=self._tm(dt).tm_gmtoff)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=1) if self._tm(dt).tm_isdst > 0 else timedelta(0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return self._tm(dt).tm_zone
+
+    def fromutc(self, dt: datetime) -> datetime:
+        stamp = (dt.replace(tzinfo=None) - datetime(1970, 1, 1)).total_seconds()
+        tm = time.localtime(stamp)
+        return datetime(*tm[:6], microsecond=dt.microsecond, tzinfo=self)
+
+    @staticmethod
+    def _tm(dt: datetime | None) -> time.struct_time:
+        if dt is None:
+            return time.localtime()
+        return time.localtime(time.mktime((dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second,
+                                           dt.weekday(), 0, -1)))
 
 
 def _at(day: date, t: dtime, tz: tzinfo) -> datetime:
@@ -73,7 +93,7 @@ def next_due(settings: ScheduleSettings, tz: tzinfo, last_start: datetime | None
     if retry_at is not None:
         return retry_at
     if last_start is None:
-        return datetime.min.replace(tzinfo=tz)
+        return datetime(2000, 1, 1, tzinfo=UTC)  # long past: due now
     cands = [
         next_open(settings, tz, last_start + timedelta(minutes=settings.interval_minutes)),
         next_daily(settings, tz, last_start),
