@@ -24,7 +24,7 @@ def new_code(v: VaultProc, practice: str) -> str:
 
 
 def enroll(v: VaultProc, root: Path, code: str | None, *extra: str, stdin: str | None = None,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+           env: dict[str, str] | None = None, trust: tuple[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     root.mkdir(parents=True, exist_ok=True)
     data = root / "data"
     data.mkdir(exist_ok=True)
@@ -34,7 +34,7 @@ def enroll(v: VaultProc, root: Path, code: str | None, *extra: str, stdin: str |
     if code is not None:
         full_env["REMPART_ENROLL_CODE"] = code
     argv = [PY, "-m", "rempart.cli.main", "--state-dir", str(root / "state"), "--json", "enroll",
-            "--vault", v.url, "--pin", v.pin, "--kit", str(root / "kit.json"), "--path", str(data),
+            "--vault", v.url, *(trust or ("--pin", v.pin)), "--kit", str(root / "kit.json"), "--path", str(data),
             "--pack-size-mib", "0.25", *extra]
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=full_env, input=stdin)
 
@@ -134,3 +134,25 @@ def test_enrollment_interrupted_after_the_token_resumes_without_a_code(vault: Va
     r = enroll(vault, tmp_path, None)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["resumed"] is True and json.loads(r.stdout)["practice"] == practice
+
+
+def test_enroll_with_the_vault_certificate_file_instead_of_a_pin(vault: VaultProc, tmp_path: Path) -> None:
+    practice, _ = vault.add_practice()
+    cert = vault.root / "data" / "tls" / "cert.pem"
+    assert cert.exists()
+    r = enroll(vault, tmp_path, new_code(vault, practice), trust=("--ca", str(cert)))
+    assert r.returncode == 0, r.stderr
+    state = tmp_path / "state"
+    cfg = tomllib.loads((state / "agent.toml").read_text())
+    assert cfg["repository"]["ca_file"] == str(state / "vault-ca.pem") and "pin" not in cfg["repository"]
+    r2 = subprocess.run([PY, "-m", "rempart.cli.main", "--state-dir", str(state), "--json", "agent", "run", "--once"],
+                        capture_output=True, text=True, timeout=120)
+    assert r2.returncode == 0, r2.stderr
+
+
+def test_wrong_pin_is_refused_before_the_code_is_sent(vault: VaultProc, tmp_path: Path) -> None:
+    practice, _ = vault.add_practice()
+    code = new_code(vault, practice)
+    r = enroll(vault, tmp_path / "mitm", code, trust=("--pin", "sha256:" + "00" * 32))
+    assert r.returncode != 0 and "does not match the pinned fingerprint" in r.stderr
+    assert enroll(vault, tmp_path / "ok", code).returncode == 0  # the code was not spent
