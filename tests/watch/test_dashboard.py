@@ -206,12 +206,15 @@ def test_logout_needs_csrf_and_ends_the_session(denv: Env) -> None:
 
 def test_timeline_shows_verdicts_and_alerts(denv: Env) -> None:
     vp.report_run(denv.vault, denv.vault.practice("cabinet-a"), "failed", "SourceError", {}, actor="test")
-    backup(denv.vault, "cabinet-a", verdict="suspicious", findings={"became_random": 12, "ransom_notes": 3})
+    backup(denv.vault, "cabinet-a", verdict="suspicious",  # the agent's summary shape (detect.assess)
+           findings={"counts": {"became_random": 12, "ransom_notes": 3, "clean": 0}, "rules": ["mass-encryption"],
+                     "canaries": {"planted": 4, "tripped": 2}, "changed": 40, "deleted": 0, "clean_point": None})
     denv.watch.tick()
     c = login(TestClient(denv.app), "admin", ADMIN_PW)
     html = c.get("/ui/practices/cabinet-a").text
-    assert "became_random: 12" in html and "ransom_notes: 3" in html
+    assert "became_random: 12, ransom_notes: 3, rules: mass-encryption, canaries tripped: 2" in html
     assert "échec (2026-01-05 10:00:00) — SourceError" in html
+    assert 'data-label="Fichiers nouveaux ou modifiés">7</td>' in html
     assert 'class="det det-suspicious">suspecte' in html
     assert "gel d&#39;incident" in html or "gel d'incident" in html
     assert html.count('class="v-suspicious"') == 1 and html.count('class="v-clean"') == 1

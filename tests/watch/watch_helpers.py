@@ -52,7 +52,7 @@ def pack_and_snapshot(verdict: str = "clean", *, files: int = 120, nbytes: int =
     detection: dict[str, Any] = {"verdict": verdict, "score": 0.9 if verdict == "suspicious" else 0.0}
     detection.update(findings or {})
     plain = {"v": 1, "time": "2026-01-05T08:00:00Z", "tree": ids[0].hex(), "parent": None, "host": "h1",
-             "stats": {"files": files, "dirs": 3, "bytes": nbytes, "new_bytes": 1000}, "detection": detection}
+             "stats": {"files": files, "dirs": 3, "bytes": nbytes, "files_new": 2, "files_changed": 5}, "detection": detection}
     snap = encode_snapshot_prefix(plain, ids, os.urandom(ENVELOPE_LEN)) + os.urandom(60)
     return (sha(pack), pack), (sha(snap), snap)
 

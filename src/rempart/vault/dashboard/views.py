@@ -36,6 +36,31 @@ def duration(seconds: float, lang: str) -> str:
     return f"{s} s"
 
 
+def _changed(stats: dict[str, Any]) -> int | None:
+    """New + changed files of a snapshot, from the plain stats (None if the agent did not say)."""
+    if "files_new" not in stats and "files_changed" not in stats:
+        return None
+    return int(stats.get("files_new", 0) or 0) + int(stats.get("files_changed", 0) or 0)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and bool(v)
+
+
+def findings(det: dict[str, Any]) -> str:
+    """A one-line summary of the plain detection summary: finding counts, rules, canaries."""
+    parts = [f"{k}: {v}" for k, v in sorted((det.get("counts") or {}).items()) if _num(v)]
+    parts += [f"{k}: {v}" for k, v in sorted(det.items())
+              if k not in ("verdict", "score", "v", "changed", "deleted", "clean_point") and _num(v)]
+    rules = det.get("rules")
+    if isinstance(rules, list) and rules:
+        parts.append("rules: " + " ".join(str(r)[:40] for r in rules[:8]))
+    can = det.get("canaries")
+    if isinstance(can, dict) and _num(can.get("tripped")):
+        parts.append(f"canaries tripped: {can['tripped']}")
+    return ", ".join(parts)
+
+
 class Views:
     def __init__(self, service: WatchService) -> None:
         self.service = service
@@ -113,10 +138,8 @@ class Views:
             "received": self.fmt_time(s["received"]), "verdict": s["verdict"], "false_positive": s["false_positive"],
             "name": s["name"][:12], "state": s["state"],
             "files": s["stats"].get("files"), "size": human_bytes(int(s["stats"].get("bytes", 0) or 0), lang),
-            "new": human_bytes(int(s["stats"].get("new_bytes", 0) or 0), lang),
-            "findings": ", ".join(f"{k}: {v}" for k, v in sorted(s["detection"].items())
-                                  if k not in ("verdict", "score", "v") and isinstance(v, int | float) and v
-                                  and not isinstance(v, bool)),
+            "changed": _changed(s["stats"]),
+            "findings": findings(s["detection"]),
         } for s in snaps]
         return out
 
