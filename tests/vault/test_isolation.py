@@ -68,6 +68,8 @@ def test_every_route_with_every_credential(vault: Any, world: dict[str, Any]) ->
     }
     checked = 0
     for path, ops in w["spec"]["paths"].items():
+        if not (path.startswith("/v1/") or path == "/metrics"):
+            continue  # the dashboard's pages (rempart.vault.watch) have their own session tests
         for method in ops:
             m = method.upper()
             ok_scopes = allowed(m, path)
