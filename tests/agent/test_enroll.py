@@ -30,7 +30,8 @@ def enroll(v: VaultProc, root: Path, code: str | None, *extra: str, stdin: str |
     data.mkdir(exist_ok=True)
     (data / "a.txt").write_text("hello")
     full_env = {**os.environ, "REMPART_KIT_PASSPHRASE": PASSPHRASE, "REMPART_KDF_TEST": "1", **(env or {})}
-    full_env.pop("REMPART_ENROLL_CODE", None) if code is None and "REMPART_ENROLL_CODE" not in (env or {}) else None
+    if code is None and "REMPART_ENROLL_CODE" not in (env or {}):
+        full_env.pop("REMPART_ENROLL_CODE", None)
     if code is not None:
         full_env["REMPART_ENROLL_CODE"] = code
     argv = [PY, "-m", "rempart.cli.main", "--state-dir", str(root / "state"), "--json", "enroll",
