@@ -235,3 +235,12 @@ def test_failed_upload_fails_the_run_instead_of_hanging(local_repo: LocalSetup, 
     t.join(60)
     assert not t.is_alive(), "the backup hung after an upload failure"
     assert out[0].outcome == "failed" and out[0].error_class == "transient-error"  # type: ignore[attr-defined]
+
+
+def test_nothing_to_back_up_is_a_clear_failure(local_repo: LocalSetup, tmp_path: Path) -> None:
+    cfg = agent_config(str(local_repo.repo), [], base=tmp_path)
+    clock = FakeClock(MON_8)
+    rec = AgentService(cfg, local_repo.state, clock, UTC, sleep=clock.advance,
+                       open_repo=lambda: Repository.open(LocalBackend(local_repo.repo))).attempt()
+    assert (rec.outcome, rec.error_class, rec.retryable) == ("failed", "config-error", False)
+    assert "nothing to back up" in (rec.error or "")

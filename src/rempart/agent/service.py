@@ -24,7 +24,7 @@ from rempart.agent.schedule import backoff, next_due
 from rempart.agent.sources import SourceResult, dump_all
 from rempart.agent.state import AgentState, RunLock, load_state, save_state, staging_dir
 from rempart.core.clock import Clock, to_iso
-from rempart.core.errors import LockedError, RempartError, TransientError
+from rempart.core.errors import ConfigError, LockedError, RempartError, TransientError
 from rempart.repository.repo import Repository
 from rempart.snapshot.archiver import BackupOptions
 
@@ -105,6 +105,8 @@ class AgentService:
     def _attempt_locked(self, start: datetime) -> RunRecord:
         cfg = self.config
         staging = staging_dir(self.state_dir)
+        if not cfg.backup.paths and not cfg.sources:
+            raise ConfigError(f"nothing to back up: add [backup] paths or [[sources]] to {cfg.path or 'the configuration'}")
         hooks = HookRunner(cfg.hooks, self.env)
         sources: list[SourceResult] = []
         with hooks:
