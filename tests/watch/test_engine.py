@@ -155,3 +155,31 @@ def test_webhooks_signed_per_provider(tmp_path: Path) -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_daily_reminder_by_mail(env: Env, smtp: SmtpServer) -> None:
+    env.add("cabinet-r")
+    backup(env.vault, "cabinet-r")
+    env.clock.advance(4 * 3600)  # missing at once (open at level missing)
+    env.watch.tick()
+    smtp.wait_for(lambda m: "ALERTE cabinet-r: sauvegarde manquante" in m["Subject"])
+    env.clock.advance(3 * 3600)
+    assert [a.kind for _, a in env.watch.tick().evaluation.actions] == ["escalate"]
+    env.clock.advance(86400)
+    env.watch.tick()
+    (m,) = smtp.wait_for(lambda m: m["Subject"].startswith("[Rempart] RAPPEL cabinet-r"))
+    assert "toujours ouverte" in m.get_content()
+
+
+def test_migration_adds_the_reminder_column_to_an_old_schema(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    old = sa.MetaData()
+    sa.Table("watch_alerts", old, sa.Column("id", sa.Integer, primary_key=True), sa.Column("grp", sa.String(16)))
+    with engine.begin() as conn:
+        old.create_all(conn)
+        t.version.create(conn)
+        conn.execute(t.version.insert().values(version=1))
+    assert t.migrate(engine) == 2
+    cols = {c["name"] for c in sa.inspect(engine).get_columns("watch_alerts")}
+    assert "notified" in cols
+    assert t.migrate(engine) == 2  # idempotent

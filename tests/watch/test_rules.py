@@ -77,17 +77,15 @@ class Sim:
         out = []
         for a in acts:
             if a.kind == "open":
-                self.open[a.group] = AlertState(self.next_id, a.group, a.level, now, now if a.escalate_now else None)
+                self.open[a.group] = AlertState(self.next_id, a.group, a.level, now, now if a.escalate_now else None, now)
                 self.next_id += 1
-            elif a.kind == "worsen":
-                cur = self.open[a.group]
-                self.open[a.group] = AlertState(cur.id, a.group, a.level, cur.opened,
-                                                now if a.escalate_now else cur.escalated)
-            elif a.kind == "escalate":
-                cur = self.open[a.group]
-                self.open[a.group] = AlertState(cur.id, a.group, cur.level, cur.opened, now)
             elif a.kind == "resolve":
                 del self.open[a.group]
+            else:
+                cur = self.open[a.group]
+                escalated = now if (a.kind == "escalate" or a.escalate_now) else cur.escalated
+                level = a.level if a.kind == "worsen" else cur.level
+                self.open[a.group] = AlertState(cur.id, a.group, level, cur.opened, escalated, now)
             out.append((a.kind, a.group, a.level, a.audiences))
         self.sent += out
         return out
@@ -188,3 +186,28 @@ def test_urgent_level_reached_by_worsening_tells_the_provider_at_once() -> None:
     assert sim.run(facts) == [("worsen", "silence", "missing", ("practice", "provider"))]
     clock.advance(10 * 3600)
     assert sim.run(facts) == []  # already escalated with the worsening: no second escalation
+
+
+def test_reminders_while_an_alert_stays_open() -> None:
+    clock = FakeClock(utc(2026, 1, 5, 12, 0))
+    sim = Sim(clock, Policy(escalate_after=3600, remind_after=86400))
+    start = clock.now()
+    facts = Facts("p", created=start, last_snapshot=start)
+    clock.advance(3600 + 600)
+    sim.run(facts)
+    clock.advance(3600)
+    assert sim.run(facts) == [("escalate", "silence", "late", ("provider",))]
+    clock.advance(3 * 3600)
+    assert sim.run(facts) == [("worsen", "silence", "missing", ("practice", "provider"))]
+    clock.advance(86400 - 60)
+    assert sim.run(facts) == []
+    clock.advance(60)  # a day after the last notification: everyone told is reminded, once a day
+    assert sim.run(facts) == [("remind", "silence", "missing", ("practice", "provider"))]
+    clock.advance(3600)
+    assert sim.run(facts) == []
+    clock.advance(86400)
+    assert sim.run(facts) == [("remind", "silence", "missing", ("practice", "provider"))]
+    off = Sim(clock, Policy(remind_after=0))
+    off.open = dict(sim.open)
+    clock.advance(10 * 86400)
+    assert off.run(facts) == []

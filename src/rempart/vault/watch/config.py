@@ -13,6 +13,7 @@ Example::
     grace_seconds = 900             # late after due + grace
     missing_after_seconds = 14400   # missing after due + this
     escalate_after_seconds = 14400  # practice contact first, IT provider after this
+    remind_after_seconds = 86400    # remind everyone told while an alert stays open (0 = never)
     urgent_kinds = ["suspicious"]   # kinds that reach the IT provider at once
     quota_warn_ratio = 0.9
     report_weekday = "mon"          # weekly report day (vault timezone above), 0 = off
@@ -86,6 +87,7 @@ class WatchConfig:
     grace_seconds: float = 900.0
     missing_after_seconds: float = 14400.0
     escalate_after_seconds: float = 14400.0
+    remind_after_seconds: float = 86400.0
     urgent_kinds: tuple[str, ...] = ("suspicious",)
     quota_warn_ratio: float = 0.9
     report_weekday: str = "mon"

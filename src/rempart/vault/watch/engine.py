@@ -35,7 +35,8 @@ from rempart.vault.watch.rules import (
 
 log = logging.getLogger("rempart.vault.watch")
 
-EVENT_OF = {"open": "opened", "worsen": "worsened", "escalate": "escalated", "resolve": "resolved"}
+EVENT_OF = {"open": "opened", "worsen": "worsened", "escalate": "escalated", "remind": "reminder",
+            "resolve": "resolved"}
 
 
 def ts(x: float | None) -> datetime | None:
@@ -44,7 +45,7 @@ def ts(x: float | None) -> datetime | None:
 
 def policy_of(cfg: WatchConfig) -> Policy:
     return Policy(escalate_after=cfg.escalate_after_seconds, urgent=frozenset(cfg.urgent_kinds),
-                  quota_ratio=cfg.quota_warn_ratio)
+                  quota_ratio=cfg.quota_warn_ratio, remind_after=cfg.remind_after_seconds)
 
 
 def facts_of(conn: Connection, row: Any) -> Facts:
@@ -75,8 +76,8 @@ def facts_of(conn: Connection, row: Any) -> Facts:
 
 def open_alerts(conn: Connection, pid: int) -> dict[str, AlertState]:
     rows = conn.execute(sa.select(t.alerts).where(t.alerts.c.practice_id == pid, t.alerts.c.is_open.is_(True))).all()
-    return {r.grp: AlertState(r.id, r.grp, r.level, ts(r.opened) or datetime.fromtimestamp(0, UTC), ts(r.escalated))
-            for r in rows}
+    return {r.grp: AlertState(r.id, r.grp, r.level, ts(r.opened) or datetime.fromtimestamp(0, UTC), ts(r.escalated),
+                              ts(r.notified)) for r in rows}
 
 
 @dataclass(frozen=True)
@@ -140,19 +141,19 @@ class Watch:
         if a.kind == "open":
             res = conn.execute(t.alerts.insert().values(
                 practice_id=row.id, grp=a.group, level=a.level, opened=n, escalated=n if a.escalate_now else None,
-                resolved=None, detail=detail, is_open=True))
+                resolved=None, detail=detail, is_open=True, notified=n))
             aid = int(res.inserted_primary_key[0]) if res.inserted_primary_key else 0
         else:
             aid = a.alert_id or 0
-            values: dict[str, Any] = {}
+            values: dict[str, Any] = {"notified": n}
             if a.kind == "worsen":
-                values = {"level": a.level, "detail": detail}
+                values.update(level=a.level, detail=detail)
                 if a.escalate_now:
                     values["escalated"] = n
             elif a.kind == "escalate":
-                values = {"escalated": n}
+                values["escalated"] = n
             elif a.kind == "resolve":
-                values = {"is_open": False, "resolved": n}
+                values.update(is_open=False, resolved=n)
             conn.execute(t.alerts.update().where(t.alerts.c.id == aid).values(**values))
         self._queue(conn, row, int(aid), a, now)
 

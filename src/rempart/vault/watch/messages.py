@@ -17,8 +17,10 @@ LEVEL = {
 }
 
 EVENT = {
-    "fr": {"opened": "ALERTE", "worsened": "AGGRAVATION", "escalated": "ESCALADE", "resolved": "RÉSOLU"},
-    "en": {"opened": "ALERT", "worsened": "WORSE", "escalated": "ESCALATED", "resolved": "RESOLVED"},
+    "fr": {"opened": "ALERTE", "worsened": "AGGRAVATION", "escalated": "ESCALADE", "reminder": "RAPPEL",
+           "resolved": "RÉSOLU"},
+    "en": {"opened": "ALERT", "worsened": "WORSE", "escalated": "ESCALATED", "reminder": "REMINDER",
+           "resolved": "RESOLVED"},
 }
 
 ADVICE = {
@@ -80,6 +82,10 @@ def alert_mail(payload: dict[str, Any], lang: str) -> tuple[str, str]:
     lines.append("")
     lines.append(ADVICE[lang]["resolved" if event == "resolved" else level] if level in ADVICE[lang]
                  or event == "resolved" else "")
+    if event == "reminder":
+        lines.append("")
+        lines.append("Rappel : cette alerte est toujours ouverte." if lang == "fr" else
+                     "Reminder: this alert is still open.")
     if event == "escalated":
         lines.append("")
         lines.append("Cette alerte n'a pas été résolue à temps ; elle vous est transmise en tant que prestataire."

@@ -4,8 +4,9 @@ time -> the actions to take (open, worsen, escalate, resolve). No I/O, no clock 
 Alerts are keyed by (practice, group): ``silence`` (level ``late`` then ``missing``), ``failed``,
 ``suspicious``, ``quota``, ``frozen``. An open alert is never opened twice (deduplication); it is
 first sent to the practice's contacts, then escalated to the IT provider once it has stayed open
-``escalate_after`` seconds (at once for urgent kinds); when its condition clears, a ``resolved``
-notification goes to everyone who was told about it.
+``escalate_after`` seconds (at once for urgent kinds); while it stays open, everyone told is
+reminded every ``remind_after`` seconds (silence must not become normal); when its condition
+clears, a ``resolved`` notification goes to everyone who was told about it.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Policy:
     escalate_after: float = 14400.0
     urgent: frozenset[str] = frozenset({"suspicious"})
     quota_ratio: float = 0.9
+    remind_after: float = 86400.0  # 0 = never remind
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,12 @@ class AlertState:
     level: str
     opened: datetime
     escalated: datetime | None = None
+    notified: datetime | None = None  # last notification about it (None: when opened)
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # open | worsen | escalate | resolve
+    kind: str  # open | worsen | escalate | remind | resolve
     group: str
     level: str
     audiences: tuple[str, ...]  # "practice", "provider"
@@ -119,6 +122,12 @@ def step(open_alerts: dict[str, AlertState], conds: dict[str, Condition], now: d
                 continue
         if cur.escalated is None and (urgent or (now - cur.opened).total_seconds() >= policy.escalate_after):
             actions.append(Action("escalate", group, cond.level, ("provider",), cond.detail, alert_id=cur.id))
+            continue
+        if SEVERITY.get(cond.level, 0) > SEVERITY.get(cur.level, 0):
+            continue
+        last = cur.notified or cur.opened
+        if policy.remind_after > 0 and (now - last).total_seconds() >= policy.remind_after:
+            actions.append(Action("remind", group, cur.level, told, cond.detail, alert_id=cur.id))
     for group, cur in open_alerts.items():
         if group not in conds:
             told = ("practice", "provider") if cur.escalated else ("practice",)

@@ -40,6 +40,7 @@ alerts = sa.Table(
     sa.Column("opened", sa.Float, nullable=False),
     sa.Column("escalated", sa.Float, nullable=True),
     sa.Column("resolved", sa.Float, nullable=True),
+    sa.Column("notified", sa.Float, nullable=True),             # last notification (added by migration 2)
     sa.Column("detail", sa.Text, nullable=True),
     sa.Column("is_open", sa.Boolean, nullable=False, default=True),
     sa.Index("ix_watch_alerts_open", "practice_id", "is_open"),
@@ -103,7 +104,14 @@ def _m1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[settings, providers, alerts, outbox, users, sessions, reports, drills])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1]
+def _m2(conn: Connection) -> None:
+    """Reminders: remember when each alert was last notified."""
+    cols = {c["name"] for c in sa.inspect(conn).get_columns("watch_alerts")}
+    if "notified" not in cols:
+        conn.execute(sa.text("ALTER TABLE watch_alerts ADD COLUMN notified FLOAT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2]
 
 
 def migrate(engine: Engine) -> int:
