@@ -135,8 +135,8 @@ class VaultConfig:
     gc_grace_seconds: float = 86400.0
     metrics_public: bool = False
     # [watch] and [dashboard]: alerts, channels, reports and web UI (rempart.vault.watch)
-    watch: WatchConfig = WatchConfig()
-    dashboard: DashboardConfig = DashboardConfig()
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     @property
     def db_url(self) -> str:
@@ -211,6 +211,10 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
         raise ConfigError("[storage] kind must be 'local' or 's3'")
     if storage.kind == "s3" and not (storage.endpoint and storage.bucket):
         raise ConfigError("[storage] kind = 's3' needs endpoint and bucket")
+    retention = RetentionPolicy.from_dict(_section(raw, "retention"))
+    if storage.kind == "s3" and storage.lock_days and storage.lock_days < retention.min_age_days:
+        raise ConfigError("[storage] lock_days must be at least [retention] min_age_days",
+                          hint="Object Lock must protect every object for at least the minimum age")
     db = _section(raw, "database")
     if set(db) - {"url"} or not isinstance(db.get("url", ""), str):
         raise ConfigError("[database] takes only url (a string)")
@@ -228,7 +232,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
         tls=_build(TlsConfig, _section(raw, "tls"), "tls", data_dir),
         storage=storage,
         database_url=str(db.get("url", "")),
-        retention=RetentionPolicy.from_dict(_section(raw, "retention")),
+        retention=retention,
         limits=_build(Limits, _section(raw, "limits"), "limits"),
         gc_grace_seconds=float(grace),
         metrics_public=public,
