@@ -1,0 +1,168 @@
+"""Vault throughput benchmark (a script, not a test).
+
+    python bench/vault_bench.py --size-mb 100 --agents 20 --agent-size-mb 4 [--out results.json]
+
+1. Backup and restore of the same generated practice folder (bench/datagen.py) to a local
+   folder and through a vault on loopback (HTTPS, pinned certificate, real processes): reports
+   seconds, MiB/s and the vault/local throughput ratio (target >= 0.8).
+2. N agents (separate ``rempart backup`` processes, each with its own practice and token)
+   backing up at once to one vault: reports errors (target 0) and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+PASS = "benchmark passphrase, not secret"
+
+
+def run(args: list[str], env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(args, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if check and r.returncode not in (0, 30):  # 30: detection alert, still a completed backup
+        raise RuntimeError(f"{' '.join(args[:6])} failed ({r.returncode}): {r.stderr[-2000:]}")
+    return r
+
+
+def rempart(repo: str, env: dict[str, str], *args: str) -> float:
+    t = time.perf_counter()
+    run([PY, "-m", "rempart.cli.main", "-q", "-r", repo, *args], env)
+    return time.perf_counter() - t
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Vault:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        root.mkdir(parents=True)
+        self.cfg = root / "vault.toml"
+        self.cfg.write_text(f'data_dir = "data"\n[listen]\nhost = "127.0.0.1"\nport = {self.port}\n'
+                            '[tls]\nenabled = true\nself_signed = true\nhostnames = ["127.0.0.1"]\n'
+                            '[limits]\nmax_request_bytes = 134217728\n')
+        self.pin = self.cli("fingerprint").strip()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str) -> str:
+        return run([PY, "-m", "rempart.cli.main", "vault", *args, "--config", str(self.cfg)]).stdout
+
+    def add(self, name: str) -> dict[str, str]:
+        out = run([PY, "-m", "rempart.cli.main", "--json", "vault", "practice", "add", name, "--config", str(self.cfg)])
+        toks: dict[str, str] = json.loads(out.stdout)["tokens"]
+        return toks
+
+    def start(self) -> None:
+        log = open(self.root / "vault.log", "ab")
+        self.proc = subprocess.Popen([PY, "-m", "rempart.cli.main", "vault", "serve", "--config", str(self.cfg)],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        for _ in range(300):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("vault did not start")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def url(self, practice: str) -> str:
+        return f"https://127.0.0.1:{self.port}/{practice}"
+
+
+def throughput(work: Path, vault: Vault, size_mb: int) -> dict[str, float]:
+    data = work / "data"
+    run([PY, str(HERE / "datagen.py"), "generate", str(data), "--size-mb", str(size_mb), "--seed", "1"])
+    mib = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 2**20
+    res: dict[str, float] = {"mib": round(mib, 1)}
+    toks = vault.add("bench")
+    for kind in ("local", "vault"):
+        env = {"REMPART_KIT_PASSPHRASE": PASS, "REMPART_STATE_DIR": str(work / f"state-{kind}")}
+        if kind == "local":
+            repo = str(work / "repo-local")
+        else:
+            repo = vault.url("bench")
+            env.update({"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": vault.pin})
+        rempart(repo, env, "init", "--kit", str(work / f"kit-{kind}"))
+        res[f"{kind}_backup_s"] = round(rempart(repo, env, "backup", str(data)), 2)
+        if kind == "vault":
+            env["REMPART_VAULT_TOKEN"] = toks["restore"]
+        target = work / f"out-{kind}"
+        res[f"{kind}_restore_s"] = round(
+            rempart(repo, env, "restore", "latest", "--target", str(target), "--kit", str(work / f"kit-{kind}")), 2)
+        shutil.rmtree(target)
+    for op in ("backup", "restore"):
+        res[f"local_{op}_mib_s"] = round(mib / res[f"local_{op}_s"], 1)
+        res[f"vault_{op}_mib_s"] = round(mib / res[f"vault_{op}_s"], 1)
+        res[f"{op}_ratio"] = round(res[f"local_{op}_s"] / res[f"vault_{op}_s"], 2)
+    return res
+
+
+def many_agents(work: Path, vault: Vault, agents: int, size_mb: int) -> dict[str, float]:
+    data = work / "agent-data"
+    run([PY, str(HERE / "datagen.py"), "generate", str(data), "--size-mb", str(size_mb), "--seed", "2"])
+    envs = []
+    for i in range(agents):
+        toks = vault.add(f"agent-{i:02d}")
+        env = {"REMPART_KIT_PASSPHRASE": PASS, "REMPART_STATE_DIR": str(work / f"st-{i}"),
+               "REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": vault.pin}
+        rempart(vault.url(f"agent-{i:02d}"), env, "init", "--kit", str(work / f"kit-{i}"))
+        envs.append(env)
+
+    def one(i: int) -> int:
+        r = run([PY, "-m", "rempart.cli.main", "-q", "-r", vault.url(f"agent-{i:02d}"), "backup", str(data)],
+                envs[i], check=False)
+        return 0 if r.returncode in (0, 30) else 1
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(agents) as ex:
+        errors = sum(ex.map(one, range(agents)))
+    return {"agents": agents, "agent_mib": size_mb, "errors": errors, "wall_s": round(time.perf_counter() - t, 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=100)
+    ap.add_argument("--agents", type=int, default=20)
+    ap.add_argument("--agent-size-mb", type=int, default=4)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="rempart-vault-bench-"))
+    vault = Vault(work / "vault")
+    vault.start()
+    try:
+        result = {"throughput": throughput(work, vault, a.size_mb),
+                  "concurrency": many_agents(work, vault, a.agents, a.agent_size_mb),
+                  "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
+    finally:
+        vault.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if a.out:
+        a.out.write_text(text + "\n")
+    return 0 if result["concurrency"]["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
