@@ -6,7 +6,8 @@ import json
 import os
 from datetime import UTC, datetime, timedelta
 
-from conftest import features_of
+from detect_helpers import features_of
+
 from detection import formats as fm
 from rempart.detect.assess import DetectionConfig, assess_backup
 from rempart.detect.canary import CanaryStatus, canary_files, check_canaries

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from detect_helpers import features_of
+
 import datagen
-from conftest import features_of
 
 
 def _digests(root: Path) -> dict[str, str]:

@@ -12,8 +12,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from detect_helpers import features_of
 
-from conftest import features_of
 from detection import formats as fm
 
 

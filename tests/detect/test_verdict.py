@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from detect_helpers import features_of
 
-from conftest import features_of
 from detection import formats as fm
 from rempart.detect import verdict as v
 
