@@ -82,7 +82,7 @@ def test_wrong_code_is_refused_clearly_and_writes_nothing(vault: VaultProc, tmp_
 def test_reused_code_is_refused(vault: VaultProc, tmp_path: Path) -> None:
     practice, _ = vault.add_practice()
     code = new_code(vault, practice)
-    assert enroll(vault, tmp_path / "pc1", code).returncode == 0
+    assert enroll(vault, tmp_path / "pc1", None, "--code", code).returncode == 0  # the CLI contract
     r = enroll(vault, tmp_path / "pc2", code)
     assert r.returncode != 0
     assert "already used" in json.loads(r.stderr.strip().splitlines()[-1])["message"]
