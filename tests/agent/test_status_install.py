@@ -138,3 +138,28 @@ def test_agent_lowers_its_cpu_priority(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1  # no repository there: the run fails after the hook ran
     assert int(marker.read_text()) == max(base, 7)
+
+
+def test_sigterm_stops_the_agent_cleanly_after_its_run(tmp_path: Path) -> None:
+    """A service manager's stop (SIGTERM) ends the agent promptly; a first run was done and recorded."""
+    import signal
+    import time
+
+    state, repo, data = tmp_path / "state", tmp_path / "repo", tmp_path / "d"
+    data.mkdir()
+    (data / "a.txt").write_text("x")
+    env = {**os.environ, "REMPART_KIT_PASSPHRASE": "correct horse battery", "REMPART_KDF_TEST": "1"}
+    base = [PY, "-m", "rempart.cli.main", "--state-dir", str(state)]
+    assert subprocess.run([*base, "-r", str(repo), "init", "--kit", str(tmp_path / "kit")], env=env,
+                          capture_output=True, timeout=60).returncode == 0
+    (state / "agent.toml").write_text(f'[repository]\nurl = "{repo}"\n[backup]\npaths = ["{data}"]\ndetect = false\n')
+    proc = subprocess.Popen([*base, "agent", "run"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (state / "agent" / "state.json").exists():
+        time.sleep(0.2)
+    assert json.loads((state / "agent" / "state.json").read_text())["last_outcome"] == "ok"
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    assert proc.wait(20) == 0
+    assert time.monotonic() - t0 < 10
+    assert "signal 15" in (proc.stderr.read() if proc.stderr else "")
