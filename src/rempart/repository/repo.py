@@ -114,7 +114,6 @@ class WriteSession:
         self._pool = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="upload")
         self._slots = threading.BoundedSemaphore(max_inflight)
         self._futures: list[Future[None]] = []
-        self._new_packs: list[tuple[bytes, list[PackEntry]]] = []
         self._unindexed: list[tuple[bytes, list[PackEntry]]] = []
         self.stats = {"blobs_new": 0, "bytes_new": 0, "bytes_stored": 0, "packs": 0, "blobs_known": 0}
         self.on_upload: Callable[[int], None] | None = None
@@ -164,7 +163,7 @@ class WriteSession:
                 pid = bytes.fromhex(name)
                 self.repo.index.add_pack(pid, entries)
                 with self._lock:
-                    self._new_packs.append((pid, entries))
+                    self._pending.difference_update(e.id for e in entries)  # now in the index
                     self._unindexed.append((pid, entries))
                     self.stats["packs"] += 1
                     self.stats["bytes_stored"] += len(data)
