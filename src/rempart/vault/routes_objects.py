@@ -152,7 +152,7 @@ def _get(request: Request, auth: Auth, h: Handle) -> Response:
     pr = auth[1]
     size = vault.stat(pr, h).size
     start, length, partial = _range(request, size)
-    data = vault.load(pr, h, start, length)
+    data = vault.backend(pr).load(h, offset=start, length=length)
     headers = {"Accept-Ranges": "bytes"}
     if partial:
         headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{size}"
