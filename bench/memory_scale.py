@@ -65,6 +65,7 @@ def measure(tool_name: str, data: Path, home: Path, cache: str, runs: int, timeo
                 out[phase]["timeout"] = timeout
                 print(f"  {tool_name:17s} {phase:8s} killed after {timeout:.0f}s", file=sys.stderr, flush=True)
                 break
+            out[phase].setdefault("exit", []).append(m.returncode)
             out[phase]["wall_s"].append(m.wall_s)
             out[phase]["peak_rss"].append(m.peak_rss_bytes)
             print(f"  {tool_name:17s} {phase:8s} {m.wall_s:7.2f}s rss {m.peak_rss_bytes / MIB:6.0f} MiB",
@@ -97,6 +98,12 @@ def render(result: dict[str, Any]) -> str:
                     why = f"killed after {cell['timeout']:.0f} s" if "timeout" in cell else "not run"
                     cells.append(f" - | {why} |")
             lines.append(f"| {tool} | {phase} |" + "".join(cells) + f" {rss[-1] / rss[0]:.2f} |")
+    alerts = [f"{tool} {n} files {ph}" for tool, per in result["tools"].items() for n in counts
+              for ph in ("initial", "nochange") if 30 in per[str(n)][ph].get("exit", [])]
+    if alerts:
+        lines += ["", "Exit code 30 (ransomware detection alert; the backup is still complete) on: "
+                  + ", ".join(alerts) + ". Half of the generated files are random bytes, which is what "
+                  "encrypted files look like."]
     lines.append("")
     lines.append("Local state/cache after the second backup (MiB): " + "; ".join(
         f"{tool} " + ", ".join(f"{n}: {per[str(n)]['local_cache_bytes'] / MIB:.1f}" for n in counts)
