@@ -171,6 +171,19 @@ def one_run(run: int, args: argparse.Namespace, gen: Any, log: Any) -> dict[str,
     return res
 
 
+def _note_code_change(result: dict[str, Any], probe: list[Tool]) -> None:
+    """The package is installed editable: say so when src/ changed under a running benchmark."""
+    for t in probe:
+        if isinstance(t, Rempart):
+            now = t.version()
+            start = result["machine"]["versions"].get(t.name)
+            note = f"rempart's code changed during the benchmark (editable install): {start} at start, {now} after the last run"
+            result["notes"] = [n for n in result["notes"] if not n.startswith("rempart's code changed")]
+            if now != start:
+                result["notes"].append(note)
+            return
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size-mb", type=int, default=2048, help="size of the generated practice folder (default 2048)")
@@ -233,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             result["notes"].append(f"run {r + 1} failed and was left out: {str(exc).splitlines()[0]}")
             break
         info["loadavg_end"] = os.getloadavg()
+        _note_code_change(result, probe)
         if args.json_out:  # after every run, so an interrupted benchmark keeps what it measured
             Path(args.json_out).write_text(json.dumps(result, indent=1, default=str))
     md = render_markdown(result)
