@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {info['nproc']} cpu {info['cpu']}; cache mode {args.cache}; generator {gen_name}")
     runs: list[dict[str, Any]] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    result = {"started": started, "args": dict(vars(args)), "generator": gen_name, "machine": info,
+    result: dict[str, Any] = {"started": started, "args": dict(vars(args)), "generator": gen_name, "machine": info,
               "notes": notes, "runs": runs,
               "command": "python bench/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     for r in range(args.runs):
