@@ -103,3 +103,38 @@ def test_new_files(rand: fm.Rand) -> None:
     assert v.compare(None, features_of("a.jpg", os.urandom(50000))) .kind == v.NEW_UNREADABLE
     assert v.compare(None, features_of("a.jpg.locked", os.urandom(50000))).kind == v.NEW_RANDOM
     assert not v.compare(None, features_of("res.pak", os.urandom(50000))).damaged
+
+
+def test_new_malformed_file_is_not_damage_but_random_is(rand: fm.Rand) -> None:
+    data = bytearray(fm.dicom(rand, 200_000))
+    data[200:204] = b"\xff\xff\xff\xff"  # a vendor's broken meta element
+    broken = features_of("IMG.dcm", bytes(data))
+    assert broken.valid is False
+    assert v.compare(None, broken) == v.FileVerdict(v.NEW, False, ".dcm:dicom:invalid")
+    assert v.compare(None, features_of("IMG.dcm", os.urandom(200_000))).damaged
+
+
+def test_one_compressed_blob_in_a_growing_data_file_is_not_damage() -> None:
+    record = b"".join(i.to_bytes(4, "little") + b"\x00\x01|note de suivi du patient, rien a signaler|" for i in range(20000))
+    prev = features_of("mail.pst", record)
+    out = bytearray(record)
+    for off in range(0, len(out), 50_000):  # many ranges touched by small edits ...
+        out[off + 100 : off + 104] = b"EDIT"
+    out[400_000:404_096] = os.urandom(4096)  # ... and one new compressed attachment
+    assert not v.compare(prev, features_of("mail.pst", bytes(out))).damaged
+
+
+def test_jpeg_with_embedded_preview_stays_valid(rand: fm.Rand) -> None:
+    from rempart.detect.formats_media import _SCAN_OK, ff_violations
+    from rempart.detect.sampling import sample_plan
+
+    total = 400_000
+    off, n = sample_plan(total)[5]  # put the preview's header inside a sampled middle block
+    cut = off + 100
+    main = fm.jpeg(rand, cut + 50_000)[: cut - 2].rstrip(b"\xff") + b"\xff\xd9"
+    data = main + fm.jpeg(rand, total - len(main) - 2500)  # MPF: a second image after the first EOI
+    data += bytes(total - len(data))
+    assert len(data) == total
+    block = data[off : off + n]
+    assert ff_violations(block, _SCAN_OK) > 1  # a strict scan check would call this photo broken
+    assert features_of("IMG.jpg", data).valid

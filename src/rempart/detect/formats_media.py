@@ -21,6 +21,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _SCAN_OK = frozenset([b"", *(bytes([m]) for m in (0x00, *range(0xD0, 0xD8), 0xD9, 0xDA, 0xC4, 0xDB, 0xDD))])
 # DICOM fragments start with a whole JPEG header (SOI, SOFn, APPn ...) and item tags FE FF.
 _FRAGMENT_OK = _SCAN_OK | {bytes([m]) for m in (0xD8, *range(0xC0, 0xD0), *range(0xE0, 0xF0), 0xFE)}
+# Photos may embed more JPEG images after the first (MPF previews, depth maps): their headers
+# (SOI, APPn, SOFn) can appear inside sampled blocks, so they are allowed too. Random bytes
+# still break the rule about 13 times per 4 KiB.
+_EMBEDDED_OK = _FRAGMENT_OK
 _SEGMENT_MARKERS = frozenset([*range(0xC0, 0xD0), 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, *range(0xE0, 0xF0), 0xFE])
 _MAX_SCAN_VIOLATIONS = 1
 _MAX_PIXEL_VIOLATIONS = 3
@@ -78,7 +82,7 @@ def check_jpeg(view: SampleView) -> Check:
         lo = max(off, sos)
         if lo >= end:
             continue
-        bad += ff_violations(data[lo - off : end - off])
+        bad += ff_violations(data[lo - off : end - off], _EMBEDDED_OK)
     if bad > _MAX_SCAN_VIOLATIONS:
         return Check("jpeg", False, "bad-entropy-coded-data")
     return Check("jpeg", True)

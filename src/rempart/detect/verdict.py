@@ -96,16 +96,15 @@ def _new_file(cur: FileFeatures) -> FileVerdict:
         return FileVerdict(LEGIT_ENCRYPTED, False, cur.type)
     expected = EXPECTED_TYPE.get(cur.ext)
     if expected is not None and cur.size > 0:
-        if expected == "text":
-            if cur.type in ("text",) or cur.valid:
-                return FileVerdict(NEW, False)
-            return FileVerdict(NEW_UNREADABLE, True, cur.type)
+        if expected == "text" and (cur.type == "text" or cur.valid):
+            return FileVerdict(NEW, False)
         if family(cur.type) == expected and cur.valid:
             return FileVerdict(NEW, False)
-        if cur.valid and not (cur.random or cur.encoded):
-            return FileVerdict(NEW, False, f"{cur.ext}:{cur.type}")  # e.g. a PNG saved as .jpg
-        if cur.valid is False or cur.random or cur.encoded or cur.type in ("zeros", "fill", "data"):
-            return FileVerdict(NEW_UNREADABLE, True, cur.why or cur.type)
+        if cur.random or cur.encoded or cur.type in ("zeros", "fill"):
+            return FileVerdict(NEW_UNREADABLE, True, cur.type)
+        # A new file that is merely malformed (a vendor's non-conforming DICOM, a PNG saved as
+        # .jpg, a half-copied file) is no evidence of encryption: it starts no alert.
+        return FileVerdict(NEW, False, f"{cur.ext}:{cur.type}{'' if cur.valid else ':invalid'}")
     if cur.random or cur.encoded:
         return FileVerdict(NEW_RANDOM, False, cur.type)
     return FileVerdict(NEW, False)
@@ -141,6 +140,8 @@ def _from_data(prev: FileFeatures, cur: FileFeatures) -> FileVerdict:
     else:
         pairs = [(sum(prev.zr) // len(prev.zr), sum(cur.zr) // len(cur.zr))] if prev.zr and cur.zr else []
     jumped = sum(1 for p, c in pairs if _jumped(p, c))
-    if jumped:
+    # Encryption turns every range it touches random; a mailbox or cache that stores one new
+    # compressed attachment among other changes does not.
+    if jumped and 2 * jumped >= len(pairs):
         return FileVerdict(RANDOM_REGIONS, True, f"{jumped}/{len(pairs)}")
     return FileVerdict(OK, False)
