@@ -12,7 +12,7 @@ from detection import formats as fm
 from rempart.detect.assess import DetectionConfig, assess_backup
 from rempart.detect.canary import CanaryStatus, canary_files, check_canaries
 from rempart.detect.ledger import DamageLedger
-from rempart.detect.notes import note_name, note_score
+from rempart.detect.stats import note_name, note_score
 
 T = datetime(2026, 3, 2, 9, tzinfo=UTC)
 NOTE = b"Your files are encrypted. To decrypt them pay 1 BTC. Contact us on Tor Browser: %s.onion" % (b"a" * 56)

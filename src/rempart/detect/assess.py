@@ -17,7 +17,7 @@ from rempart.detect import verdict as v
 from rempart.detect.canary import CanaryStatus
 from rempart.detect.features import FileFeatures
 from rempart.detect.ledger import DamageLedger
-from rempart.detect.notes import NOTE_SCORE, note_name
+from rempart.detect.stats import NOTE_SCORE, note_name
 
 CLEAN = "clean"
 SUSPICIOUS = "suspicious"

@@ -33,7 +33,6 @@ from rempart.detect.formats_binary import (
     check_wal,
 )
 from rempart.detect.formats_media import JPEG_MAGIC, PNG_MAGIC, check_dicom, check_jpeg, check_png
-from rempart.detect.notes import note_score
 from rempart.detect.sampling import Check, SampleView
 
 VERSION = 1
@@ -175,7 +174,7 @@ def extract_features(sample: FileSample) -> FileFeatures:
     if check is None and all(stats.is_text(data) for _, data in view.ranges):
         encoded = stats.encoded_kind(view.head)
         utf8 = all(stats.utf8_ok(data) for _, data in view.ranges)
-        note = note_score(view.head) if sample.size <= NOTE_SCAN_LIMIT and not encoded else 0
+        note = stats.note_score(view.head) if sample.size <= NOTE_SCAN_LIMIT and not encoded else 0
         kind = "encoded" if encoded else "text"
         return FileFeatures(
             kind, sample.size, ext, db=is_db, hashes=hashes, random=False, encoded=encoded, utf8=utf8, note=note
