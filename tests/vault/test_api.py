@@ -177,3 +177,19 @@ def test_wrong_pin_is_refused_before_any_token_is_sent(vault: Any) -> None:
     name, toks = vault.add_practice()
     with pytest.raises(AuthenticationError, match="pinned"):
         vault.backend(name, toks["backup"], **{"pin": "00" * 32})
+
+
+def test_ranged_pack_reads_fetch_each_pack_once(vault: Any) -> None:
+    name, toks = vault.add_practice()
+    w = vault.backend(name, toks["backup"])
+    pk, _ = make_pack([1000] * 40)
+    w.save(D(pk.name), pk.data)
+    w.close()
+    b = vault.backend(name, toks["restore"])
+    before = b.requests
+    for i in range(40):  # a restore reads blob by blob
+        assert b.load(D(pk.name), offset=1000 * i, length=1000) == pk.data[1000 * i : 1000 * (i + 1)]
+    assert b.requests - before == 1
+    with pytest.raises(IntegrityError):
+        b.load(D(pk.name), offset=len(pk.data) - 10, length=20)
+    b.close()

@@ -23,7 +23,9 @@ from __future__ import annotations
 import random
 import re
 import ssl
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -118,7 +120,7 @@ class VaultBackend:
     def __init__(self, url: str, *, token: str, ca: str | Path | None = None, pin: str | None = None,
                  timeout: float = 120.0, attempts: int = 2, base_delay: float = 0.5, max_delay: float = 30.0,
                  connections: int = 4, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, pack_cache_bytes: int = 64 * 2**20) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise E.UserError("a vault location reads https://HOST:PORT/PRACTICE")
@@ -136,6 +138,13 @@ class VaultBackend:
         self._prefix = f"/v1/p/{practice}"
         self.properties = BackendProperties(connections=connections, location=f"{self.base}/{practice}")
         self._attempts, self._base_delay, self._max_delay = attempts, base_delay, max_delay
+        #: ranged reads of packs (restore reads blob by blob) are served from whole packs fetched
+        #: once and kept in a small LRU cache: one request per pack instead of one per blob
+        self._cache_limit = pack_cache_bytes
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._fetch_locks: dict[str, threading.Lock] = {}
+        self.requests = 0
         self._sleep = sleep
         self._rng = rng or random.Random()
         verify: Any = True
@@ -163,6 +172,7 @@ class VaultBackend:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        self.requests += 1
         try:
             resp = self._client.request(method, path, **kw)
         except httpx.TimeoutException as exc:
@@ -203,7 +213,34 @@ class VaultBackend:
         except E.AlreadyExists as exc:
             raise E.AlreadyExists(f"save {h}: already exists with other content") from exc
 
+    def _whole_pack(self, h: Handle) -> bytes:
+        with self._cache_lock:
+            data = self._cache.get(h.name)
+            if data is not None:
+                self._cache.move_to_end(h.name)
+                return data
+            lock = self._fetch_locks.setdefault(h.name, threading.Lock())
+        with lock:  # one fetch per pack even when several threads read it at once
+            with self._cache_lock:
+                data = self._cache.get(h.name)
+            if data is None:
+                data = self.request("GET", self._path(h)).content
+                with self._cache_lock:
+                    self._cache[h.name] = data
+                    total = sum(len(v) for v in self._cache.values())
+                    while total > self._cache_limit and len(self._cache) > 1:
+                        _, old = self._cache.popitem(last=False)
+                        total -= len(old)
+        with self._cache_lock:
+            self._fetch_locks.pop(h.name, None)
+        return data
+
     def load(self, h: Handle, *, offset: int = 0, length: int | None = None) -> bytes:
+        if h.type is FileType.DATA and length and self._cache_limit:
+            data = self._whole_pack(h)[offset : offset + length]
+            if len(data) != length:
+                raise E.IntegrityError(f"load {h}: short read ({len(data)} of {length} bytes)")
+            return data
         if length == 0 or (offset and length is None):
             size = self.stat(h).size
             if offset > size:
