@@ -114,3 +114,21 @@ def test_grace_period_keeps_packs_touched_by_exists(svc: Any) -> None:
     clock.advance(2 * 3600)
     rep = gc.run_gc(v, v.practice(name), actor="t")
     assert rep.deleted_packs == [b.name]  # untouched, unreferenced, older than grace
+
+
+def test_reupload_of_a_pack_marked_for_deletion_survives_the_sweep(svc: Any) -> None:
+    v, clock, name = svc
+    a, ida = make_pack([10])
+    put(v, name, Handle(FileType.DATA, a.name), a.data)
+    clock.advance(2 * 3600)
+    rep = gc.GcReport(name)
+    assert gc._mark(v, v.practice(name), actor="t", report=rep)
+    assert v.exists(v.practice(name), ida) == set()  # marked: no longer offered for dedup
+    put(v, name, Handle(FileType.DATA, a.name), a.data)  # an agent uploads the same pack again
+    gc._sweep(v, v.practice(name), ("deleting",), ("data",), rep)
+    assert rep.deleted_packs == []
+    p = v.practice(name)
+    assert v.load(p, Handle(FileType.DATA, a.name)) == a.data
+    assert v.exists(p, ida) == set(ida)
+    s = make_snapshot(ida)
+    put(v, name, Handle(FileType.SNAPSHOT, s.name), s.data)

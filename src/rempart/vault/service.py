@@ -204,8 +204,13 @@ class Vault:
             )
         if snap is not None:
             return self._commit_snapshot(actor, practice, h, data, snap)
-        self._save(practice, h, data)
+        revived = row is not None  # GC marked or removed it before: serialise with GC's sweep
+        if not revived:
+            self._save(practice, h, data)
         with db.write(self.engine) as conn:
+            if revived:
+                db.lock_practice(conn, practice.id)
+                self._save(practice, h, data)
             self._record(conn, practice.id, h, len(data))
             if entries:
                 self._record_blobs(conn, practice.id, h.name, entries)
