@@ -77,6 +77,15 @@ def test_attack_detected_and_last_clean_and_per_file_restore(repo, cli, tmp_path
     assert (out / "patients/3/after-attack-work.txt").read_text().startswith("Rendez-vous")  # kept
     assert (out / "patients/1/notes1.txt").read_text().startswith("Patient 1: couronne")
 
+    # the incident stays open until an operator acknowledges it, then backups are judged afresh
+    for v in victims:
+        v.write_bytes(good[v])
+    r = cli("backup", str(src), "--json")
+    assert r.code == 30 and "incident-open" in r.json()["detection"]["rules"]
+    r = cli("backup", str(src), "--json", "--acknowledge-incident")
+    assert r.code == 0, r.out
+    assert r.json()["detection"]["verdict"] == "clean"
+
 
 def test_benign_day_raises_nothing(repo, cli, tmp_path: Path) -> None:
     src = tmp_path / "src"

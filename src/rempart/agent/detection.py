@@ -83,6 +83,19 @@ class AgentDetection:
             summary["canaries"] = {"planted": status.planted, "tripped": status.modified + status.deleted}
         return summary, list(result.damaged_paths)
 
+    def acknowledge(self, cache: StateCache) -> bool:
+        """An operator closed the incident (false positive, or the PC was cleaned and restored):
+        forget the accumulated damage so the next backup is judged afresh. Returns whether an
+        incident was open."""
+        raw = cache.get_meta(LEDGER_KEY)
+        if not raw:
+            return False
+        ledger = DamageLedger.from_dict(json.loads(raw))
+        was_open = ledger.incident_open
+        ledger.acknowledge()
+        cache.set_meta(LEDGER_KEY, json.dumps(ledger.to_dict(), sort_keys=True))
+        return was_open
+
     def commit_state(self) -> dict[str, str]:
         """Meta to store with the committed snapshot (the advanced ledger)."""
         return {LEDGER_KEY: self.ledger_state} if self.ledger_state else {}

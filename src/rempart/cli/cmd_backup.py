@@ -21,6 +21,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reread-days", type=float, default=7.0,
                    help="re-read files not read for this many days (default 7; 0 disables)")
     p.add_argument("--no-detect", action="store_true", help="skip ransomware detection")
+    p.add_argument("--acknowledge-incident", action="store_true",
+                   help="close an open detection incident first (after a false positive was confirmed, "
+                        "or after the PC was cleaned and restored); backups are judged afresh")
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -36,6 +39,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         from rempart.agent.detection import make_detection
 
         detection = make_detection(ctx.state_dir, repo.config.id)
+        if args.acknowledge_incident:
+            from rempart.agent.credentials import repo_state_dir
+            from rempart.snapshot.cache import StateCache
+
+            cache = StateCache(repo_state_dir(ctx.state_dir, repo.config.id))
+            try:
+                if detection.acknowledge(cache):
+                    ctx.print("incident acknowledged: damage history cleared")
+            finally:
+                cache.close()
     with progress_line(ctx, "backing up") as show:
         result = run_backup(
             repo, cred, [Path(p) for p in args.paths], ctx.state_dir, ctx.clock,
