@@ -101,7 +101,9 @@ class Rempart(Tool):
         v = run_quiet([sys.executable, "-c", "import rempart; print(rempart.__version__)"]).strip()
         try:
             rev = run_quiet(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"])
-            v += f" (git {rev.strip()})"
+            dirty = run_quiet(["git", "-C", str(Path(__file__).resolve().parent), "status", "--porcelain",
+                               "--", "../src/rempart"]).strip()
+            v += f" (git {rev.strip()}{' + uncommitted changes in src/' if dirty else ''})"
         except Exception:
             pass
         return f"rempart {v}"
