@@ -143,3 +143,30 @@ def test_chunking_is_content_defined_and_keyed() -> None:
 def test_blob_id_is_keyed() -> None:
     a, b = IdKey.generate(), IdKey.generate()
     assert a.blob_id(b"x") != b.blob_id(b"x") and a.blob_id(b"x") == a.blob_id(b"x")
+
+
+def test_read_session_fetches_each_pack_once() -> None:
+    from rempart.repository.config import CONFIG, new_config
+    from rempart.repository.repo import ReadSession, Repository, WriteSession
+    from rempart.storage.memory import MemoryBackend
+    from rempart.storage.wrappers import FaultyBackend
+
+    mem = MemoryBackend()
+    priv, idk = RecoveryPrivateKey.generate(), IdKey.generate()
+    mem.save(CONFIG, new_config("2026-01-01T00:00:00Z", priv, idk).to_bytes())
+    w = WriteSession(Repository.open(mem), idk)
+    blobs = [os.urandom(5000) for _ in range(50)]
+    ids = [w.add_blob(BlobType.DATA, b)[0] for b in blobs]
+    w.flush()
+    w.close()
+    counted = FaultyBackend(mem)
+    repo = Repository.open(counted)
+    repo.load_index()
+    loads_before = counted.calls.get("load", 0)
+    session = ReadSession(repo, priv, idk)
+    assert [session.load_blob(i, verify=True) for i in ids] == blobs
+    assert counted.calls["load"] - loads_before <= 3  # one pack, its header for the key, not 50 reads
+    uncached = ReadSession(repo, priv, idk, pack_cache=0)
+    before = counted.calls["load"]
+    assert uncached.load_blob(ids[7]) == blobs[7]
+    assert counted.calls["load"] - before >= 1

@@ -63,3 +63,33 @@ def test_init_backup_restore_through_vault(vault: Any, tmp_path: Path) -> None:
     b.close()
     out2 = cli(vault.cfg, "practice", "list")
     assert name in out2.stdout
+
+
+def test_backup_token_reads_pack_headers_only(vault: Any, tmp_path: Path) -> None:
+    """Ransomware holding the agent's token and even the kit cannot read old blobs through it;
+    the agent can still read plain pack headers, which it needs to resume after a crash."""
+    from rempart.repository.repo import Repository
+
+    name, toks = vault.add_practice()
+    src = tmp_path / "cabinet"
+    src.mkdir()
+    (src / "dossier.txt").write_text("soins " * 5000)
+    env = {"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": vault.pin,
+           "REMPART_KIT_PASSPHRASE": "a long and private passphrase", "REMPART_STATE_DIR": str(tmp_path / "st")}
+    repo = f"{vault.url}/{name}"
+    assert rempart(repo, env, "init", "--kit", str(tmp_path / "kit")).returncode == 0
+    assert rempart(repo, env, "backup", str(src)).returncode == 0
+    r = rempart(repo, env, "restore", "latest", "--target", str(tmp_path / "o"), "--kit", str(tmp_path / "kit"))
+    assert r.returncode == 1 and "only pack headers" in r.stderr
+    assert not (tmp_path / "o" / str(src).lstrip("/") / "dossier.txt").exists()
+    b = vault.backend(name, toks["backup"])
+    packs = list(b.list(FileType.DATA))
+    assert packs
+    headers = Repository.open(b)
+    for fi in packs:
+        assert headers.read_pack_header(fi.name, fi.size).entries  # allowed: plain header only
+        with pytest.raises(PermissionDenied):
+            b.load(Handle(FileType.DATA, fi.name), offset=0, length=16)  # blob bytes: refused
+        with pytest.raises(PermissionDenied):
+            b.load(Handle(FileType.DATA, fi.name))
+    b.close()

@@ -30,6 +30,8 @@ def allowed(method: str, path: str) -> set[str]:
         return {"backup"}
     if method == "POST" and not path.endswith("/blobs/exists"):
         return {"backup", "admin"}
+    if method == "GET" and path.endswith("/{type}/{name}"):
+        return {"restore", "admin"}  # fill() names a data pack: a backup token reads headers only
     return PRACTICE_READ
 
 

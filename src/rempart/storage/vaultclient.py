@@ -120,7 +120,7 @@ class VaultBackend:
     def __init__(self, url: str, *, token: str, ca: str | Path | None = None, pin: str | None = None,
                  timeout: float = 120.0, attempts: int = 2, base_delay: float = 0.5, max_delay: float = 30.0,
                  connections: int = 4, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None, pack_cache_bytes: int = 64 * 2**20) -> None:
+                 rng: random.Random | None = None, pack_cache_bytes: int = 0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise E.UserError("a vault location reads https://HOST:PORT/PRACTICE")

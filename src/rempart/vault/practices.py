@@ -15,7 +15,7 @@ from rempart.vault.config import RetentionPolicy
 from rempart.vault.service import Practice, Vault
 from rempart.vault.store import check_practice_name
 
-RUN_OUTCOMES = ("ok", "failed", "partial")
+RUN_OUTCOMES = ("ok", "failed", "partial", "suspicious")
 
 
 def add_practice(vault: Vault, name: str, *, actor: str, quota_bytes: int | None = None) -> dict[str, str]:

@@ -7,6 +7,7 @@ import enum
 import hashlib
 import os
 import secrets
+import struct
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from rempart.core.errors import IntegrityError, RempartError, UserError
+from rempart.core.errors import IntegrityError, PermissionDenied, RempartError, UserError
 from rempart.storage.base import FileType, Handle
 from rempart.vault import practices as ops
 from rempart.vault.deps import refuse, require_practice, vault_of
@@ -72,7 +73,7 @@ class ExistsResponse(BaseModel):
 
 
 class RunReport(BaseModel):
-    outcome: str = Field(pattern=r"^(ok|failed|partial)$")
+    outcome: str = Field(pattern=r"^(ok|failed|partial|suspicious)$")
     error_class: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
     counts: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=50)
 
@@ -152,6 +153,14 @@ def _get(request: Request, auth: Auth, h: Handle) -> Response:
     pr = auth[1]
     size = vault.stat(pr, h).size
     start, length, partial = _range(request, size)
+    if auth[0].scope == "backup" and h.type is FileType.DATA:
+        # an agent may read a pack's plain header (to resume after a crash), never the
+        # encrypted blobs: reading old backups needs a restore token (and the offline kit)
+        (hlen,) = struct.unpack("<I", vault.backend(pr).load(h, offset=max(0, size - 8), length=4))
+        if not partial or start < size - 8 - hlen:
+            raise refuse(request, PermissionDenied(
+                "a backup token may read only pack headers; restoring needs a restore token"),
+                actor=auth[0].actor, practice=pr.name)
     data = vault.backend(pr).load(h, offset=start, length=length)
     headers = {"Accept-Ranges": "bytes"}
     if partial:
