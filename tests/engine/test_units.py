@@ -164,9 +164,9 @@ def test_read_session_fetches_each_pack_once() -> None:
     repo.load_index()
     loads_before = counted.calls.get("load", 0)
     session = ReadSession(repo, priv, idk)
-    assert [session.load_blob(i, verify=True) for i in ids] == blobs
-    assert counted.calls["load"] - loads_before <= 3  # one pack, its header for the key, not 50 reads
-    uncached = ReadSession(repo, priv, idk, pack_cache=0)
+    assert list(session.load_blobs([*ids, ids[-1], ids[-1]], verify=True)) == [*blobs, blobs[-1], blobs[-1]]
+    assert counted.calls["load"] - loads_before <= 3  # one run, the pack header for the key: not 50 reads
+    cached = ReadSession(repo, priv, idk, pack_cache=64 * 2**20)
     before = counted.calls["load"]
-    assert uncached.load_blob(ids[7]) == blobs[7]
-    assert counted.calls["load"] - before >= 1
+    assert [cached.load_blob(i) for i in reversed(ids)] == blobs[::-1]  # jumping around
+    assert counted.calls["load"] - before <= 3

@@ -168,10 +168,7 @@ class Restorer:
         fd = os.open(rel, flags, 0o600, dir_fd=self._root_fd)
         try:
             written = 0
-            last_id, last_data = b"", b""
-            for bid in node.content:
-                data = last_data if bid == last_id else self.session.load_blob(bid)
-                last_id, last_data = bid, data
+            for data in self.session.load_blobs(node.content):
                 if data.count(0) == len(data):
                     os.lseek(fd, len(data), os.SEEK_CUR)  # keep holes sparse
                 else:
