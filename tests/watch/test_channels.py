@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from watch_helpers import Hook, SmtpServer, start_smtp
+from watch_helpers import Hook, SmtpServer
 
 from rempart.core.clock import SystemClock
 from rempart.core.errors import TransientError, UserError
 from rempart.testing.servers import free_ports
 from rempart.vault.watch.channels import EmailChannel, Mail, WebhookChannel, verify_signature
 from rempart.vault.watch.config import SmtpConfig, WebhookConfig
-
-
-@pytest.fixture
-def smtp(tmp_path: Path) -> Iterator[SmtpServer]:
-    (port,) = free_ports(1)
-    s = start_smtp(tmp_path, port)
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def smtp_config(s: SmtpServer, **kw: Any) -> SmtpConfig:

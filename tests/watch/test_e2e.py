@@ -15,13 +15,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
-from watch_helpers import SmtpServer, start_smtp
+from watch_helpers import SmtpServer
 
 from rempart.core.errors import TransientError
 from rempart.storage.vaultclient import tls_context
@@ -37,16 +35,6 @@ def rempart(*args: str, env: dict[str, str] | None = None, check: bool = True) -
     if check and out.returncode != 0:
         raise AssertionError(f"rempart {' '.join(args[:3])} failed ({out.returncode}): {out.stderr}\n{out.stdout}")
     return out
-
-
-@pytest.fixture
-def smtp(tmp_path: Path) -> Iterator[SmtpServer]:
-    (port,) = free_ports(1)
-    s = start_smtp(tmp_path, port)
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def test_practice_stops_backing_up_then_resumes(tmp_path: Path, smtp: SmtpServer) -> None:
