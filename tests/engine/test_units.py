@@ -170,3 +170,15 @@ def test_read_session_fetches_each_pack_once() -> None:
     before = counted.calls["load"]
     assert [cached.load_blob(i) for i in reversed(ids)] == blobs[::-1]  # jumping around
     assert counted.calls["load"] - before <= 3
+
+
+def test_tree_bytes_same_whether_features_come_parsed_or_raw() -> None:
+    """Unchanged files carry their cached sketch unparsed; the tree (and its id) must not change."""
+    from rempart.snapshot.tree import Node, canonical_json, decode_tree, encode_tree
+
+    feats = {"t": "pdf", "s": 1234, "h": [1, 2, 3], "ok": True}
+    a = Node(name="f.pdf", type="file", mode=0o644, mtime_ns=5, size=1234, content=[b"\1" * 32], features=feats)
+    b = Node(name="f.pdf", type="file", mode=0o644, mtime_ns=5, size=1234, content=[b"\1" * 32],
+             features_raw=canonical_json(feats))
+    assert encode_tree([a]) == encode_tree([b])
+    assert decode_tree(encode_tree([b]))[0].features == feats

@@ -215,10 +215,10 @@ class Archiver:
         node.size = st.st_size
         if prev is not None and self._unchanged(prev, st):
             node.content = prev.content
-            node.features = prev.features
+            node.features_raw = prev.features_raw
             self.stats.files_unchanged += 1
             self.cache.record(spath, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                              prev.content, prev.features, prev.read_at)
+                              prev.content, prev.features_raw, prev.read_at)
             return None
         self._slots.acquire()
         return self._pool.submit(self._read_file, Path(spath), st, node, prev)
@@ -250,9 +250,9 @@ class Archiver:
                 what = "kept the previous version" if prev else "not backed up"
                 self._warn(f"{path}: changed while being read {self.options.read_retries + 1} times; {what}")
                 if prev is not None:
-                    node.content, node.features, node.size = prev.content, prev.features, prev.size
+                    node.content, node.features_raw, node.size = prev.content, prev.features_raw, prev.size
                     self.cache.record(str(path), prev.size, prev.mtime_ns, prev.ctime_ns, prev.inode,
-                                 prev.content, prev.features, prev.read_at)
+                                 prev.content, prev.features_raw, prev.read_at)
                 else:
                     node.type = "skip"
                 return

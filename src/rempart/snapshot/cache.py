@@ -35,8 +35,12 @@ class CachedFile:
     ctime_ns: int
     inode: int
     content: list[bytes]
-    features: dict[str, Any] | None
+    features_raw: str | None  # canonical JSON, parsed only when needed
     read_at: float
+
+    @property
+    def features(self) -> dict[str, Any] | None:
+        return json.loads(self.features_raw) if self.features_raw else None
 
 
 class StateCache:
@@ -74,7 +78,7 @@ class StateCache:
             out[name] = CachedFile(
                 os.path.join(dirpath, name), row[1], row[2], row[3], row[4],
                 [content[i : i + 32] for i in range(0, len(content), 32)],
-                json.loads(row[6]) if row[6] else None, row[7] or 0.0,
+                row[6] or None, row[7] or 0.0,
             )
         return out
 
@@ -83,11 +87,13 @@ class StateCache:
         return self.lookup_dir(d).get(name)
 
     def record(self, path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int,
-               content: list[bytes], features: dict[str, Any] | None, read_at: float) -> None:
-        """Thread-safe; rows reach SQLite on ``flush`` (called from the owning thread)."""
+               content: list[bytes], features: dict[str, Any] | str | None, read_at: float) -> None:
+        """Thread-safe; rows reach SQLite on ``flush`` (called from the owning thread).
+        ``features`` is a dict, or already canonical JSON (passed through unparsed)."""
         d, name = os.path.split(path)
+        raw = features if isinstance(features, str) or features is None else _canonical(features)
         row = (os.fsencode(d), os.fsencode(name), size, mtime_ns, ctime_ns, inode, b"".join(content),
-               json.dumps(features, sort_keys=True) if features else None, read_at)
+               raw or None, read_at)
         with self._batch_lock:
             self._batch.append(row)
 
@@ -148,6 +154,10 @@ class StateCache:
     def close(self) -> None:
         self.db.close()
         self._lockfile.close()
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _lock_exclusive(f: Any) -> None:

@@ -25,6 +25,8 @@ class Node:
     target: str | None = None
     features: dict[str, Any] | None = None
     inode: int = 0
+    #: the features as canonical JSON, when they come from the state cache unparsed
+    features_raw: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "type": self.type, "mode": self.mode, "mtime_ns": self.mtime_ns}
@@ -57,9 +59,22 @@ class Node:
             raise IntegrityError("tree node is malformed") from exc
 
 
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _node_json(n: Node) -> str:
+    d = n.to_dict()
+    d.pop("features", None)
+    text = canonical_json(d)
+    raw = n.features_raw if n.features_raw is not None else (canonical_json(n.features) if n.features else None)
+    # the features are appended last, as canonical JSON, so cached sketches need no re-encoding
+    return text if raw is None else f'{text[:-1]},"features":{raw}}}'
+
+
 def encode_tree(nodes: list[Node]) -> bytes:
     nodes = sorted(nodes, key=lambda n: n.name)
-    return json.dumps({"nodes": [n.to_dict() for n in nodes]}, sort_keys=True, separators=(",", ":")).encode()
+    return ('{"nodes":[' + ",".join(_node_json(n) for n in nodes) + "]}").encode()
 
 
 def decode_tree(data: bytes) -> list[Node]:
