@@ -8,6 +8,7 @@ At most ``max_inflight`` files are in flight, so memory does not grow with the f
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat as statmod
 import threading
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rempart.chunking.fastcdc import Chunker
-from rempart.core.errors import SourceError
 from rempart.repository.format import BlobType
 from rempart.repository.repo import WriteSession
 from rempart.snapshot.cache import CachedFile, StateCache
@@ -202,8 +202,6 @@ class Archiver:
         return bid
 
     def _excluded(self, name: str) -> bool:
-        import fnmatch
-
         return any(fnmatch.fnmatch(name, pat) for pat in self.options.excludes)
 
     # --- files --------------------------------------------------------------------------
@@ -327,8 +325,3 @@ def _collect(plan: list[tuple[int, int]], out: list[tuple[int, bytes]], offset: 
 
 def _same_range(plan: list[tuple[int, int]], a: int, b: int) -> bool:
     return any(s <= a and b <= s + n for s, n in plan)
-
-
-def raise_if_unreadable(stats: BackupStats) -> None:
-    if stats.warnings:
-        raise SourceError(f"{len(stats.warnings)} source item(s) could not be read; see the warnings above")

@@ -120,17 +120,11 @@ class StateCache:
                     "SELECT f.dir, f.name, f.features FROM files f LEFT JOIN files_new n "
                     "ON f.dir = n.dir AND f.name = n.name WHERE n.name IS NULL")]
 
-    def feature_type_counts(self, *, current: bool = False) -> dict[str, int]:
-        """Files per detected type ("t" of the features) in the previous (or current) run."""
-        table = "files_new" if current else "files"
-        if current:
-            self.flush()
+    def feature_type_counts(self) -> dict[str, int]:
+        """Files per detected type ("t" of the features) in the previous run."""
         return {str(t): int(n) for t, n in self.db.execute(
-            f"SELECT json_extract(features, '$.t'), COUNT(*) FROM {table} "  # noqa: S608 - fixed names
+            "SELECT json_extract(features, '$.t'), COUNT(*) FROM files "
             "WHERE features IS NOT NULL GROUP BY 1") if t is not None}
-
-    def previous_count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
 
     def commit(self, snapshot: str, extra: dict[str, str] | None = None) -> None:
         """Make this run's table the reference (after the snapshot is stored)."""
