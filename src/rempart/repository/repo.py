@@ -116,6 +116,8 @@ class WriteSession:
         self._slots = threading.BoundedSemaphore(max_inflight)
         self._futures: list[Future[None]] = []
         self._unindexed: list[tuple[bytes, list[PackEntry]]] = []
+        #: ids of every blob the snapshot will reference (trees and contents)
+        self.refs: set[bytes] = set()
         self.stats = {"blobs_new": 0, "bytes_new": 0, "bytes_stored": 0, "packs": 0, "blobs_known": 0}
         self.on_upload: Callable[[int], None] | None = None
 

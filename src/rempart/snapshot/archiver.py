@@ -85,7 +85,7 @@ class Archiver:
         self.observer = observer
         self.progress = progress
         self.stats = BackupStats()
-        self.refs: set[bytes] = set()
+        self.refs = session.refs  # every blob the snapshot references (owned by the session)
         seed = session.id_key.chunker_seed()
         params = session.repo.config.chunker
         self._local = threading.local()
