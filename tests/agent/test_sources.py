@@ -22,7 +22,8 @@ from rempart.agent.service import AgentService
 from rempart.core.clock import FakeClock
 from rempart.core.errors import SourceError
 from rempart.crypto.kit import decrypt_kit
-from rempart.repository.repo import ReadSession, Repository
+from rempart.repository.reader import ReadSession
+from rempart.repository.repo import Repository
 from rempart.snapshot.restorer import Restorer
 from rempart.storage.local import LocalBackend
 

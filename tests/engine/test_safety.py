@@ -17,7 +17,8 @@ from rempart.agent.credentials import load_credential
 from rempart.core.errors import HostilePathError
 from rempart.crypto.kit import decrypt_kit
 from rempart.repository.format import BlobType
-from rempart.repository.repo import ReadSession, Repository, WriteSession
+from rempart.repository.reader import ReadSession
+from rempart.repository.repo import Repository, WriteSession
 from rempart.snapshot.restorer import Restorer
 from rempart.snapshot.tree import KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, encode_tree
 from rempart.storage.base import FileType

@@ -147,7 +147,8 @@ def test_blob_id_is_keyed() -> None:
 
 def test_read_session_fetches_each_pack_once() -> None:
     from rempart.repository.config import CONFIG, new_config
-    from rempart.repository.repo import ReadSession, Repository, WriteSession
+    from rempart.repository.reader import ReadSession
+    from rempart.repository.repo import Repository, WriteSession
     from rempart.storage.memory import MemoryBackend
     from rempart.storage.wrappers import FaultyBackend
 

@@ -12,7 +12,8 @@ from typing import Any
 from rempart.cli.context import Context
 from rempart.core.errors import UserError
 from rempart.crypto.kit import RecoveryKit, decrypt_kit
-from rempart.repository.repo import ReadSession, Repository
+from rempart.repository.reader import ReadSession
+from rempart.repository.repo import Repository
 from rempart.storage.base import Backend
 from rempart.storage.wrappers import RetryBackend
 

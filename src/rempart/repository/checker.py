@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from rempart.core.errors import RempartError
 from rempart.repository.format import parse_pack_header
 from rempart.repository.index import MasterIndex
-from rempart.repository.repo import ReadSession, Repository
+from rempart.repository.reader import ReadSession
+from rempart.repository.repo import Repository
 from rempart.storage.base import FileType, Handle
 
 

@@ -18,7 +18,8 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from rempart.core.errors import UserError
-from rempart.repository.repo import ReadSession, Repository
+from rempart.repository.reader import ReadSession
+from rempart.repository.repo import Repository
 from rempart.snapshot.diff import diff_trees
 from rempart.snapshot.restorer import TreeReader
 from rempart.snapshot.tree import KIND_DIR, Node

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from rempart.core.errors import HostilePathError, IntegrityError, UserError
-from rempart.repository.repo import ReadSession
+from rempart.repository.reader import ReadSession
 from rempart.snapshot.tree import KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, check_name, decode_tree
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
