@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +23,16 @@ from rempart.chunking.fastcdc import Chunker
 from rempart.repository.format import BlobType
 from rempart.repository.repo import WriteSession
 from rempart.snapshot.cache import CachedFile, StateCache
-from rempart.snapshot.tree import KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, encode_tree, kind_of
+from rempart.snapshot.tree import (
+    KIND_DIR,
+    KIND_FILE,
+    KIND_SYMLINK,
+    Node,
+    canonical_json,
+    encode_tree,
+    kind_of,
+    tree_signature,
+)
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_BINARY = getattr(os, "O_BINARY", 0)
@@ -49,6 +59,9 @@ class BackupOptions:
     read_retries: int = 2
 
 
+MAX_WARNINGS = 1000
+
+
 @dataclass
 class BackupStats:
     files: int = 0
@@ -59,12 +72,40 @@ class BackupStats:
     files_new: int = 0
     files_changed: int = 0
     files_unchanged: int = 0
+    #: the first MAX_WARNINGS messages; ``warnings_dropped`` counts the rest
     warnings: list[str] = field(default_factory=list)
+    warnings_dropped: int = 0
+    trees_reused: int = 0
+
+    def warn(self, message: str) -> None:
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(message)
+        else:
+            self.warnings_dropped += 1
+
+    @property
+    def warning_count(self) -> int:
+        return len(self.warnings) + self.warnings_dropped
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "warnings"}
-        d["warnings"] = len(self.warnings)
+        d = {k: v for k, v in self.__dict__.items() if k not in ("warnings", "warnings_dropped")}
+        d["warnings"] = self.warning_count
         return d
+
+
+class _Folder:
+    """A folder being archived. Its tree is saved by whichever thread drops its last hold:
+    one hold for the walker while it lists the folder, one per file being read and one per
+    subfolder not finished yet. So the walker never waits for a folder's files."""
+
+    __slots__ = ("done", "holds", "nodes", "path", "prev")
+
+    def __init__(self, path: str, done: Callable[[bytes | None], None], prev: tuple[bytes, bytes] | None) -> None:
+        self.path = path
+        self.nodes: list[Node] = []
+        self.holds = 1
+        self.done = done
+        self.prev = prev  # (signature, tree id) recorded by the previous run
 
 
 class Archiver:
@@ -93,121 +134,169 @@ class Archiver:
         self._pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="chunk")
         self._slots = threading.BoundedSemaphore(options.max_inflight)
         self._stats_lock = threading.Lock()
+        self._holds_lock = threading.Lock()
+        self._refs_lock = threading.Lock()
+        self._error: BaseException | None = None
+        #: folders listed whose tree is not saved yet (and the most at once): bounded by the
+        #: walk depth plus, per file in flight (``max_inflight``), the folders above it
+        self.folders_pending = 0
+        self.folders_pending_max = 0
 
     # --- public -------------------------------------------------------------------------
 
     def archive(self, paths: list[Path]) -> bytes:
         """Back up ``paths`` (absolute) and return the root tree id."""
+        root: Future[bytes | None] = Future()
         try:
-            return self._virtual_dir(Path(os.sep) if os.name != "nt" else Path(""), sorted(set(paths)), 0)
+            self._virtual_dir(Path(os.sep) if os.name != "nt" else Path(""), sorted(set(paths)), 0,
+                              root.set_result)
+            tree = root.result()
         finally:
             self._pool.shutdown(wait=True)
+        self._raise_if_failed()
+        assert tree is not None
+        return tree
 
-    # --- trees --------------------------------------------------------------------------
+    # --- folders ------------------------------------------------------------------------
 
-    def _virtual_dir(self, base: Path, paths: list[Path], depth: int) -> bytes:
+    def _open_folder(self, path: str, done: Callable[[bytes | None], None]) -> _Folder:
+        with self._holds_lock:
+            self.folders_pending += 1
+            self.folders_pending_max = max(self.folders_pending_max, self.folders_pending)
+        return _Folder(path, done, self.cache.lookup_tree(path))
+
+    def _virtual_dir(self, base: Path, paths: list[Path], depth: int, done: Callable[[bytes | None], None]) -> None:
         """A directory made of the ancestors of the backup paths."""
         groups: dict[str, list[Path]] = {}
         for p in paths:
             parts = p.parts[depth + 1 :] if p.anchor else p.parts[depth:]
             groups.setdefault(parts[0] if parts else "", []).append(p)
-        nodes: list[Node] = []
+        folder = self._open_folder(str(base), done)
         for name, members in sorted(groups.items()):
             child = base / name
             if any(m == child for m in members):
-                node = self._entry(child, name)
-                if node is not None:
-                    nodes.append(node)
+                try:
+                    st = os.lstat(child)
+                except FileNotFoundError:
+                    self._warn(f"{child}: vanished before it could be read")
+                    continue
+                except OSError as exc:
+                    self._warn(f"{child}: {exc.strerror}")
+                    continue
+                self._add_entry(folder, name, str(child), st, self.cache.lookup(str(child)))
             else:
                 st = os.stat(child)
                 node = Node(name=name, type=KIND_DIR, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
-                node.subtree = self._virtual_dir(child, members, depth + 1)
-                nodes.append(node)
-        return self._save_tree(nodes)
+                folder.nodes.append(node)
+                self._hold(folder)
+                self._virtual_dir(child, members, depth + 1, partial(self._subfolder_done, folder, node))
+        self.cache.flush()
+        self._release(folder)
 
-    def _entry(self, path: Path, name: str) -> Node | None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            self._warn(f"{path}: vanished before it could be read")
-            return None
-        except OSError as exc:
-            self._warn(f"{path}: {exc.strerror}")
-            return None
-        kind = kind_of(st.st_mode)
-        node = Node(name=name, type=kind, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
-        if kind == KIND_DIR:
-            self.stats.dirs += 1
-            node.subtree = self._dir(path)
-        elif kind == KIND_SYMLINK:
-            node.target = os.readlink(path)
-        elif kind == KIND_FILE:
-            fut = self._file(str(path), st, node, self.cache.lookup(str(path)))
-            if fut is not None:
-                fut.result()
-                if node.type != KIND_FILE:
-                    return None
-        return node
-
-    def _dir(self, path: Path) -> bytes:
+    def _dir(self, path: str, done: Callable[[bytes | None], None]) -> None:
+        """Walk one folder; ``done(tree id)`` runs once its tree is saved (maybe later, in
+        another thread)."""
+        folder = self._open_folder(path, done)
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as exc:
             self._warn(f"{path}: cannot list folder ({exc.strerror})")
             entries = []
-        nodes: list[Node] = []
-        pending: list[tuple[Node, Future[None]]] = []
-        cached = self.cache.lookup_dir(str(path))
+        cached = self.cache.lookup_dir(path)
+        excludes = self.options.excludes
         for e in entries:
-            if self._excluded(e.name):
+            if excludes and self._excluded(e.name):
                 continue
             try:
                 st = e.stat(follow_symlinks=False)
             except OSError as exc:
                 self._warn(f"{e.path}: {exc.strerror}")
                 continue
-            kind = kind_of(st.st_mode)
-            node = Node(name=e.name, type=kind, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
-            if kind == KIND_FILE:
-                fut = self._file(e.path, st, node, cached.get(e.name))
-                if fut is not None:
-                    pending.append((node, fut))
-                nodes.append(node)
-            elif kind == KIND_DIR:
-                self.stats.dirs += 1
-                node.subtree = self._dir(Path(e.path))
-                nodes.append(node)
-            elif kind == KIND_SYMLINK:
-                try:
-                    node.target = os.readlink(e.path)
-                except OSError as exc:
-                    self._warn(f"{e.path}: {exc.strerror}")
-                    continue
-                nodes.append(node)
-            else:
-                nodes.append(node)  # fifos, sockets, devices: recorded, not read
-        for _node, fut in pending:
-            fut.result()
-        nodes = [n for n in nodes if n.type != "skip"]
+            self._add_entry(folder, e.name, e.path, st, cached.get(e.name))
         self.cache.flush()
-        return self._save_tree(nodes)
+        self._release(folder)
 
-    def _save_tree(self, nodes: list[Node]) -> bytes:
-        for n in nodes:
-            self.refs.update(n.content)
-            if n.subtree is not None:
-                self.refs.add(n.subtree)
-        bid, _ = self.session.add_blob(BlobType.TREE, encode_tree(nodes))
-        self.refs.add(bid)
+    def _add_entry(self, folder: _Folder, name: str, path: str, st: os.stat_result, prev: CachedFile | None) -> None:
+        self._raise_if_failed()
+        kind = kind_of(st.st_mode)
+        node = Node(name=name, type=kind, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
+        if kind == KIND_FILE:
+            self._file(path, st, node, prev, folder)
+        elif kind == KIND_DIR:
+            self.stats.dirs += 1
+            self._hold(folder)
+            folder.nodes.append(node)
+            self._dir(path, partial(self._subfolder_done, folder, node))
+            return
+        elif kind == KIND_SYMLINK:
+            try:
+                node.target = os.readlink(path)
+            except OSError as exc:
+                self._warn(f"{path}: {exc.strerror}")
+                return
+        folder.nodes.append(node)  # files, symlinks; fifos, sockets, devices: recorded, not read
+
+    def _hold(self, folder: _Folder) -> None:
+        with self._holds_lock:
+            folder.holds += 1
+
+    def _subfolder_done(self, parent: _Folder, node: Node, tree: bytes | None) -> None:
+        if tree is None:
+            node.type = "skip"  # only after a failure, which aborts the run
+        node.subtree = tree
+        self._release(parent)
+
+    def _release(self, folder: _Folder) -> None:
+        with self._holds_lock:
+            folder.holds -= 1
+            if folder.holds:
+                return
+            self.folders_pending -= 1
+        tree = None
+        try:
+            tree = self._save_tree(folder)
+        except BaseException as exc:  # re-raised by the walker or by archive()
+            self._fail(exc)
+        folder.done(tree)
+
+    def _save_tree(self, folder: _Folder) -> bytes:
+        nodes = [n for n in folder.nodes if n.type != "skip"]
+        folder.nodes = []
+        sig = tree_signature(nodes)
+        prev = folder.prev
+        with self._refs_lock:
+            for n in nodes:
+                if n.content:
+                    self.refs.update(n.content)
+                if n.subtree is not None:
+                    self.refs.add(n.subtree)
+        if prev is not None and prev[0] == sig and self.session.known(prev[1]):
+            bid = prev[1]  # nothing in this folder changed: its tree is the previous one
+            with self._stats_lock:
+                self.stats.trees_reused += 1
+        else:
+            bid, _ = self.session.add_blob(BlobType.TREE, encode_tree(nodes))
+        with self._refs_lock:
+            self.refs.add(bid)
+        self.cache.record_tree(folder.path, sig, bid)
         return bid
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._stats_lock:
+            if self._error is None:
+                self._error = exc
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def _excluded(self, name: str) -> bool:
         return any(fnmatch.fnmatch(name, pat) for pat in self.options.excludes)
 
     # --- files --------------------------------------------------------------------------
 
-    def _file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None) -> Future[None] | None:
-        """Fill ``node``; returns a future when the file must be read."""
+    def _file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None, folder: _Folder) -> None:
+        """Fill ``node`` now, or hand the file to a reading thread (which releases ``folder``)."""
         self.stats.files += 1
         self.stats.bytes += st.st_size
         node.size = st.st_size
@@ -215,22 +304,27 @@ class Archiver:
             node.content = prev.content
             node.features_raw = prev.features_raw
             self.stats.files_unchanged += 1
-            self.cache.record(spath, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                              prev.content, prev.features_raw, prev.read_at)
-            return None
+            self.cache.record_row(prev.row)  # same stat, same content
+            return
         self._slots.acquire()
-        return self._pool.submit(self._read_file, Path(spath), st, node, prev)
+        self._hold(folder)
+        try:
+            self._pool.submit(self._read_file, spath, st, node, prev, folder)
+        except BaseException:
+            self._slots.release()
+            self._release(folder)
+            raise
 
     def _unchanged(self, prev: CachedFile, st: os.stat_result) -> bool:
         if self.options.force_reread:
             return False
-        if (prev.size, prev.mtime_ns, prev.ctime_ns, prev.inode) != (
-            st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-        ):
+        if (prev.size != st.st_size or prev.mtime_ns != st.st_mtime_ns or prev.ctime_ns != st.st_ctime_ns
+                or prev.inode != st.st_ino):
             return False
         if self.options.reread_after is not None and self.now - prev.read_at > self.options.reread_after:
             return False
-        return all(c in self.session.repo.index for c in prev.content)
+        index = self.session.repo.index
+        return all(c in index for c in prev.content)
 
     def _chunker(self) -> Chunker:
         c = getattr(self._local, "chunker", None)
@@ -238,7 +332,8 @@ class Archiver:
             c = self._local.chunker = self._make_chunker()
         return c
 
-    def _read_file(self, path: Path, st: os.stat_result, node: Node, prev: CachedFile | None) -> None:
+    def _read_file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None, folder: _Folder) -> None:
+        path = Path(spath)
         try:
             for _attempt in range(self.options.read_retries + 1):
                 result = self._read_once(path)
@@ -249,14 +344,14 @@ class Archiver:
                 self._warn(f"{path}: changed while being read {self.options.read_retries + 1} times; {what}")
                 if prev is not None:
                     node.content, node.features_raw, node.size = prev.content, prev.features_raw, prev.size
-                    self.cache.record(str(path), prev.size, prev.mtime_ns, prev.ctime_ns, prev.inode,
-                                 prev.content, prev.features_raw, prev.read_at)
+                    self.cache.record_row(prev.row)
                 else:
                     node.type = "skip"
                 return
             content, size, st2, samples = result
             features = self.observer.features(path.name, size, samples) if self.observer else None
-            node.content, node.size, node.features = content, size, features
+            raw = canonical_json(features) if features else None
+            node.content, node.size, node.features, node.features_raw = content, size, features, raw
             node.mtime_ns, node.mode = st2.st_mtime_ns, st2.st_mode
             with self._stats_lock:
                 self.stats.files_read += 1
@@ -266,15 +361,22 @@ class Archiver:
                 elif prev.content != content:
                     self.stats.files_changed += 1
             if self.observer is not None and features is not None and (prev is None or prev.content != content):
-                self.observer.changed(str(path), prev.features if prev else None, features, prev is None)
-            self.cache.record(str(path), size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino, content, features, self.now)
+                self.observer.changed(spath, prev.features if prev else None, features, prev is None)
+            self.cache.record(spath, size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino, content, raw, self.now)
         except OSError as exc:
             self._warn(f"{path}: {exc.strerror or exc}")
             node.type = "skip"
+        except BaseException as exc:  # re-raised by the walker or by archive()
+            node.type = "skip"
+            self._fail(exc)
         finally:
             self._slots.release()
             if self.progress:
-                self.progress(self.stats)
+                try:
+                    self.progress(self.stats)
+                except BaseException as exc:
+                    self._fail(exc)
+            self._release(folder)
 
     def _read_once(self, path: Path) -> tuple[list[bytes], int, os.stat_result, list[tuple[int, bytes]]] | None:
         """Read and store one file; None when it changed while being read."""
@@ -309,7 +411,7 @@ class Archiver:
 
     def _warn(self, message: str) -> None:
         with self._stats_lock:
-            self.stats.warnings.append(message)
+            self.stats.warn(message)
 
 
 def _collect(plan: list[tuple[int, int]], out: list[tuple[int, bytes]], offset: int, chunk: memoryview) -> None:

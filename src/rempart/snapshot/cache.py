@@ -12,7 +12,6 @@ import json
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,31 @@ from rempart.core.errors import LockedError
 FILES_COLUMNS = """(
   dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
   content BLOB, features TEXT, read_at REAL, PRIMARY KEY (dir, name)) WITHOUT ROWID"""
+#: per folder: a signature of its entries (snapshot.tree.tree_signature) and the tree id it gave
+TREES_COLUMNS = "(dir BLOB PRIMARY KEY, sig BLOB, tree BLOB) WITHOUT ROWID"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS files {FILES_COLUMNS};
+CREATE TABLE IF NOT EXISTS trees {TREES_COLUMNS};
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 
-@dataclass(frozen=True)
 class CachedFile:
-    path: str
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
-    content: list[bytes]
-    features_raw: str | None  # canonical JSON, parsed only when needed
-    read_at: float
+    """One file of the previous run, as its state-cache row (kept to be written back as is)."""
+
+    __slots__ = ("content", "ctime_ns", "features_raw", "inode", "mtime_ns", "path", "read_at", "row", "size")
+
+    def __init__(self, path: str, row: tuple[Any, ...]) -> None:
+        self.path = path
+        self.row = row  # (dir, name, size, mtime_ns, ctime_ns, inode, content, features, read_at)
+        self.size: int = row[2]
+        self.mtime_ns: int = row[3]
+        self.ctime_ns: int = row[4]
+        self.inode: int = row[5]
+        raw = row[6] or b""
+        self.content: list[bytes] = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        self.features_raw: str | None = row[7] or None  # canonical JSON, parsed only when needed
+        self.read_at: float = row[8] or 0.0
 
     @property
     def features(self) -> dict[str, Any] | None:
@@ -64,27 +72,31 @@ class StateCache:
             self.db.executescript(SCHEMA)
         self.db.execute("DROP TABLE IF EXISTS files_new")
         self.db.execute(f"CREATE TABLE files_new {FILES_COLUMNS}")
+        self.db.execute("DROP TABLE IF EXISTS trees_new")
+        self.db.execute(f"CREATE TABLE trees_new {TREES_COLUMNS}")
         self._batch: list[tuple[Any, ...]] = []
+        self._tree_batch: list[tuple[bytes, bytes, bytes]] = []
         self._batch_lock = threading.Lock()
 
     def lookup_dir(self, dirpath: str) -> dict[str, CachedFile]:
+        d = os.fsencode(dirpath)
+        join, fsdecode = os.path.join, os.fsdecode
         out = {}
         for row in self.db.execute(
-            "SELECT name,size,mtime_ns,ctime_ns,inode,content,features,read_at FROM files WHERE dir=?",
-            (os.fsencode(dirpath),),
+            "SELECT dir,name,size,mtime_ns,ctime_ns,inode,content,features,read_at FROM files WHERE dir=?", (d,)
         ):
-            name = os.fsdecode(row[0])
-            content = bytes(row[5] or b"")
-            out[name] = CachedFile(
-                os.path.join(dirpath, name), row[1], row[2], row[3], row[4],
-                [content[i : i + 32] for i in range(0, len(content), 32)],
-                row[6] or None, row[7] or 0.0,
-            )
+            name = fsdecode(row[1])
+            out[name] = CachedFile(join(dirpath, name), row)
         return out
 
     def lookup(self, path: str) -> CachedFile | None:
         d, name = os.path.split(path)
         return self.lookup_dir(d).get(name)
+
+    def lookup_tree(self, dirpath: str) -> tuple[bytes, bytes] | None:
+        """(signature, tree id) the previous run recorded for this folder."""
+        row = self.db.execute("SELECT sig, tree FROM trees WHERE dir=?", (os.fsencode(dirpath),)).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
 
     def record(self, path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int,
                content: list[bytes], features: dict[str, Any] | str | None, read_at: float) -> None:
@@ -92,17 +104,27 @@ class StateCache:
         ``features`` is a dict, or already canonical JSON (passed through unparsed)."""
         d, name = os.path.split(path)
         raw = features if isinstance(features, str) or features is None else _canonical(features)
-        row = (os.fsencode(d), os.fsencode(name), size, mtime_ns, ctime_ns, inode, b"".join(content),
-               raw or None, read_at)
+        self.record_row((os.fsencode(d), os.fsencode(name), size, mtime_ns, ctime_ns, inode, b"".join(content),
+                         raw or None, read_at))
+
+    def record_row(self, row: tuple[Any, ...]) -> None:
+        """Keep a row as read by ``lookup_dir`` (``CachedFile.row``) for this run."""
         with self._batch_lock:
             self._batch.append(row)
+
+    def record_tree(self, dirpath: str, sig: bytes, tree: bytes) -> None:
+        """Thread-safe, like ``record``."""
+        with self._batch_lock:
+            self._tree_batch.append((os.fsencode(dirpath), sig, tree))
 
     def flush(self) -> None:
         with self._batch_lock:
             batch, self._batch = self._batch, []
-        if batch:
+            trees, self._tree_batch = self._tree_batch, []
+        if batch or trees:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO files_new VALUES (?,?,?,?,?,?,?,?,?)", batch)
+            self.db.executemany("INSERT OR REPLACE INTO trees_new VALUES (?,?,?)", trees)
             self.db.execute("COMMIT")
 
     def deleted_paths(self) -> list[str]:
@@ -132,11 +154,14 @@ class StateCache:
         self.db.execute("BEGIN")
         self.db.execute("DROP TABLE files")
         self.db.execute("ALTER TABLE files_new RENAME TO files")
+        self.db.execute("DROP TABLE trees")
+        self.db.execute("ALTER TABLE trees_new RENAME TO trees")
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('last_snapshot', ?)", (snapshot,))
         for k, v in (extra or {}).items():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
         self.db.execute("COMMIT")
         self.db.execute(f"CREATE TABLE files_new {FILES_COLUMNS}")
+        self.db.execute(f"CREATE TABLE trees_new {TREES_COLUMNS}")
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
