@@ -112,10 +112,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         for s in rep.skipped:
             print(f"  skipped {s}", file=sys.stderr)
     elif c == "gc":
+        from rempart.core.errors import LockedError
         from rempart.vault.gc import run_gc
+        from rempart.vault.gc_schedule import gc_lock
 
         targets = [vault.practice(args.practice)] if args.practice else vault.practices()
-        reports = [run_gc(vault, p, actor=actor) for p in targets]
+        with gc_lock(config.data_dir / "gc.lock") as got:
+            if not got:
+                raise LockedError("another garbage collection is running (the vault's scheduled pass or "
+                                  "another `rempart vault gc`)", hint="try again when it has finished")
+            reports = [run_gc(vault, p, actor=actor) for p in targets]
         lines = [f"{r.practice}: " + ("frozen, nothing deleted" if r.frozen else
                  f"{len(r.forgotten)} snapshot(s) forgotten, {len(r.deleted_packs)} pack(s) deleted, "
                  f"{r.freed_bytes} bytes freed") for r in reports]

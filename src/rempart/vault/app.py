@@ -148,4 +148,30 @@ def create_app(config: VaultConfig, clock: Clock | None = None, *, vault: Vault 
     from rempart.vault.watch import include_watch  # alerts, reports, dashboard (/ui), watch metrics
 
     include_watch(app)
+    _include_gc_schedule(app, config, vault)
     return app
+
+
+def _include_gc_schedule(app: FastAPI, config: VaultConfig, vault: Vault) -> None:
+    """``app.state.gc``: retention + GC every ``[gc] interval_seconds`` while the app runs."""
+    from contextlib import asynccontextmanager
+
+    from rempart.vault.gc_schedule import GcMetrics, GcScheduler
+
+    sched = GcScheduler(vault, GcMetrics(app.state.metrics.registry), interval=config.gc_interval_seconds or 86400,
+                        jitter=config.gc_jitter_seconds)
+    app.state.gc = sched
+    if not config.gc_enabled:
+        return
+    previous = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any) -> Any:
+        sched.start()
+        try:
+            async with previous(a) as state:
+                yield state
+        finally:
+            sched.stop()
+
+    app.router.lifespan_context = lifespan

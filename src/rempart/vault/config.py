@@ -43,6 +43,9 @@ config file)::
 
     [gc]
     grace_seconds = 86400
+    enabled = true                  # retention + GC inside `vault serve` (false: use `vault gc`)
+    interval_seconds = 86400        # between scheduled passes
+    jitter_seconds = 900            # random extra wait, so vaults sharing a storage spread out
 
     [metrics]
     public = false                  # true: /metrics without the admin token
@@ -133,6 +136,9 @@ class VaultConfig:
     retention: RetentionPolicy = RetentionPolicy()
     limits: Limits = Limits()
     gc_grace_seconds: float = 86400.0
+    gc_enabled: bool = True
+    gc_interval_seconds: float = 86400.0
+    gc_jitter_seconds: float = 900.0
     metrics_public: bool = False
     # [watch] and [dashboard]: alerts, channels, reports and web UI (rempart.vault.watch)
     watch: WatchConfig = field(default_factory=WatchConfig)
@@ -220,9 +226,19 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
         raise ConfigError("[database] takes only url (a string)")
     gc = _section(raw, "gc")
     metrics = _section(raw, "metrics")
-    grace = gc.get("grace_seconds", 86400.0)
-    if set(gc) - {"grace_seconds"} or isinstance(grace, bool) or not isinstance(grace, int | float):
-        raise ConfigError("[gc] takes only grace_seconds (a number)")
+    if set(gc) - {"grace_seconds", "enabled", "interval_seconds", "jitter_seconds"}:
+        raise ConfigError("[gc] takes only grace_seconds, enabled, interval_seconds and jitter_seconds")
+    gc_num: dict[str, float] = {}
+    for k, d in (("grace_seconds", 86400.0), ("interval_seconds", 86400.0), ("jitter_seconds", 900.0)):
+        v = gc.get(k, d)
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise ConfigError(f"[gc] {k} must be a number >= 0")
+        gc_num[k] = float(v)
+    if gc_num["interval_seconds"] and gc_num["interval_seconds"] < 1:
+        raise ConfigError("[gc] interval_seconds must be at least 1 (or 0 to turn scheduled GC off)")
+    gc_enabled = gc.get("enabled", True)
+    if not isinstance(gc_enabled, bool):
+        raise ConfigError("[gc] enabled must be true or false")
     public = metrics.get("public", False)
     if set(metrics) - {"public"} or not isinstance(public, bool):
         raise ConfigError("[metrics] takes only public (true/false)")
@@ -234,7 +250,10 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
         database_url=str(db.get("url", "")),
         retention=retention,
         limits=_build(Limits, _section(raw, "limits"), "limits"),
-        gc_grace_seconds=float(grace),
+        gc_grace_seconds=gc_num["grace_seconds"],
+        gc_enabled=gc_enabled and gc_num["interval_seconds"] > 0,
+        gc_interval_seconds=gc_num["interval_seconds"],
+        gc_jitter_seconds=gc_num["jitter_seconds"],
         metrics_public=public,
         watch=parse_watch(_section(raw, "watch"), data_dir),
         dashboard=parse_dashboard(_section(raw, "dashboard")),
