@@ -11,16 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rempart.agent.credentials import repo_state_dir
 from rempart.core.clock import from_iso
-from rempart.detect.assess import DEFAULT_CONFIG, Deletion, DetectionConfig, FileChange, assess_backup
+from rempart.detect.assess import DEFAULT_CONFIG, DetectionConfig, assess_run
 from rempart.detect.canary import canary_files, check_canaries
 from rempart.detect.features import FileFeatures, FileSample, extract_features
+from rempart.detect.judge import RunJudge
 from rempart.detect.ledger import DamageLedger
 from rempart.detect.sampling import sample_plan
 from rempart.detect.verdict import family
@@ -28,14 +31,22 @@ from rempart.snapshot.cache import StateCache
 
 LEDGER_KEY = "detection_ledger"
 CANARY_FILE = "canaries.json"
+RUN_DB = "detection-run.sqlite"  # this run's change rows (deleted at the end of the run)
+MAX_DAMAGED_LISTED = 10_000  # damaged paths returned to the caller; all are counted
 
 
 class AgentDetection:
+    """Judges each changed file as the archiver reports it and keeps one compact row per change
+    on disk (``RUN_DB`` in the state folder), so memory does not grow with the number of files."""
+
     def __init__(self, folder: Path, config: DetectionConfig = DEFAULT_CONFIG) -> None:
         self.folder = folder
         self.config = config
-        self._changes: list[FileChange] = []
         self._lock = threading.Lock()
+        self._judge: RunJudge | None = None
+        self._db: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._canaries = self._planted()
         self.ledger_state: str | None = None
 
     # --- FileObserver -------------------------------------------------------------------
@@ -44,21 +55,42 @@ class AgentDetection:
         return sample_plan(size)
 
     def features(self, name: str, size: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
-        return extract_features(FileSample(name, size, samples)).to_dict()
+        feats = extract_features(FileSample(name, size, samples))
+        out = feats.to_dict()
+        self._local.last = (out, feats)  # ``changed`` follows on this thread: no re-parse
+        return out
 
     def changed(self, path: str, prev: dict[str, Any] | None, cur: dict[str, Any], new: bool) -> None:
-        change = FileChange(path, FileFeatures.from_dict(prev) if prev else None, FileFeatures.from_dict(cur))
+        if path in self._canaries:
+            return
+        last = getattr(self._local, "last", None)
+        feats = last[1] if last is not None and last[0] is cur else FileFeatures.from_dict(cur)
+        self._run().add_change(path, FileFeatures.from_dict(prev) if prev else None, feats)
+
+    def _run(self) -> RunJudge:
         with self._lock:
-            self._changes.append(change)
+            if self._judge is None:
+                path = self.folder / RUN_DB
+                path.unlink(missing_ok=True)
+                self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4096", "temp_store=FILE"):
+                    self._db.execute(f"PRAGMA {pragma}")
+                self._judge = RunJudge(self._db)
+            return self._judge
+
+    def _close_run(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+            self._db = self._judge = None
+            (self.folder / RUN_DB).unlink(missing_ok=True)
 
     # --- end of run ---------------------------------------------------------------------
 
     def assess(self, cache: StateCache, deleted: list[str], total_files: int, now: str) -> tuple[dict[str, Any], list[str]]:
         raw = cache.get_meta(LEDGER_KEY)
         ledger = DamageLedger.from_dict(json.loads(raw)) if raw else DamageLedger()
-        planted = self._planted()
-        deletions = [Deletion(p, FileFeatures.from_dict(f) if f else None)
-                     for p, f in cache.deleted_features() if p not in planted]
+        planted = self._canaries
         families = Counter[str]()
         for t, n in cache.feature_type_counts().items():
             families[family(t)] += n
@@ -66,22 +98,28 @@ class AgentDetection:
         if planted:
             observed = {p: _digest(p) for p in planted}
             status = check_canaries(planted, observed)
-        with self._lock:
-            changes = [c for c in self._changes if c.path not in planted]
-        result = assess_backup(
-            changes, deletions,
-            total_files=max(0, total_files - len(planted)),
-            ledger=ledger, time=from_iso(now), parent=cache.get_meta("last_snapshot"),
-            canaries=status, family_counts=families, config=self.config,
-        )
+        try:
+            judge = self._run()
+            judge.add_deletions((p, FileFeatures.from_dict(json.loads(f)) if f else None)
+                                for p, f in _deleted_features(cache) if p not in planted)
+            result = assess_run(
+                judge,
+                total_files=max(0, total_files - len(planted)),
+                ledger=ledger, time=from_iso(now), parent=cache.get_meta("last_snapshot"),
+                canaries=status, family_counts=families, config=self.config,
+            )
+            changes, deletions = judge.changes, judge.deletions
+            damaged = result.damaged_paths[:MAX_DAMAGED_LISTED]
+        finally:
+            self._close_run()
         self.ledger_state = json.dumps(result.ledger.to_dict(), sort_keys=True)
         summary = result.summary()
         summary["clean_point"] = result.clean_point
-        summary["changed"] = len(changes)
-        summary["deleted"] = len(deletions)
+        summary["changed"] = changes
+        summary["deleted"] = deletions
         if status is not None:
             summary["canaries"] = {"planted": status.planted, "tripped": status.modified + status.deleted}
-        return summary, list(result.damaged_paths)
+        return summary, damaged
 
     def acknowledge(self, cache: StateCache) -> bool:
         """An operator closed the incident (false positive, or the PC was cleaned and restored):
@@ -121,7 +159,20 @@ class AgentDetection:
                     planted[str(path)] = c.digest
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / CANARY_FILE).write_text(json.dumps(planted, indent=1, sort_keys=True))
+        self._canaries = planted
         return planted
+
+
+def _deleted_features(cache: StateCache) -> Iterator[tuple[str, str | None]]:
+    """(path, previous features JSON) of the files of the previous run absent from this one,
+    streamed (StateCache.deleted_features builds a list; this is the same query)."""
+    cache.flush()
+    cur = cache.db.execute(
+        "SELECT f.dir, f.name, f.features FROM files f LEFT JOIN files_new n "
+        "ON f.dir = n.dir AND f.name = n.name WHERE n.name IS NULL")
+    while rows := cur.fetchmany(1000):
+        for d, name, feats in rows:
+            yield os.path.join(os.fsdecode(d), os.fsdecode(name)), feats
 
 
 def _digest(path: str) -> str | None:

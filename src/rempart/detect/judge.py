@@ -1,0 +1,256 @@
+"""Streaming backup judgement: each change is judged as it arrives, the backup at the end.
+
+Per-file verdicts are local, so :meth:`RunJudge.add_change` decides them at once and keeps only a
+compact row per change (path, verdict, a few flags, a fingerprint) in a SQLite database that the
+caller provides: ``sqlite3.connect(":memory:")`` for small runs and tests, a file in the agent's
+state folder for real backups, so memory does not grow with the number of files. The
+end-of-run steps that pair files (moves, archives, replacement siblings, notes per folder, mass
+deletion) are set operations over those rows and the deleted files, done by SQL and by Python
+loops over cursors. This module opens no file: the connection is the caller's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from rempart.detect import verdict as v
+from rempart.detect.features import FileFeatures
+from rempart.detect.stats import NOTE_SCORE, note_name
+
+BATCH = 512
+SCHEMA = """
+CREATE TABLE chg (seq INTEGER PRIMARY KEY, path TEXT, dir TEXT, new INT, kind TEXT, damaged INT,
+  ok INT, db INT, fp BLOB, arch INT, cand_kind INT, cand_inv INT, size INT, enc INT, note INT,
+  used INT DEFAULT 0);
+CREATE TABLE del (seq INTEGER PRIMARY KEY, path TEXT, dir TEXT, fp BLOB, fam TEXT, pairable INT,
+  db INT, size INT, state INT DEFAULT 0);
+"""
+INDEXES = """
+CREATE INDEX chg_fp ON chg(fp) WHERE new = 1;
+CREATE INDEX chg_dir ON chg(dir, used, seq) WHERE new = 1;
+CREATE INDEX chg_path ON chg(path);
+CREATE INDEX del_fp ON del(fp);
+CREATE INDEX del_dir ON del(dir, state);
+CREATE INDEX del_path ON del(path);
+"""
+# del.state: 0 remaining, 1 moved (the pair of a new file), 2 archived, 3 replaced
+
+
+def fingerprint(f: FileFeatures) -> bytes:
+    """Identity of a file version for move detection: size, type and range hashes."""
+    return hashlib.blake2b(repr((f.size, f.type, f.hashes)).encode(), digest_size=16).digest()
+
+
+class RunJudge:
+    """Collects one backup's changes and deletions; thread-safe ``add_change``."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.db.executescript(SCHEMA)
+        self._chg: list[tuple[Any, ...]] = []
+        self._del: list[tuple[Any, ...]] = []
+        self._lock = threading.Lock()
+        self.changes = 0
+        self.deletions = 0
+
+    def add_change(self, path: str, prev: FileFeatures | None, cur: FileFeatures) -> v.FileVerdict:
+        fv = v.compare(prev, cur)
+        new = prev is None
+        archive = None
+        if new and cur.valid and v.family(cur.type) in ("zip", "7z"):
+            archive = cur.entries if cur.entries is not None else -1
+        row = (
+            path, posixpath.dirname(path), int(new), fv.kind, int(fv.damaged),
+            int(bool(cur.valid) or cur.type == "text"), int(bool(cur.db or (prev is not None and prev.db))),
+            fingerprint(cur) if new else None, archive,
+            int(new and fv.kind in (v.NEW_RANDOM, v.NEW_UNREADABLE)),
+            int(new and cur.valid is not True and cur.type not in ("text", "empty")),
+            cur.size, int(bool(cur.encoded)),
+            int(new and (note_name(posixpath.basename(path)) or cur.note >= NOTE_SCORE)),
+        )
+        with self._lock:
+            self._chg.append(row)
+            self.changes += 1
+            if len(self._chg) >= BATCH:
+                self._flush_changes()
+        return fv
+
+    def add_deletions(self, deletions: Iterable[tuple[str, FileFeatures | None]]) -> None:
+        for path, prev in deletions:
+            row: tuple[Any, ...]
+            if prev is None:
+                row = (path, posixpath.dirname(path), None, None, 0, 0, 0)
+            else:
+                pairable = prev.type != "pe" and bool(prev.valid or prev.type == "text")
+                row = (path, posixpath.dirname(path), fingerprint(prev), v.family(prev.type), int(pairable),
+                       int(prev.db), prev.size)
+            self._del.append(row)
+            self.deletions += 1
+            if len(self._del) >= BATCH:
+                self._flush_deletions()
+
+    def _flush_changes(self) -> None:
+        rows, self._chg = self._chg, []
+        self.db.executemany(
+            "INSERT INTO chg (path,dir,new,kind,damaged,ok,db,fp,arch,cand_kind,cand_inv,size,enc,note) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def _flush_deletions(self) -> None:
+        rows, self._del = self._del, []
+        self.db.executemany("INSERT INTO del (path,dir,fp,fam,pairable,db,size) VALUES (?,?,?,?,?,?,?)", rows)
+
+    def finish(self) -> None:
+        """Write what is buffered and index the rows (call once, before the queries below)."""
+        with self._lock:
+            self._flush_changes()
+            self._flush_deletions()
+        self.db.executescript(INDEXES)
+
+    # --- end-of-run steps (call in this order) -----------------------------------------
+
+    def match_moves(self) -> None:
+        """A new file with the fingerprint of a deleted file is that file moved: per fingerprint,
+        the first new file takes the last deletion (neither counts as new or deleted)."""
+        self.db.executescript("""
+        CREATE TEMP TABLE pairs AS
+          SELECT c.cseq AS cseq, d.dseq AS dseq FROM
+            (SELECT fp, MIN(seq) AS cseq FROM chg WHERE new = 1 GROUP BY fp) c JOIN
+            (SELECT fp, MAX(seq) AS dseq FROM del WHERE fp IS NOT NULL GROUP BY fp) d ON c.fp = d.fp;
+        UPDATE chg SET kind = 'moved', damaged = 0 WHERE seq IN (SELECT cseq FROM pairs);
+        UPDATE del SET state = 1 WHERE seq IN (SELECT dseq FROM pairs);
+        DROP TABLE pairs;
+        """)
+
+    def cover_archives(self) -> int:
+        """Deletions covered by new archives (zip a folder, then delete it): a zip covers as many
+        deletions as it has members, its own folder first; a 7z only its own folder."""
+        covered = 0
+        last = 0
+        while self.db.execute("SELECT 1 FROM del WHERE state = 0 LIMIT 1").fetchone():
+            archives = self.db.execute(
+                "SELECT seq, dir, arch FROM chg WHERE arch IS NOT NULL AND seq > ? ORDER BY seq LIMIT ?",
+                (last, BATCH)).fetchall()
+            if not archives:
+                break
+            for seq, folder, entries in archives:
+                last = seq
+                budget = entries if entries >= 0 else -1  # -1: no limit (SQLite LIMIT -1)
+                near = self._cover(folder, True, budget)
+                covered += near
+                if entries >= 0 and budget - near > 0:
+                    covered += self._cover(folder, False, budget - near)
+        return covered
+
+    def _cover(self, folder: str, inside: bool, limit: int) -> int:
+        """Mark up to ``limit`` remaining deletions inside (or outside) ``folder`` as archived."""
+        cur = self.db.execute(
+            "UPDATE del SET state = 2 WHERE seq IN (SELECT seq FROM del WHERE state = 0 AND "
+            "(? = '' OR substr(path, 1, length(?) + 1) = ? || '/') = ? ORDER BY seq LIMIT ?)",
+            (folder, folder, folder, int(inside), limit))
+        return cur.rowcount
+
+    def pair_replacements(self, slack: int) -> int:
+        """A valuable file deleted and replaced by an unreadable sibling in its folder."""
+        replaced = 0
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT seq, path, dir, size FROM del d WHERE seq > ? AND state = 0 AND pairable = 1 AND "
+                "EXISTS (SELECT 1 FROM chg c WHERE c.new = 1 AND c.dir = d.dir) ORDER BY seq LIMIT ?",
+                (last, BATCH)).fetchall()
+            if not rows:
+                return replaced
+            for seq, path, folder, size in rows:
+                last = seq
+                pool = self.db.execute(
+                    "SELECT seq, path, size, enc FROM chg WHERE new = 1 AND dir = ? AND used = 0 AND "
+                    "((cand_kind = 1 AND kind != 'moved') OR cand_inv = 1) ORDER BY seq", (folder,))
+                match = next((cseq for cseq, cpath, csize, enc in pool
+                              if pair_match(path, size, cpath, csize, bool(enc), slack)), None)
+                pool.close()
+                if match is not None:
+                    self.db.execute("UPDATE chg SET used = 1 WHERE seq = ?", (match,))
+                    self.db.execute("UPDATE del SET state = 3 WHERE seq = ?", (seq,))
+                    replaced += 1
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def kind_counts(self) -> dict[str, int]:
+        return {str(k): int(n) for k, n in self.db.execute("SELECT kind, COUNT(*) FROM chg GROUP BY kind")}
+
+    def remaining(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM del WHERE state = 0").fetchone()[0])
+
+    def remaining_by_family(self) -> dict[str, int]:
+        return {str(f): int(n) for f, n in self.db.execute(
+            "SELECT fam, COUNT(*) FROM del WHERE state = 0 AND fam IS NOT NULL GROUP BY fam")}
+
+    def damaged_count(self) -> int:
+        a = self.db.execute("SELECT COUNT(*) FROM chg WHERE damaged = 1").fetchone()[0]
+        b = self.db.execute("SELECT COUNT(*) FROM del WHERE state = 3").fetchone()[0]
+        return int(a) + int(b)
+
+    def damaged_database(self) -> bool:
+        return bool(self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM chg WHERE damaged = 1 AND db = 1) OR "
+            "EXISTS (SELECT 1 FROM del WHERE state = 3 AND db = 1)").fetchone()[0])
+
+    def damaged(self) -> Iterator[tuple[str, str]]:
+        """(path, kind) of every damaged file: changed files in arrival order, then replaced ones."""
+        yield from _rows(self.db, "SELECT path, kind FROM chg WHERE damaged = 1 ORDER BY seq")
+        for (path,) in _rows(self.db, "SELECT path FROM del WHERE state = 3 ORDER BY seq"):
+            yield path, "replaced"
+
+    def damaged_paths(self, limit: int) -> list[str]:
+        return [str(p) for (p,) in self.db.execute(
+            "SELECT path FROM (SELECT path FROM chg WHERE damaged = 1 UNION ALL "
+            "SELECT path FROM del WHERE state = 3) ORDER BY path LIMIT ?", (limit,))]
+
+    def notes(self) -> Iterator[str]:
+        for (p,) in _rows(self.db, "SELECT path FROM chg WHERE note = 1 ORDER BY seq"):
+            yield str(p)
+
+    def note_counts(self) -> tuple[int, int]:
+        """(ransom notes, folders holding one)."""
+        n, d = self.db.execute("SELECT COUNT(*), COUNT(DISTINCT dir) FROM chg WHERE note = 1").fetchone()
+        return int(n), int(d)
+
+    def remaining_paths(self) -> Iterator[str]:
+        for (p,) in _rows(self.db, "SELECT path FROM del WHERE state = 0 ORDER BY seq"):
+            yield str(p)
+
+    def healthy_change(self, path: str) -> bool:
+        """The file changed in this run and is now healthy (valid or text, not damaged)."""
+        return self.db.execute(
+            "SELECT 1 FROM chg WHERE path = ? AND damaged = 0 AND ok = 1 LIMIT 1", (path,)).fetchone() is not None
+
+    def deleted(self, path: str) -> bool:
+        return self.db.execute("SELECT 1 FROM del WHERE path = ? LIMIT 1", (path,)).fetchone() is not None
+
+
+def _rows(db: sqlite3.Connection, sql: str) -> Iterator[tuple[Any, ...]]:
+    """Rows of a read-only query, fetched lazily (nothing writes to these tables meanwhile)."""
+    cur = db.execute(sql)
+    try:
+        while rows := cur.fetchmany(1000):
+            yield from rows
+    finally:
+        cur.close()
+
+
+def pair_match(old_path: str, old_size: int, new_path: str, new_size: int, new_encoded: bool, slack: int) -> bool:
+    """Could the new file be the deleted one, encrypted and renamed?"""
+    old_name, new_name = posixpath.basename(old_path), posixpath.basename(new_path)
+    if new_name.startswith(old_name) and new_name != old_name:
+        return True  # "letter.docx" -> "letter.docx.locked"
+    stem = old_name.rsplit(".", 1)[0]
+    if stem and new_name.rsplit(".", 1)[0] == stem:
+        return True  # "letter.docx" -> "letter.crypt"
+    if old_size <= new_size <= old_size + slack:
+        return True  # random new name, size of the original plus a header or padding
+    return new_encoded and abs(new_size - (old_size * 4 + 2) // 3) <= slack
