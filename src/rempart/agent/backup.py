@@ -64,7 +64,9 @@ def run_backup(
             raise UserError(f"{p}: no such file or folder")
         sources.append(ap)
     options = options or BackupOptions()
-    cache = StateCache(repo_state_dir(state_dir, repo.config.id))
+    folder = repo_state_dir(state_dir, repo.config.id)
+    cache = StateCache(folder)
+    repo.use_index_cache(folder / "index.sqlite")
     try:
         for attempt in range(2):
             repo.load_index()
@@ -103,7 +105,7 @@ def run_backup(
                     # knew and run once more (the second pass re-reads and re-uploads them)
                     if attempt:
                         raise
-                    repo.index = type(repo.index)()
+                    repo.index.clear()
                     cache.db.execute("DELETE FROM files_new")
                     continue
                 extra = {"last_time": str(plain["time"])}

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rempart.core.errors import RempartError
-from rempart.repository.format import parse_pack_header
-from rempart.repository.index import MasterIndex
+from rempart.repository.format import parse_index, parse_pack_header
+from rempart.repository.index import BlobIndex
 from rempart.repository.reader import ReadSession
 from rempart.repository.repo import Repository
 from rempart.storage.base import FileType, Handle
@@ -33,8 +33,8 @@ class CheckReport:
         return not self.errors
 
 
-def check_structure(repo: Repository, report: CheckReport) -> MasterIndex:
-    index = MasterIndex()
+def check_structure(repo: Repository, report: CheckReport) -> BlobIndex:
+    index = BlobIndex(repo_id=repo.config.id)
     sizes = {}
     for fi in repo.backend.list(FileType.DATA):
         sizes[fi.name] = fi.size
@@ -51,9 +51,7 @@ def check_structure(repo: Repository, report: CheckReport) -> MasterIndex:
             if hashlib.sha256(data).hexdigest() != fi.name:
                 report.errors.append(f"index {fi.name[:12]}: content does not match its name")
                 continue
-            probe = MasterIndex()
-            probe.add_index_file(data)
-            for pack in probe.packs:
+            for pack, _entries in list(parse_index(data)):
                 if pack.hex() not in sizes:
                     report.errors.append(f"index {fi.name[:12]}: names pack {pack.hex()[:12]}, which is missing")
         except RempartError as exc:

@@ -125,10 +125,21 @@ class SnapshotPlain:
 
 
 def encode_snapshot_prefix(plain: dict[str, object], refs: Iterable[bytes], envelope: bytes) -> bytes:
+    """``refs`` may be any iterable; one already sorted and unique (a RefSet) is streamed
+    without being held twice in memory."""
     pj = json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
-    ids = sorted(set(refs))
+    ids = bytearray()
+    prev = b""
+    it = iter(refs)
+    for r in it:
+        if r <= prev:  # not sorted: fall back to sorting everything
+            rest = {bytes(ids[i : i + 32]) for i in range(0, len(ids), 32)} | {r} | set(it)
+            ids = bytearray(b"".join(sorted(rest)))
+            break
+        ids += r
+        prev = r
     return b"".join(
-        [SNAP_MAGIC, struct.pack("<BI", VERSION, len(pj)), pj, struct.pack("<I", len(ids)), *ids, envelope]
+        [SNAP_MAGIC, struct.pack("<BI", VERSION, len(pj)), pj, struct.pack("<I", len(ids) // 32), ids, envelope]
     )
 
 

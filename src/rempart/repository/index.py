@@ -1,15 +1,41 @@
-"""The in-memory master index: blob id -> (pack, type, offset, length).
+"""The blob index (blob id -> pack, type, offset, length) and the reference set, both on disk.
 
-Loaded from index files (a cache of pack headers) and updated as packs are written.
+Both live in SQLite so that memory does not grow with the number of blobs: a repository of
+200,000 small files has 200,000+ blobs, and a Python dict of them costs ~300 bytes each.
+
+* :class:`BlobIndex` is a *cache* of the pack headers (index files are another cache of the
+  same). Without a path it is a private temporary database that SQLite deletes on close; with
+  a path (the agent's state folder) it persists between runs, so a backup downloads only the
+  index files it has not seen yet. It is never trusted beyond dedup: ``Repository.load_index``
+  drops packs the storage no longer lists, and the vault refuses a snapshot whose blobs it does
+  not hold.
+* :class:`RefSet` collects the ids a snapshot will reference, and yields them sorted and unique.
+
+Both are safe to use from several threads (one connection, one lock).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import NamedTuple
 
+from rempart.core.errors import RepositoryError
 from rempart.repository.format import BlobType, PackEntry, parse_index
+
+SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS packs (pid INTEGER PRIMARY KEY, id BLOB UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    id BLOB PRIMARY KEY, pid INTEGER NOT NULL, type INTEGER NOT NULL, off INTEGER NOT NULL,
+    len INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_pid ON blobs (pid);
+CREATE TABLE IF NOT EXISTS index_files (name TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
+_CACHE_KIB = 8192  # SQLite page cache per connection
 
 
 class BlobLocation(NamedTuple):
@@ -19,36 +45,184 @@ class BlobLocation(NamedTuple):
     length: int
 
 
-class MasterIndex:
-    def __init__(self) -> None:
-        self._blobs: dict[bytes, BlobLocation] = {}
+def _connect(path: Path | None) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path) if path else "", check_same_thread=False, isolation_level=None)
+    db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+    db.execute("PRAGMA temp_store = FILE")
+    if path:
+        db.execute("PRAGMA busy_timeout = 30000")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # a cache: a lost last commit is rebuilt
+    else:
+        db.execute("PRAGMA journal_mode = OFF")
+        db.execute("PRAGMA synchronous = OFF")
+    return db
+
+
+class BlobIndex:
+    def __init__(self, path: Path | None = None, *, repo_id: str = "") -> None:
+        self.path = path
         self._lock = threading.Lock()
-        self.packs: set[bytes] = set()
+        try:
+            self._db = self._open(path, repo_id)
+        except sqlite3.DatabaseError:
+            if path is None:
+                raise
+            # a damaged cache is thrown away and rebuilt from the repository
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            self._db = self._open(path, repo_id)
+
+    @staticmethod
+    def _open(path: Path | None, repo_id: str) -> sqlite3.Connection:
+        db = _connect(path)
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT v FROM meta WHERE k = 'repo'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('repo', ?), ('schema', ?)", (repo_id, SCHEMA_VERSION))
+        elif row[0] != repo_id:
+            db.close()
+            raise RepositoryError("the index cache belongs to another repository; remove it")
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- lookups ------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._blobs)
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM blobs").fetchone()[0])
 
-    def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self._blobs
+    def __contains__(self, blob_id: object) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is not None
+
+    def contains_all(self, ids: Iterable[bytes]) -> bool:
+        with self._lock:
+            q = self._db.execute
+            return all(q("SELECT 1 FROM blobs WHERE id = ?", (i,)).fetchone() is not None for i in ids)
 
     def get(self, blob_id: bytes) -> BlobLocation | None:
-        return self._blobs.get(blob_id)
-
-    def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
         with self._lock:
-            self.packs.add(pack_id)
-            for e in entries:
-                self._blobs.setdefault(e.id, BlobLocation(pack_id, e.type, e.offset, e.length))
+            row = self._db.execute(
+                "SELECT packs.id, type, off, len FROM blobs JOIN packs USING (pid) WHERE blobs.id = ?",
+                (blob_id,)).fetchone()
+        return None if row is None else BlobLocation(row[0], BlobType(row[1]), row[2], row[3])
 
-    def add_index_file(self, data: bytes) -> int:
-        n = 0
-        for pack_id, entries in parse_index(data):
-            self.add_pack(pack_id, entries)
-            n += 1
-        return n
+    def has_pack(self, pack_id: bytes) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM packs WHERE id = ?", (pack_id,)).fetchone() is not None
+
+    def pack_ids(self) -> Iterator[bytes]:
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM packs ORDER BY id").fetchall()
+        return (r[0] for r in rows)
 
     def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
-        return iter(list(self._blobs.items()))
+        """Every blob, in id order, fetched in batches (never all at once)."""
+        last = b""
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT blobs.id, packs.id, type, off, len FROM blobs JOIN packs USING (pid) "
+                    "WHERE blobs.id > ? ORDER BY blobs.id LIMIT 4096", (last,)).fetchall()
+            if not rows:
+                return
+            for bid, pack, t, off, n in rows:
+                yield bid, BlobLocation(pack, BlobType(t), off, n)
+            last = rows[-1][0]
 
-    def ids(self) -> set[bytes]:
-        return set(self._blobs)
+    # --- updates ------------------------------------------------------------------------
+
+    def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
+        """Record a pack's blobs; a blob already known keeps its first location."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._add_pack(pack_id, entries)
+
+    def _add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
+        db = self._db
+        db.execute("INSERT OR IGNORE INTO packs (id) VALUES (?)", (pack_id,))
+        (pid,) = db.execute("SELECT pid FROM packs WHERE id = ?", (pack_id,)).fetchone()
+        db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?)",
+                       ((e.id, pid, int(e.type), e.offset, e.length) for e in entries))
+
+    def has_index_file(self, name: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM index_files WHERE name = ?", (name,)).fetchone() is not None
+
+    def add_index_file(self, data: bytes, name: str | None = None) -> int:
+        """Record every pack an index file lists (parsed fully before anything is written);
+        returns the number of packs."""
+        packs = list(parse_index(data))
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            for pack_id, entries in packs:
+                self._add_pack(pack_id, entries)
+            if name is not None:
+                self._db.execute("INSERT OR IGNORE INTO index_files VALUES (?)", (name,))
+        return len(packs)
+
+    def retain_packs(self, present: set[bytes]) -> int:
+        """Forget packs that are not in ``present`` (removed by garbage collection); returns
+        how many were forgotten."""
+        gone = [p for p in self.pack_ids() if p not in present]
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            for p in gone:
+                (pid,) = self._db.execute("SELECT pid FROM packs WHERE id = ?", (p,)).fetchone()
+                self._db.execute("DELETE FROM blobs WHERE pid = ?", (pid,))
+                self._db.execute("DELETE FROM packs WHERE pid = ?", (pid,))
+        return len(gone)
+
+    def clear(self) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            for table in ("blobs", "packs", "index_files"):
+                self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+
+
+class RefSet:
+    """A set of 32-byte blob ids kept in a temporary SQLite file; iterates sorted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._db = _connect(None)
+        self._db.execute("CREATE TABLE refs (id BLOB PRIMARY KEY) WITHOUT ROWID")
+
+    def add(self, blob_id: bytes) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO refs VALUES (?)", (blob_id,))
+
+    def update(self, ids: Iterable[bytes]) -> None:
+        with self._lock:
+            self._db.executemany("INSERT OR IGNORE INTO refs VALUES (?)", ((i,) for i in ids))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM refs").fetchone()[0])
+
+    def __contains__(self, blob_id: object) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM refs WHERE id = ?", (blob_id,)).fetchone() is not None
+
+    def __iter__(self) -> Iterator[bytes]:
+        last = b""
+        while True:
+            with self._lock:
+                rows = self._db.execute("SELECT id FROM refs WHERE id > ? ORDER BY id LIMIT 8192",
+                                        (last,)).fetchall()
+            if not rows:
+                return
+            yield from (r[0] for r in rows)
+            last = rows[-1][0]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM refs")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -6,8 +6,9 @@ import hashlib
 import json
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from rempart.core.errors import AlreadyExists, IntegrityError, NotFound
 from rempart.crypto.aead import DataKey
@@ -25,7 +26,7 @@ from rempart.repository.format import (
     parse_pack_header,
     parse_snapshot,
 )
-from rempart.repository.index import MasterIndex
+from rempart.repository.index import BlobIndex, RefSet
 from rempart.repository.packer import Packer
 from rempart.storage.base import Backend, FileType, Handle
 
@@ -36,11 +37,20 @@ class Repository:
     def __init__(self, backend: Backend, config: RepoConfig) -> None:
         self.backend = backend
         self.config = config
-        self.index = MasterIndex()
+        self.index = BlobIndex(repo_id=config.id)
 
     @classmethod
     def open(cls, backend: Backend) -> Repository:
         return cls(backend, load_config(backend))
+
+    def use_index_cache(self, path: Path) -> None:
+        """Keep the blob index in ``path`` between runs (the agent's state folder), so that
+        ``load_index`` downloads only index files it has not seen."""
+        self.index.close()
+        self.index = BlobIndex(path, repo_id=self.config.id)
+
+    def close(self) -> None:
+        self.index.close()
 
     # --- index --------------------------------------------------------------------------
 
@@ -48,13 +58,17 @@ class Repository:
         """Load index files; with ``scan_packs`` also index packs no index file names yet
         (left by a killed backup), by reading their plain headers. Returns packs scanned."""
         for fi in self.backend.list(FileType.INDEX):
+            if self.index.has_index_file(fi.name):
+                continue
             try:
-                self.index.add_index_file(self.backend.load(Handle(FileType.INDEX, fi.name)))
+                self.index.add_index_file(self.backend.load(Handle(FileType.INDEX, fi.name)), fi.name)
             except NotFound:
                 continue  # removed by a concurrent GC
         if not scan_packs:
             return 0
-        missing = [fi for fi in self.backend.list(FileType.DATA) if bytes.fromhex(fi.name) not in self.index.packs]
+        packs = list(self.backend.list(FileType.DATA))
+        self.index.retain_packs({bytes.fromhex(fi.name) for fi in packs})  # forget collected packs
+        missing = [fi for fi in packs if not self.index.has_pack(bytes.fromhex(fi.name))]
         for fi in missing:
             try:
                 self.index.add_pack(bytes.fromhex(fi.name), self.read_pack_header(fi.name, fi.size).entries)
@@ -115,8 +129,8 @@ class WriteSession:
         self._slots = threading.BoundedSemaphore(max_inflight)
         self._futures: list[Future[None]] = []
         self._unindexed: list[tuple[bytes, list[PackEntry]]] = []
-        #: ids of every blob the snapshot will reference (trees and contents)
-        self.refs: set[bytes] = set()
+        #: ids of every blob the snapshot will reference (trees and contents), on disk
+        self.refs = RefSet()
         self.stats = {"blobs_new": 0, "bytes_new": 0, "bytes_stored": 0, "packs": 0, "blobs_known": 0}
         self.on_upload: Callable[[int], None] | None = None
 
@@ -174,17 +188,20 @@ class WriteSession:
             finally:
                 self._slots.release()
 
-        self._futures.append(self._pool.submit(work))
+        fut = self._pool.submit(work)
+        with self._lock:  # several chunk threads upload: the list is shared
+            self._futures.append(fut)
 
     def _check_failures(self) -> None:
-        done = [f for f in self._futures if f.done()]
-        for f in done:
-            f.result()  # re-raise an upload error in the backup thread
-        self._futures = [f for f in self._futures if not f.done()]
         with self._lock:
+            done = [f for f in self._futures if f.done()]
+            if done:
+                self._futures = [f for f in self._futures if not f.done()]
             batch = self._unindexed if len(self._unindexed) >= INDEX_EVERY_PACKS else []
             if batch:
                 self._unindexed = []
+        for f in done:
+            f.result()  # re-raise an upload error in the backup thread
         if batch:
             self._write_index(batch)
 
@@ -194,9 +211,10 @@ class WriteSession:
             full = self._packer.finish() if len(self._packer) else None
         if full:
             self._upload(*full)
-        for f in self._futures:
+        with self._lock:
+            futures, self._futures = self._futures, []
+        for f in futures:
             f.result()
-        self._futures = []
         with self._lock:
             batch, self._unindexed = self._unindexed, []
         if batch:
@@ -209,7 +227,7 @@ class WriteSession:
         except AlreadyExists:
             pass
 
-    def commit(self, plain: dict[str, object], refs: set[bytes], meta: dict[str, object]) -> str:
+    def commit(self, plain: dict[str, object], refs: Iterable[bytes], meta: dict[str, object]) -> str:
         """Write the snapshot (after ``flush``); returns its name."""
         prefix = encode_snapshot_prefix(plain, refs, self.envelope)
         sealed = self.key.seal(json.dumps(meta, sort_keys=True).encode(), prefix)
@@ -220,3 +238,4 @@ class WriteSession:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.refs.close()

@@ -1,0 +1,110 @@
+"""The on-disk blob index and reference set (bounded memory) and the persisted index cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rempart.core.errors import RepositoryError
+from rempart.crypto.keys import IdKey, RecoveryPrivateKey
+from rempart.repository.config import CONFIG, new_config
+from rempart.repository.format import BlobType, PackEntry, encode_snapshot_prefix, parse_snapshot
+from rempart.repository.index import BlobIndex, RefSet
+from rempart.repository.repo import Repository, WriteSession
+from rempart.storage.base import FileType, Handle
+from rempart.storage.memory import MemoryBackend
+from rempart.storage.wrappers import FaultyBackend
+
+
+def _repo_with_blobs(n: int) -> tuple[MemoryBackend, IdKey, list[bytes]]:
+    mem = MemoryBackend()
+    priv, idk = RecoveryPrivateKey.generate(), IdKey.generate()
+    mem.save(CONFIG, new_config("2026-01-01T00:00:00Z", priv, idk).to_bytes())
+    w = WriteSession(Repository.open(mem), idk)
+    ids = [w.add_blob(BlobType.DATA, os.urandom(3000))[0] for _ in range(n)]
+    w.flush()
+    w.close()
+    return mem, idk, ids
+
+
+def test_index_lookups_and_first_location_wins() -> None:
+    idx = BlobIndex(repo_id="r")
+    a, b = b"\x01" * 32, b"\x02" * 32
+    idx.add_pack(b"\xaa" * 32, [PackEntry(BlobType.DATA, a, 0, 10), PackEntry(BlobType.TREE, b, 10, 5)])
+    idx.add_pack(b"\xbb" * 32, [PackEntry(BlobType.DATA, a, 0, 99)])  # duplicate blob: ignored
+    assert len(idx) == 2 and a in idx and b"\x03" * 32 not in idx
+    loc = idx.get(b)
+    assert loc is not None and (loc.pack, loc.type, loc.offset, loc.length) == (b"\xaa" * 32, BlobType.TREE, 10, 5)
+    assert idx.get(a).length == 10  # type: ignore[union-attr]
+    assert idx.contains_all([a, b]) and not idx.contains_all([a, b"\x03" * 32])
+    assert [k for k, _ in idx.items()] == [a, b]
+    assert idx.retain_packs({b"\xbb" * 32}) == 1  # pack aa was collected
+    assert a not in idx and b not in idx and idx.has_pack(b"\xbb" * 32)
+
+
+def test_persisted_index_downloads_only_new_index_files(tmp_path: Path) -> None:
+    mem, idk, ids = _repo_with_blobs(40)
+    cache = tmp_path / "index.sqlite"
+    counted = FaultyBackend(mem)
+    repo = Repository.open(counted)
+    repo.use_index_cache(cache)
+    repo.load_index()
+    assert all(i in repo.index for i in ids)
+    first_loads = counted.calls.get("load", 0)
+    assert first_loads >= 1
+    repo.close()
+
+    again = FaultyBackend(mem)
+    repo2 = Repository.open(again)
+    repo2.use_index_cache(cache)
+    before = again.calls.get("load", 0)
+    repo2.load_index()
+    assert again.calls.get("load", 0) == before  # nothing new: no index file, no pack header read
+    assert all(i in repo2.index for i in ids)
+
+    # a pack removed from storage (garbage collection) is forgotten at the next load
+    pack = next(iter(mem.list(FileType.DATA)))
+    mem.remove(Handle(FileType.DATA, pack.name))
+    repo2.load_index()
+    gone = [i for i in ids if i not in repo2.index]
+    assert gone and all(repo2.index.get(i).pack != bytes.fromhex(pack.name) for i in ids if i in repo2.index)  # type: ignore[union-attr]
+    repo2.close()
+
+
+def test_damaged_index_cache_is_rebuilt_and_other_repo_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "index.sqlite"
+    cache.write_bytes(b"this is not a database" * 100)
+    idx = BlobIndex(cache, repo_id="r1")
+    idx.add_pack(b"\xaa" * 32, [PackEntry(BlobType.DATA, b"\x01" * 32, 0, 10)])
+    idx.close()
+    assert b"\x01" * 32 in BlobIndex(cache, repo_id="r1")
+    with pytest.raises(RepositoryError, match="another repository"):
+        BlobIndex(cache, repo_id="r2")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(min_size=32, max_size=32), max_size=200))
+def test_refset_sorted_unique_and_snapshot_encoding(ids: list[bytes]) -> None:
+    rs = RefSet()
+    rs.update(ids)
+    for i in ids[:5]:
+        rs.add(i)
+    assert list(rs) == sorted(set(ids)) and len(rs) == len(set(ids))
+    env = b"\0" * 89
+    plain = {"v": 1, "tree": "00" * 32}
+    streamed = encode_snapshot_prefix(plain, rs, env)
+    assert streamed == encode_snapshot_prefix(plain, ids, env)  # unsorted input is sorted
+    snap = parse_snapshot(streamed + b"\0" * 28)
+    assert list(snap.refs) == sorted(set(ids))
+    rs.close()
+
+
+def test_refset_iterates_in_batches_beyond_one_page() -> None:
+    rs = RefSet()
+    ids = [os.urandom(32) for _ in range(20_000)]
+    rs.update(ids)
+    assert list(rs) == sorted(ids)
