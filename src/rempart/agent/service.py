@@ -120,8 +120,11 @@ class AgentService:
                     excludes=cfg.backup.excludes,
                     reread_after=cfg.backup.reread_days * 86400 if cfg.backup.reread_days > 0 else None,
                 )
+                detection = self._detection(repo.config.id)
+                if detection is not None:
+                    self._sync_incident(detection, repo.config.id)
                 result = run_backup(repo, cred, paths, self.state_dir, self.clock, options=options,
-                                    detection=self._detection(repo.config.id), tags=["agent"])
+                                    detection=detection, tags=["agent"])
             finally:
                 repo.backend.close()
         return self._record(start, result, sources, hooks.warnings)
@@ -135,6 +138,16 @@ class AgentService:
         from rempart.agent.detection import make_detection  # type: ignore[import-not-found,unused-ignore]
 
         return make_detection(self.state_dir, repo_id)
+
+    def _sync_incident(self, detection: Any, repo_id: str) -> None:
+        """Clear the local damage ledger if the vault says an admin released the incident."""
+        reporter = self.reporter()
+        status = getattr(reporter, "status", None)
+        if status is None:
+            return
+        from rempart.agent.incident import sync_incident
+
+        sync_incident(detection, self.state_dir, repo_id, status)
 
     def _record(self, start: datetime, result: BackupResult, sources: list[SourceResult],
                 hook_warnings: list[str]) -> RunRecord:

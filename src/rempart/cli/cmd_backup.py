@@ -49,6 +49,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                     ctx.print("incident acknowledged: damage history cleared")
             finally:
                 cache.close()
+        elif (ctx.repo or "").lower().startswith(("https://", "http://")):
+            from rempart.agent.incident import sync_incident, vault_status_of
+
+            status = vault_status_of(repo.backend)  # an admin released the incident at the vault?
+            if status is not None and sync_incident(detection, ctx.state_dir, repo.config.id, status):
+                print("the vault released the incident: damage history cleared", file=sys.stderr)
     with progress_line(ctx, "backing up") as show:
         result = run_backup(
             repo, cred, [Path(p) for p in args.paths], ctx.state_dir, ctx.clock,

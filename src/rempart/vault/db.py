@@ -147,8 +147,16 @@ def _m1(conn: Connection) -> None:
     )
 
 
+#: the incident state in practice status looks up the last release of a practice (migration 2)
+ix_audit_practice_action = sa.Index("ix_audit_practice_action", audit.c.practice, audit.c.action)
+
+
+def _m2(conn: Connection) -> None:
+    ix_audit_practice_action.create(conn, checkfirst=True)
+
+
 #: append-only list of migrations; index + 1 is the schema version after it ran
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2]
 
 
 def make_engine(url: str) -> Engine:

@@ -149,6 +149,7 @@ def status(vault: Vault, practice: Practice) -> dict[str, Any]:
                            .order_by(db.runs.c.id.desc()).limit(1)).first()
         count = conn.execute(sa.select(sa.func.count()).select_from(db.snapshots).where(
             db.snapshots.c.practice_id == practice.id, db.snapshots.c.state == "kept")).scalar_one()
+        incident = _incident(conn, practice)
     return {
         "practice": practice.name,
         "server_time": now,
@@ -165,7 +166,24 @@ def status(vault: Vault, practice: Practice) -> dict[str, Any]:
         "quota_bytes": practice.quota_bytes,
         "last_run": {"received": run.received, "outcome": run.outcome, "error_class": run.error_class} if run else None,
         "policy": practice.policy.to_dict(),
+        "incident": incident,
     }
+
+
+def _incident(conn: Any, practice: Practice) -> dict[str, Any]:
+    """The practice's incident state, readable by its agents (server times, no names): frozen or
+    not, when it was last released by an admin and when the newest suspicious snapshot not marked
+    false positive was received. An agent clears its own local damage ledger only when the vault
+    released after its suspicious snapshot; the vault's freeze stays the authority."""
+    s, a = db.snapshots, db.audit
+    suspicious = conn.execute(sa.select(sa.func.max(s.c.received)).where(
+        s.c.practice_id == practice.id, s.c.verdict == "suspicious", s.c.false_positive.is_(False),
+        s.c.state == "kept")).scalar()
+    released = conn.execute(sa.select(sa.func.max(a.c.time)).where(
+        a.c.practice == practice.name, a.c.action == "release", a.c.outcome == "ok")).scalar()
+    frozen_at = conn.execute(sa.select(db.practices.c.frozen_at).where(db.practices.c.id == practice.id)).scalar()
+    return {"frozen": practice.frozen, "frozen_at": frozen_at if practice.frozen else None,
+            "released_at": released, "last_suspicious_at": suspicious}
 
 
 def timeline(vault: Vault, practice: Practice, limit: int = 500) -> list[dict[str, Any]]:
