@@ -68,13 +68,36 @@ class Store:
         raise ConfigError(f"unknown storage kind {self.config.kind!r}")
 
     def practice_names(self) -> list[str]:
-        """Practices that have a namespace in storage (local storage only; S3 relies on the db)."""
+        """Practices that have a namespace in storage: folders of the local storage, or the
+        top-level key prefixes of the S3 bucket (listed, so that ``rebuild-index`` needs no row)."""
+        if self.config.kind == "s3":
+            return self._s3_practice_names()
         if self.config.kind != "local":
             return []
         root = Path(self.config.path)
         if not root.is_dir():
             return []
         return sorted(p.name for p in root.iterdir() if p.is_dir() and PRACTICE_RE.match(p.name))
+
+    def _s3_practice_names(self) -> list[str]:
+        from rempart.storage.s3 import S3Backend, S3Config, map_s3_errors
+
+        c = self.config
+        client = S3Backend._make_client(S3Config(
+            endpoint=c.endpoint, bucket=c.bucket, prefix="", access_key=c.access_key, secret_key=c.secret_key,
+            region=c.region))
+        names: set[str] = set()
+        try:
+            with map_s3_errors(f"list practices in bucket {c.bucket}"):
+                pages = client.get_paginator("list_objects_v2").paginate(Bucket=c.bucket, Delimiter="/")
+                for page in pages:
+                    for cp in page.get("CommonPrefixes", []):
+                        name = str(cp.get("Prefix", "")).rstrip("/")
+                        if PRACTICE_RE.match(name):
+                            names.add(name)
+        finally:
+            client.close()
+        return sorted(names)
 
     def prepare(self) -> None:
         """Create what the store needs (the S3 bucket with Object Lock when asked)."""
