@@ -74,22 +74,33 @@ class FileFeatures:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": VERSION, "t": self.type, "s": self.size, "h": list(self.hashes)}
-        optional = {
-            "x": self.ext or None,
-            "ok": self.valid,
-            "w": self.why or None,
-            "enc": self.enc or None,
-            "db": self.db or None,
-            "r": self.random,
-            "e": self.entropy,
-            "c": self.chi2,
-            "z": list(self.zr) if self.zr is not None else None,
-            "b": self.encoded,
-            "u": self.utf8,
-            "n": self.note or None,
-            "m": self.entries,
-        }
-        out.update({k: v for k, v in optional.items() if v is not None})
+        # the same keys as before, without building a throw-away dict of optional fields
+        if self.ext:
+            out["x"] = self.ext
+        if self.valid is not None:
+            out["ok"] = self.valid
+        if self.why:
+            out["w"] = self.why
+        if self.enc:
+            out["enc"] = True
+        if self.db:
+            out["db"] = True
+        if self.random is not None:
+            out["r"] = self.random
+        if self.entropy is not None:
+            out["e"] = self.entropy
+        if self.chi2 is not None:
+            out["c"] = self.chi2
+        if self.zr is not None:
+            out["z"] = list(self.zr)
+        if self.encoded is not None:
+            out["b"] = self.encoded
+        if self.utf8 is not None:
+            out["u"] = self.utf8
+        if self.note:
+            out["n"] = self.note
+        if self.entries is not None:
+            out["m"] = self.entries
         return out
 
     @classmethod

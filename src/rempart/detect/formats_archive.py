@@ -77,26 +77,29 @@ def check_zip(view: SampleView) -> Check:
     return Check(kind, True, enc=enc, entries=n_total)
 
 
+_CD_ENTRY = struct.Struct("<4s4xHH16xHHH8xI")  # signature, flags, method, name/extra/comment lengths, offset
+
+
 def _walk_central_directory(view: SampleView, cd: bytes, n_total: int) -> tuple[str, bool]:
     pos = 0
     seen = 0
     enc = False
-    while pos < len(cd) and seen < min(n_total, _MAX_CD_WALK):
-        if cd[pos : pos + 4] != b"PK\x01\x02" or pos + 46 > len(cd):
+    limit = min(n_total, _MAX_CD_WALK)
+    unpack = _CD_ENTRY.unpack_from
+    while pos < len(cd) and seen < limit:
+        if pos + 46 > len(cd):
             return "bad-central-directory-entry", enc
-        flags, method = struct.unpack_from("<HH", cd, pos + 8)
-        nlen, xlen, clen = struct.unpack_from("<HHH", cd, pos + 28)
-        local = struct.unpack_from("<I", cd, pos + 42)[0]
-        if method not in _ZIP_METHODS or nlen == 0:
+        sig, flags, method, nlen, xlen, clen, local = unpack(cd, pos)
+        if sig != b"PK\x01\x02" or method not in _ZIP_METHODS or nlen == 0:
             return "bad-central-directory-entry", enc
-        if flags & 1 or method == 99 or _has_aes_extra(cd[pos + 46 + nlen : pos + 46 + nlen + xlen]):
+        if flags & 1 or method == 99 or (xlen and _has_aes_extra(cd[pos + 46 + nlen : pos + 46 + nlen + xlen])):
             enc = True
-        sig = view.get(local, 4)
-        if sig is not None and sig != ZIP_MAGIC:
+        local_sig = view.get(local, 4)
+        if local_sig is not None and local_sig != ZIP_MAGIC:
             return "bad-local-header-offset", enc
         pos += 46 + nlen + xlen + clen
         seen += 1
-    if seen < min(n_total, _MAX_CD_WALK) and pos < len(cd):
+    if seen < limit and pos < len(cd):
         return "bad-central-directory-entry", enc
     return "", enc
 

@@ -11,9 +11,9 @@ loops over cursors. This module opens no file: the connection is the caller's.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -42,8 +42,12 @@ CREATE INDEX del_path ON del(path);
 
 
 def fingerprint(f: FileFeatures) -> bytes:
-    """Identity of a file version for move detection: size, type and range hashes."""
-    return hashlib.blake2b(repr((f.size, f.type, f.hashes)).encode(), digest_size=16).digest()
+    """Identity of a file version for move detection: size, type and range hashes (packed as they
+    are, so that equal fingerprints mean equal values)."""
+    try:
+        return struct.pack(f"<q{len(f.hashes)}q", f.size, *f.hashes) + f.type.encode()
+    except struct.error:  # values beyond 64 bits (a hand-made sketch): fall back to their text
+        return repr((f.size, f.type, f.hashes)).encode()
 
 
 class RunJudge:
@@ -96,13 +100,23 @@ class RunJudge:
 
     def _flush_changes(self) -> None:
         rows, self._chg = self._chg, []
-        self.db.executemany(
+        self._insert(
             "INSERT INTO chg (path,dir,new,kind,damaged,ok,db,fp,arch,cand_kind,cand_inv,size,enc,note) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def _flush_deletions(self) -> None:
         rows, self._del = self._del, []
-        self.db.executemany("INSERT INTO del (path,dir,fp,fam,pairable,db,size) VALUES (?,?,?,?,?,?,?)", rows)
+        self._insert("INSERT INTO del (path,dir,fp,fam,pairable,db,size) VALUES (?,?,?,?,?,?,?)", rows)
+
+    def _insert(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        own = not self.db.in_transaction  # one transaction per batch, not one per row
+        if own:
+            self.db.execute("BEGIN")
+        self.db.executemany(sql, rows)
+        if own:
+            self.db.execute("COMMIT")
 
     def finish(self) -> None:
         """Write what is buffered and index the rows (call once, before the queries below)."""
