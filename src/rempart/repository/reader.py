@@ -7,13 +7,30 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 
+import zstandard
+
 from rempart.core.errors import IntegrityError
 from rempart.crypto.aead import DataKey
 from rempart.crypto.keys import IdKey, RecoveryPrivateKey
-from rempart.repository.blobs import open_blob
+from rempart.repository.blobs import FLAG_RAW, FLAG_ZSTD, aad, open_blob
 from rempart.repository.format import BlobType, SnapshotPlain
+from rempart.repository.index import BlobLocation
 from rempart.repository.repo import Repository
 from rempart.storage.base import FileType, Handle
+
+_local = threading.local()
+
+
+def _decompress(plain: bytes) -> bytes:
+    """zstd payload after the flag byte (the frame carries its size; releases the GIL)."""
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    try:
+        out: bytes = d.decompress(memoryview(plain)[1:])
+    except zstandard.ZstdError as exc:
+        raise IntegrityError("blob decompression failed") from exc
+    return out
 
 
 class ReadSession:
@@ -25,7 +42,8 @@ class ReadSession:
     off by default) serves callers that jump around.
     """
 
-    MAX_RUN = 8 * 1024 * 1024
+    MAX_RUN = 4 * 1024 * 1024
+    LOOKUP_WINDOW = 512
 
     def __init__(self, repo: Repository, private_key: RecoveryPrivateKey, id_key: IdKey | None = None,
                  *, pack_cache: int = 0) -> None:
@@ -37,15 +55,31 @@ class ReadSession:
         self._packs: OrderedDict[bytes, bytes] = OrderedDict()
         self._pack_cache = pack_cache
         self._fetching: dict[bytes, threading.Lock] = {}
+        self._keys: dict[bytes, DataKey] = {}
 
     def pack_key(self, pack: bytes) -> DataKey:
+        """The data key of ``pack``: its header is read and its envelope unwrapped once."""
+        key = self._keys.get(pack)
+        if key is not None:
+            return key
         with self._lock:
             env = self._envelopes.get(pack)
         if env is None:
             env = self.repo.read_pack_header(pack.hex()).envelope
             with self._lock:
                 self._envelopes[pack] = env
-        return self.private_key.unwrap(env)
+        key = self.private_key.unwrap(env)
+        self._keys[pack] = key
+        return key
+
+    def locate(self, ids: list[bytes]) -> list[BlobLocation | None]:
+        """Index lookups for ``ids`` in order (one batched query when the index offers it)."""
+        get_many = getattr(self.repo.index, "get_many", None)
+        if get_many is not None:
+            found = get_many(ids)
+            return [found.get(i) for i in ids]
+        get = self.repo.index.get
+        return [get(i) for i in ids]
 
     def load_blob(self, blob_id: bytes, *, verify: bool = False) -> bytes:
         loc = self.repo.index.get(blob_id)
@@ -61,41 +95,75 @@ class ReadSession:
             sealed = memoryview(pack)[loc.offset : loc.offset + loc.length]
         return self.decode(loc.pack, loc.type, blob_id, sealed, verify=verify)
 
-    def load_blobs(self, ids: list[bytes], *, verify: bool = False) -> Iterator[bytes]:
-        """The plaintexts of ``ids`` in order, coalescing contiguous reads."""
-        i = 0
-        last: tuple[bytes, bytes] | None = None
-        while i < len(ids):
-            if last is not None and ids[i] == last[0]:
-                yield last[1]  # repeated blob (zeros of a sparse file): decoded once
-                i += 1
-                continue
-            first = self.repo.index.get(ids[i])
-            if first is None or self._pack_cache > 0:
-                data = self.load_blob(ids[i], verify=verify)
-                last = (ids[i], data)
-                yield data
-                i += 1
-                continue
-            run = [(ids[i], first)]
-            end = first.offset + first.length
-            j = i + 1
-            while j < len(ids):
-                loc = self.repo.index.get(ids[j])
-                if (loc is None or loc.pack != first.pack or loc.offset != end
-                        or end + loc.length - first.offset > self.MAX_RUN):
-                    break
-                run.append((ids[j], loc))
-                end += loc.length
-                j += 1
-            raw = memoryview(self.repo.backend.load(Handle(FileType.DATA, first.pack.hex()),
-                                                    offset=first.offset, length=end - first.offset))
-            for bid, loc in run:
-                data = self.decode(loc.pack, loc.type, bid, raw[loc.offset - first.offset :
-                                                             loc.offset - first.offset + loc.length], verify=verify)
-                last = (bid, data)
-                yield data
-            i = j
+    def load_blobs(self, ids: list[bytes], *, verify: bool = False) -> Iterator[bytes | memoryview]:
+        """The plaintexts of ``ids`` in order, coalescing contiguous reads.
+
+        Blobs that lie back to back in one pack (a file written in one go, or small files backed
+        up one after the other) are read with one request of at most ``MAX_RUN`` bytes. Stored
+        (uncompressed) blobs come back as memoryviews into the decrypted buffer, not copies: use
+        them before asking for many more. A repeated blob (zeros of a sparse file) is decoded once.
+        """
+        if self._pack_cache > 0:  # remote: whole packs from the LRU
+            yield from self._load_cached(ids, verify)
+            return
+        last_id: bytes | None = None
+        last: bytes | memoryview = b""
+        for w in range(0, len(ids), self.LOOKUP_WINDOW):
+            window = ids[w : w + self.LOOKUP_WINDOW]
+            locs = self.locate(window)
+            j = 0
+            while j < len(window):
+                if window[j] == last_id:
+                    yield last
+                    j += 1
+                    continue
+                first = locs[j]
+                if first is None:
+                    raise IntegrityError(f"blob {window[j].hex()[:12]} is missing from the repository")
+                end = first.offset + first.length
+                k = j + 1
+                while k < len(window):
+                    loc = locs[k]
+                    if (loc is None or loc.pack != first.pack or loc.offset != end
+                            or end + loc.length - first.offset > self.MAX_RUN):
+                        break
+                    end += loc.length
+                    k += 1
+                raw = memoryview(self.repo.backend.load(Handle(FileType.DATA, first.pack.hex()),
+                                                        offset=first.offset, length=end - first.offset))
+                key = self.pack_key(first.pack)
+                for m in range(j, k):
+                    loc = locs[m]
+                    assert loc is not None
+                    rel = loc.offset - first.offset
+                    last = self._open_view(key, loc.type, window[m], raw[rel : rel + loc.length], verify)
+                    last_id = window[m]
+                    yield last
+                j = k
+
+    def _load_cached(self, ids: list[bytes], verify: bool) -> Iterator[bytes]:
+        last_id: bytes | None = None
+        last = b""
+        for bid in ids:
+            if bid != last_id:
+                last, last_id = self.load_blob(bid, verify=verify), bid
+            yield last
+
+    def _open_view(self, key: DataKey, btype: BlobType, blob_id: bytes, sealed: memoryview,
+                   verify: bool) -> bytes | memoryview:
+        """``open_blob`` without the copy of a stored blob's plaintext (a view past the flag)."""
+        plain = key.open(sealed, aad(btype, blob_id))
+        flag = plain[0] if plain else -1
+        out: bytes | memoryview
+        if flag == FLAG_RAW:
+            out = memoryview(plain)[1:]
+        elif flag == FLAG_ZSTD:
+            out = _decompress(plain)
+        else:
+            raise IntegrityError(f"blob {blob_id.hex()[:12]} has an unknown compression flag")
+        if verify and self.id_key is not None and self.id_key.blob_id(out) != blob_id:
+            raise IntegrityError(f"blob {blob_id.hex()[:12]} does not match its id")
+        return out
 
     def _pack(self, pack_id: bytes) -> bytes | None:
         """The whole pack from the LRU (fetched once even when threads race), or None when

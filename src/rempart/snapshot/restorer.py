@@ -15,14 +15,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from rempart.core.errors import HostilePathError, IntegrityError, UserError
+from rempart.core.errors import DecryptionError, HostilePathError, IntegrityError, UserError
 from rempart.repository.reader import ReadSession
 from rempart.snapshot.tree import KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, check_name, decode_tree
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 O_BINARY = getattr(os, "O_BINARY", 0)
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 HAVE_DIR_FD = os.open in os.supports_dir_fd
+HAVE_FCHMOD = hasattr(os, "fchmod")
+HAVE_FUTIMES = os.utime in os.supports_fd
+HAVE_PWRITE = hasattr(os, "pwrite")
+HAVE_PWRITEV = hasattr(os, "pwritev")
 
 
 @dataclass
@@ -67,6 +72,19 @@ class TreeReader:
 
 
 class Restorer:
+    """Restores files in batches on a small thread pool.
+
+    The walk (main thread) creates folders and symlinks and groups consecutive files into
+    batches of about ``BATCH_BYTES``; a worker reads a batch's blobs as one stream, so small files
+    stored back to back in a pack cost one read, and writes the files one after the other.
+    Decryption, decompression and the file system calls release the GIL, so a few workers keep
+    both cores busy while at most ``workers * 2`` batches are in flight (bounded memory).
+    """
+
+    BATCH_BYTES = 4 * 1024 * 1024
+    BATCH_FILES = 256
+    WRITE_BYTES = 1024 * 1024  # gather decoded blobs up to this much per write call
+
     def __init__(self, session: ReadSession, *, workers: int = 3,
                  progress: Callable[[RestoreStats], None] | None = None) -> None:
         self.session = session
@@ -75,17 +93,24 @@ class Restorer:
         self.progress = progress
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore")
         self._futures: list[Future[None]] = []
-        self._slots = threading.BoundedSemaphore(workers * 4)
+        self._slots = threading.BoundedSemaphore(workers * 2)
         self._lock = threading.Lock()
         self._dir_times: list[tuple[str, Node]] = []
         self._root_fd = -1
         self._exclude: set[PurePosixPath] = set()
+        self._batch: list[tuple[str, Node]] = []
+        self._batch_bytes = 0
+        self._failed: BaseException | None = None
 
     def restore(self, tree_id: bytes, target: Path, include: list[PurePosixPath] | None = None,
                 *, exclude: set[PurePosixPath] | None = None,
                 extra: dict[PurePosixPath, Node] | None = None) -> RestoreStats:
         """Restore ``tree_id`` (only ``include`` if given, never ``exclude``), then ``extra``
-        nodes (files from other snapshots) at their paths."""
+        nodes (files from other snapshots) at their paths.
+
+        A file that cannot be restored (missing or damaged blob) is removed again and the restore
+        raises :class:`IntegrityError` naming it, after the files already under way are done.
+        """
         target.mkdir(parents=True, exist_ok=True)
         self._root_fd = os.open(target, os.O_RDONLY | O_DIRECTORY)
         self._exclude = exclude or set()
@@ -99,8 +124,8 @@ class Restorer:
                     _make_dir(self._root_fd, rel)
                 check_name(node.name)
                 rel = f"{rel}/{parts[-1]}" if rel else parts[-1]
-                self._slots.acquire()
-                self._futures.append(self._pool.submit(self._file_job, rel, node))
+                self._add_file(rel, node)
+            self._flush()
             for f in self._futures:
                 f.result()
             # directory modes and mtimes last, deepest first, once their content is written
@@ -124,23 +149,26 @@ class Restorer:
 
     def _restore_tree(self, tree_id: bytes, rel: str, path: PurePosixPath,
                       include: list[PurePosixPath] | None) -> None:
+        filtered = bool(include or self._exclude)  # else skip the (slow) PurePosixPath work
         for node in self.reader.tree(tree_id):
-            p = path / node.name
             child = f"{rel}/{node.name}" if rel else node.name
-            take, descend = self._wanted(p, include)
-            if not descend or p in self._exclude:
-                continue
+            p = path
+            take = True
+            if filtered:
+                p = path / node.name
+                take, descend = self._wanted(p, include)
+                if not descend or p in self._exclude:
+                    continue
             if node.type == KIND_DIR:
                 _make_dir(self._root_fd, child)
                 self._dir_times.append((child, node))
                 self.stats.dirs += take
                 if node.subtree is not None:
-                    self._restore_tree(node.subtree, child, p, include)
+                    self._restore_tree(node.subtree, child, p if filtered else path / node.name, include)
             elif not take:
                 continue
             elif node.type == KIND_FILE:
-                self._slots.acquire()
-                self._futures.append(self._pool.submit(self._file_job, child, node))
+                self._add_file(child, node)
             elif node.type == KIND_SYMLINK and node.target is not None:
                 _remove_existing(self._root_fd, child)
                 os.symlink(node.target, child, dir_fd=self._root_fd)
@@ -151,44 +179,135 @@ class Restorer:
                 os.mkfifo(child, statmod.S_IMODE(node.mode), dir_fd=self._root_fd)
                 _set_times(node, child, self._root_fd)
 
-    def _file_job(self, rel: str, node: Node) -> None:
+    def _add_file(self, rel: str, node: Node) -> None:
+        if self._batch and self._batch_bytes + node.size > self.BATCH_BYTES:
+            self._flush()
+        self._batch.append((rel, node))
+        self._batch_bytes += node.size
+        if self._batch_bytes >= self.BATCH_BYTES or len(self._batch) >= self.BATCH_FILES:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the current batch to the pool (waits while too many are in flight)."""
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._slots.acquire()
+        if self._failed is not None:  # stop early: the restore fails anyway
+            self._slots.release()
+            raise self._failed
+        self._futures.append(self._pool.submit(self._batch_job, batch))
+
+    def _batch_job(self, batch: list[tuple[str, Node]]) -> None:
         try:
-            self._write_file(rel, node)
+            stream = self.session.load_blobs([b for _, node in batch for b in node.content])
+            size = 0
+            for rel, node in batch:
+                self._write_file(rel, node, stream)
+                size += node.size
             with self._lock:
-                self.stats.files += 1
-                self.stats.bytes += node.size
+                self.stats.files += len(batch)
+                self.stats.bytes += size
             if self.progress:
                 self.progress(self.stats)
+        except BaseException as exc:
+            self._failed = self._failed or exc
+            raise
         finally:
             self._slots.release()
 
-    def _write_file(self, rel: str, node: Node) -> None:
-        _remove_existing(self._root_fd, rel)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_BINARY
-        fd = os.open(rel, flags, 0o600, dir_fd=self._root_fd)
+    def _write_file(self, rel: str, node: Node, stream: Iterator[bytes | memoryview]) -> None:
+        """Write ``node``'s content, taken from ``stream``; on failure the file is removed."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_BINARY | O_CLOEXEC
         try:
-            written = 0
-            for data in self.session.load_blobs(node.content):
-                if data.count(0) == len(data):
-                    os.lseek(fd, len(data), os.SEEK_CUR)  # keep holes sparse
-                else:
-                    _write_all(fd, data)
-                written += len(data)
-            if written != node.size:
-                raise IntegrityError(f"{rel}: restored {written} bytes, expected {node.size}")
-            os.ftruncate(fd, written)
-            if hasattr(os, "fchmod"):
+            fd = os.open(rel, flags, 0o600, dir_fd=self._root_fd)
+        except FileExistsError:
+            _remove_existing(self._root_fd, rel)
+            fd = os.open(rel, flags, 0o600, dir_fd=self._root_fd)
+        done = False
+        try:
+            pos = start = pending_bytes = 0
+            pending: list[bytes | memoryview] = []
+            for _ in node.content:
+                try:
+                    data = next(stream)
+                except (IntegrityError, DecryptionError) as exc:
+                    raise IntegrityError(f"{rel}: cannot restore: {exc}") from exc
+                n = len(data)
+                if n and _is_zero(data):  # keep holes sparse: write around zero chunks
+                    if pending:
+                        _pwrite_all(fd, pending, start)
+                        pending, pending_bytes = [], 0
+                    pos += n
+                    start = pos
+                    continue
+                pending.append(data)
+                pending_bytes += n
+                pos += n
+                if pending_bytes >= self.WRITE_BYTES or len(pending) >= 64:
+                    _pwrite_all(fd, pending, start)
+                    pending, pending_bytes, start = [], 0, pos
+            if pending:
+                _pwrite_all(fd, pending, start)
+            if pos != node.size:
+                raise IntegrityError(f"{rel}: restored {pos} bytes, expected {node.size}")
+            if start == pos and pos:  # ends in a hole: give the file its length
+                os.ftruncate(fd, pos)
+            if HAVE_FCHMOD:
                 os.fchmod(fd, statmod.S_IMODE(node.mode))
+            if HAVE_FUTIMES:
+                os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+            done = True
         finally:
             os.close(fd)
-        _set_times(node, rel, self._root_fd)
+            if not done:
+                try:
+                    os.unlink(rel, dir_fd=self._root_fd)
+                except OSError:
+                    pass
+        if not HAVE_FUTIMES:
+            _set_times(node, rel, self._root_fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _is_zero(data: bytes | memoryview) -> bool:
+    """Whether ``data`` is all zero bytes (first and last byte first: most data fails there)."""
+    if data[0] or data[-1]:
+        return False
+    if not isinstance(data, bytes):
+        data = data.tobytes()  # rare: stored blobs are incompressible, hence seldom zero
+    return data == bytes(len(data))
+
+
+def _pwrite_all(fd: int, bufs: list[bytes | memoryview], offset: int) -> None:
+    """Write ``bufs`` back to back at ``offset`` (one system call when possible)."""
+    if HAVE_PWRITEV and len(bufs) > 1:
+        total = sum(len(b) for b in bufs)
+        n = os.pwritev(fd, bufs, offset)
+        if n == total:
+            return
+        # short write (rare): finish buffer by buffer
+        for b in bufs:
+            if n >= len(b):
+                n -= len(b)
+                offset += len(b)
+                continue
+            _pwrite_one(fd, memoryview(b)[n:], offset + n)
+            offset += len(b)
+            n = 0
+        return
+    for b in bufs:
+        _pwrite_one(fd, b, offset)
+        offset += len(b)
+
+
+def _pwrite_one(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
+    if not HAVE_PWRITE:
+        os.lseek(fd, offset, os.SEEK_SET)
     while view:
-        n = os.write(fd, view)
+        n = os.pwrite(fd, view, offset) if HAVE_PWRITE else os.write(fd, view)
         view = view[n:]
+        offset += n
 
 
 def _make_dir(root_fd: int, rel: str) -> None:
