@@ -38,6 +38,20 @@ class DataKey:
         nonce = os.urandom(NONCE_LEN)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
+    def seal_prefixed(self, prefix: int, payload: bytes | memoryview, aad: bytes) -> bytearray:
+        """The same bytes as ``seal(bytes([prefix]) + payload, aad)``, copying ``payload`` once
+        instead of three times: the plaintext is laid out in the output buffer and encrypted in
+        place (OpenSSL supports exactly overlapping input and output)."""
+        n = len(payload)
+        out = bytearray(NONCE_LEN + 1 + n + TAG_LEN)
+        view = memoryview(out)
+        nonce = os.urandom(NONCE_LEN)
+        view[:NONCE_LEN] = nonce
+        out[NONCE_LEN] = prefix
+        view[NONCE_LEN + 1 : NONCE_LEN + 1 + n] = payload
+        self._aead.encrypt_into(nonce, view[NONCE_LEN : NONCE_LEN + 1 + n], aad, view[NONCE_LEN:])
+        return out
+
     def open(self, sealed: bytes | memoryview, aad: bytes) -> bytes:
         sealed = memoryview(sealed)
         if len(sealed) < OVERHEAD:

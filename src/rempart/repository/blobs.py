@@ -44,8 +44,9 @@ def compress(data: bytes | memoryview, level: int) -> tuple[int, bytes | memoryv
     return FLAG_RAW, data
 
 
-def seal_blob(key: DataKey, btype: BlobType, blob_id: bytes, flag: int, payload: bytes | memoryview) -> bytes:
-    return key.seal(bytes([flag]) + bytes(payload), aad(btype, blob_id))
+def seal_blob(key: DataKey, btype: BlobType, blob_id: bytes, flag: int, payload: bytes | memoryview) -> bytearray:
+    """``nonce || AES-GCM(flag || payload)``; ``payload`` is copied once, into the result."""
+    return key.seal_prefixed(flag, payload, aad(btype, blob_id))
 
 
 def open_blob(key: DataKey, btype: BlobType, blob_id: bytes, sealed: bytes | memoryview) -> bytes:

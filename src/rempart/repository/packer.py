@@ -14,14 +14,14 @@ class Packer:
     def __init__(self, key: DataKey, envelope: bytes) -> None:
         self._key = key
         self._envelope = envelope
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray] = []
         self._entries: list[tuple[int, bytes, int]] = []
         self.size = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, btype: BlobType, blob_id: bytes, sealed: bytes) -> None:
+    def add(self, btype: BlobType, blob_id: bytes, sealed: bytes | bytearray) -> None:
         self._parts.append(sealed)
         self._entries.append((int(btype), blob_id, len(sealed)))
         self.size += len(sealed)

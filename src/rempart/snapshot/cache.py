@@ -20,6 +20,7 @@ from rempart.core.errors import LockedError
 FILES_COLUMNS = """(
   dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
   content BLOB, features TEXT, read_at REAL, PRIMARY KEY (dir, name)) WITHOUT ROWID"""
+FLUSH_ROWS = 2048
 #: per folder: a signature of its entries (snapshot.tree.tree_signature) and the tree id it gave
 TREES_COLUMNS = "(dir BLOB PRIMARY KEY, sig BLOB, tree BLOB) WITHOUT ROWID"
 SCHEMA = f"""
@@ -116,6 +117,12 @@ class StateCache:
         """Thread-safe, like ``record``."""
         with self._batch_lock:
             self._tree_batch.append((os.fsencode(dirpath), sig, tree))
+
+    def maybe_flush(self) -> None:
+        """Flush once enough rows are waiting (one transaction per few thousand rows, not per
+        folder); call from the owning thread."""
+        if len(self._batch) + len(self._tree_batch) >= FLUSH_ROWS:
+            self.flush()
 
     def flush(self) -> None:
         with self._batch_lock:
