@@ -236,3 +236,26 @@ def test_sigkill_during_scheduled_gc_leaves_a_consistent_index(tmp_path: Path) -
     assert len(left) > 1, "the pass had finished before the kill: nothing was tested"
     with v.admin() as c:
         assert c.get("/v1/admin/audit/verify").json()["ok"]
+
+
+def test_first_pass_is_due_one_interval_after_the_last_one_across_restarts(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from rempart.core.clock import FakeClock
+    from rempart.vault.bootstrap import open_vault
+    from rempart.vault.config import parse_config
+    from rempart.vault.gc_schedule import GcMetrics, GcScheduler
+
+    clock = FakeClock()
+    vault = open_vault(parse_config({"tls": {"enabled": False}}, tmp_path), clock)
+
+    def sched() -> GcScheduler:  # a new process: nothing in memory, only the database
+        return GcScheduler(vault, GcMetrics(CollectorRegistry()), interval=86400, jitter=0)
+
+    assert sched().first_wait() == 86400  # never ran: one interval
+    res = sched().run_pass()
+    assert res.ran and not res.errors
+    clock.advance(3600)
+    assert sched().first_wait() == pytest.approx(86400 - 3600)
+    clock.advance(2 * 86400)  # the vault was down past the due time: run at once
+    assert sched().first_wait() == 0

@@ -118,8 +118,30 @@ class GcScheduler:
     def next_wait(self) -> float:
         return self.interval + (self.rng.uniform(0, self.jitter) if self.jitter else 0.0)
 
+    def first_wait(self) -> float:
+        """Until one interval after the last finished pass (kept across restarts through the
+        audit trail, so a vault restarted more often than its interval still collects)."""
+        import sqlalchemy as sa
+
+        from rempart.vault import db
+
+        with self.vault.engine.connect() as conn:
+            last = conn.execute(sa.select(sa.func.max(db.audit.c.time)).where(
+                db.audit.c.practice.is_(None), db.audit.c.action == "gc.scheduled",
+                db.audit.c.outcome.in_(("ok", "error")))).scalar()
+        if last is None:
+            return self.next_wait()
+        due = max(0.0, float(last) + self.interval - self.vault.now())
+        return min(due, self.interval) + (self.rng.uniform(0, self.jitter) if self.jitter else 0.0)
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.next_wait()):
+        try:
+            wait = self.first_wait()
+        except Exception:  # the database is not reachable yet: a full interval then
+            log.exception("could not read the last scheduled GC time")
+            wait = self.next_wait()
+        while not self._stop.wait(wait):
+            wait = self.next_wait()
             try:
                 self.run_pass()
             except Exception:  # keep the loop alive whatever one pass does; logged with its traceback
