@@ -23,6 +23,7 @@ from rempart.chunking.fastcdc import Chunker
 from rempart.repository.format import BlobType
 from rempart.repository.repo import WriteSession
 from rempart.snapshot.cache import CachedFile, StateCache
+from rempart.snapshot.pipeline import Folder, Gate, collect_samples
 from rempart.snapshot.tree import (
     KIND_DIR,
     KIND_FILE,
@@ -93,49 +94,6 @@ class BackupStats:
         return d
 
 
-class _Gate:
-    """At most ``limit`` files in flight. The walker (the only thread that acquires) is woken
-    when half the slots are free again, not at every finished file: far fewer thread switches,
-    which on a busy 2-core machine each cost a time slice with the GIL held."""
-
-    def __init__(self, limit: int) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._limit = max(1, limit)
-        self._low = self._limit // 2
-        self._n = 0
-        self._waiting = False
-
-    def acquire(self) -> None:
-        with self._cond:
-            if self._n >= self._limit:
-                self._waiting = True
-                while self._n > self._low:
-                    self._cond.wait()
-                self._waiting = False
-            self._n += 1
-
-    def release(self) -> None:
-        with self._cond:
-            self._n -= 1
-            if self._waiting and self._n <= self._low:
-                self._cond.notify()
-
-
-class _Folder:
-    """A folder being archived. Its tree is saved by whichever thread drops its last hold:
-    one hold for the walker while it lists the folder, one per file being read and one per
-    subfolder not finished yet. So the walker never waits for a folder's files."""
-
-    __slots__ = ("done", "holds", "nodes", "path", "prev")
-
-    def __init__(self, path: str, done: Callable[[bytes | None], None], prev: tuple[bytes, bytes] | None) -> None:
-        self.path = path
-        self.nodes: list[Node] = []
-        self.holds = 1
-        self.done = done
-        self.prev = prev  # (signature, tree id) recorded by the previous run
-
-
 class Archiver:
     def __init__(
         self,
@@ -160,7 +118,7 @@ class Archiver:
         self._local = threading.local()
         self._make_chunker = lambda: Chunker(params, seed)
         self._pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="chunk")
-        self._slots = _Gate(options.max_inflight)
+        self._slots = Gate(options.max_inflight)
         self._stats_lock = threading.Lock()
         self._holds_lock = threading.Lock()
         self._refs_lock = threading.Lock()
@@ -187,11 +145,11 @@ class Archiver:
 
     # --- folders ------------------------------------------------------------------------
 
-    def _open_folder(self, path: str, done: Callable[[bytes | None], None]) -> _Folder:
+    def _open_folder(self, path: str, done: Callable[[bytes | None], None]) -> Folder:
         with self._holds_lock:
             self.folders_pending += 1
             self.folders_pending_max = max(self.folders_pending_max, self.folders_pending)
-        return _Folder(path, done, self.cache.lookup_tree(path))
+        return Folder(path, done, self.cache.lookup_tree(path))
 
     def _virtual_dir(self, base: Path, paths: list[Path], depth: int, done: Callable[[bytes | None], None]) -> None:
         """A directory made of the ancestors of the backup paths."""
@@ -244,7 +202,7 @@ class Archiver:
         self.cache.maybe_flush()
         self._release(folder)
 
-    def _add_entry(self, folder: _Folder, name: str, path: str, st: os.stat_result, prev: CachedFile | None) -> None:
+    def _add_entry(self, folder: Folder, name: str, path: str, st: os.stat_result, prev: CachedFile | None) -> None:
         self._raise_if_failed()
         kind = kind_of(st.st_mode)
         node = Node(name=name, type=kind, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
@@ -264,17 +222,17 @@ class Archiver:
                 return
         folder.nodes.append(node)  # files, symlinks; fifos, sockets, devices: recorded, not read
 
-    def _hold(self, folder: _Folder) -> None:
+    def _hold(self, folder: Folder) -> None:
         with self._holds_lock:
             folder.holds += 1
 
-    def _subfolder_done(self, parent: _Folder, node: Node, tree: bytes | None) -> None:
+    def _subfolder_done(self, parent: Folder, node: Node, tree: bytes | None) -> None:
         if tree is None:
             node.type = "skip"  # only after a failure, which aborts the run
         node.subtree = tree
         self._release(parent)
 
-    def _release(self, folder: _Folder) -> None:
+    def _release(self, folder: Folder) -> None:
         with self._holds_lock:
             folder.holds -= 1
             if folder.holds:
@@ -287,7 +245,7 @@ class Archiver:
             self._fail(exc)
         folder.done(tree)
 
-    def _save_tree(self, folder: _Folder) -> bytes:
+    def _save_tree(self, folder: Folder) -> bytes:
         nodes = [n for n in folder.nodes if n.type != "skip"]
         folder.nodes = []
         sig = tree_signature(nodes)
@@ -323,7 +281,7 @@ class Archiver:
 
     # --- files --------------------------------------------------------------------------
 
-    def _file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None, folder: _Folder) -> None:
+    def _file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None, folder: Folder) -> None:
         """Fill ``node`` now, or hand the file to a reading thread (which releases ``folder``)."""
         self.stats.files += 1
         self.stats.bytes += st.st_size
@@ -360,7 +318,7 @@ class Archiver:
             c = self._local.chunker = self._make_chunker()
         return c
 
-    def _read_file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None, folder: _Folder) -> None:
+    def _read_file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None, folder: Folder) -> None:
         path = Path(spath)
         try:
             for _attempt in range(self.options.read_retries + 1):
@@ -423,7 +381,7 @@ class Archiver:
             for chunk in self._chunker().chunks(f):
                 n = len(chunk)
                 if plan:
-                    _collect(plan, samples, offset, chunk)
+                    collect_samples(plan, samples, offset, chunk)
                 bid = session.blob_id(chunk)
                 if not session.known(bid):
                     _, ok = session.add_blob(BlobType.DATA, chunk, bid, compressible=compressible)
@@ -440,18 +398,3 @@ class Archiver:
     def _warn(self, message: str) -> None:
         with self._stats_lock:
             self.stats.warn(message)
-
-
-def _collect(plan: list[tuple[int, int]], out: list[tuple[int, bytes]], offset: int, chunk: memoryview) -> None:
-    end = offset + len(chunk)
-    for start, length in plan:
-        lo, hi = max(start, offset), min(start + length, end)
-        if lo < hi:
-            if out and out[-1][0] + len(out[-1][1]) == lo and _same_range(plan, out[-1][0], lo):
-                out[-1] = (out[-1][0], out[-1][1] + bytes(chunk[lo - offset : hi - offset]))
-            else:
-                out.append((lo, bytes(chunk[lo - offset : hi - offset])))
-
-
-def _same_range(plan: list[tuple[int, int]], a: int, b: int) -> bool:
-    return any(s <= a and b <= s + n for s, n in plan)
