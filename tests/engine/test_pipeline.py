@@ -313,3 +313,19 @@ def test_one_copy_seal_is_ordinary_aes_gcm(flag: int, size: int) -> None:
         assert open_blob(key, BlobType.DATA, bid, bytes(sealed)) == bytes(payload)
     with pytest.raises(Exception):
         open_blob(key, BlobType.TREE, bid, bytes(sealed))  # bound to its type
+
+
+def test_metadata_read_ahead_visits_every_entry_once_and_stops(src: Path, tmp_path: Path) -> None:
+    from rempart.snapshot.pipeline import MetadataReadAhead
+
+    total = sum(len(d) + len(f) for _, d, f in os.walk(src))
+    ra = MetadataReadAhead([src, tmp_path / "missing"]).start()
+    ra.join(30)
+    assert ra.visited == total
+    capped = MetadataReadAhead([src], max_entries=5).start()
+    capped.join(30)
+    assert capped.visited == 5
+    stopped = MetadataReadAhead([src])
+    stopped.stop()
+    stopped.start().join(30)
+    assert stopped.visited == 0

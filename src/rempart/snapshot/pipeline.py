@@ -82,6 +82,7 @@ class MetadataReadAhead:
         self._paths = [os.fspath(p) for p in paths]
         self._stopped = threading.Event()
         self._left = max_entries
+        self.visited = 0
         self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
 
     def start(self) -> MetadataReadAhead:
@@ -90,6 +91,9 @@ class MetadataReadAhead:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         for p in sorted(self._paths):
@@ -106,9 +110,9 @@ class MetadataReadAhead:
         except OSError:
             return
         for e in entries:  # the archiver's order: each folder as soon as it is listed
-            self._left -= 1
-            if self._stopped.is_set() or self._left < 0:
+            if self._stopped.is_set() or self.visited >= self._left:
                 return
+            self.visited += 1
             try:
                 e.stat(follow_symlinks=False)
                 if e.is_dir(follow_symlinks=False):
