@@ -329,3 +329,25 @@ def test_metadata_read_ahead_visits_every_entry_once_and_stops(src: Path, tmp_pa
     stopped.stop()
     stopped.start().join(30)
     assert stopped.visited == 0
+
+
+def test_block_reader_cuts_exactly_where_fastcdc_cut_stream_does() -> None:
+    """Same chunks as pyfastcdc's own stream reader (dedup with older snapshots depends on it),
+    at every boundary of the 2 MiB read blocks and of the chunk sizes."""
+    import io
+    import random
+
+    from rempart.chunking.fastcdc import READ_SIZE, Chunker, ChunkerParams
+
+    p = ChunkerParams()
+    chunker = Chunker(p, 1234)
+    rnd = random.Random(5)
+    sizes = [0, 1, p.min_size, p.max_size, p.max_size + 1, READ_SIZE - 1, READ_SIZE, READ_SIZE + p.max_size,
+             READ_SIZE + p.max_size + 1, 2 * READ_SIZE + 12_345, 3 * (READ_SIZE + p.max_size)]
+    for size in sizes:
+        mixed = b"".join(rnd.randbytes(rnd.randint(1, 90_000)) + bytes(rnd.randint(1, 400_000))
+                         for _ in range(size // 100_000 + 1))[:size]
+        for data in (rnd.randbytes(size), bytes(size), mixed):
+            expected = [bytes(c.data) for c in chunker._cdc.cut_stream(io.BytesIO(data))]
+            got = [bytes(c) for c in chunker.chunks(io.BytesIO(data))]  # the same chunker, reused
+            assert got == expected, size
