@@ -134,6 +134,7 @@ def test_agent_streams_the_run_to_disk_with_the_same_verdicts(tmp_path: Path) ->
         cache.commit("s9", {"detection_ledger": json.dumps(ledger.to_dict())})
         _fill_cache(cache, [(p, cur) for p, _prev, cur in changes])  # this run: deletions are absent
         det = AgentDetection(tmp_path / "state")
+        det.spill = 7  # rows reach the run database from the three threads, several times each
         order = list(changes)
         r.shuffle(order)  # arrival order differs between threads; the verdicts must not
 
@@ -167,6 +168,7 @@ def test_agent_streams_the_run_to_disk_with_the_same_verdicts(tmp_path: Path) ->
 
 def test_agent_memory_does_not_grow_with_the_number_of_changes(tmp_path: Path) -> None:
     det = AgentDetection(tmp_path)
+    det.spill = 500  # rows wait in memory up to this many, then go to the run database
     cur = FileFeatures("data", 3000, ".bin", random=True, entropy=799, chi2=250, hashes=(1, 2, 3)).to_dict()
 
     def peak(start: int, n: int) -> int:
@@ -179,6 +181,6 @@ def test_agent_memory_does_not_grow_with_the_number_of_changes(tmp_path: Path) -
 
     small = peak(0, 1_000)
     large = peak(1_000, 20_000)  # 20 times more changes
-    # the old list kept ~0.5 KiB per change (10 MiB here); rows now go to SQLite in batches
+    # the old list kept ~0.5 KiB per change (10 MiB here); now memory stops at the spill bound
     assert large < 2 * small + 1_000_000, (small, large)
     det._close_run()

@@ -23,7 +23,7 @@ from rempart.core.clock import from_iso
 from rempart.detect.assess import DEFAULT_CONFIG, DetectionConfig, assess_run
 from rempart.detect.canary import canary_files, check_canaries
 from rempart.detect.features import FileFeatures, FileSample, extract_features
-from rempart.detect.judge import RunJudge
+from rempart.detect.judge import SPILL, RunJudge
 from rempart.detect.ledger import DamageLedger
 from rempart.detect.sampling import sample_plan
 from rempart.detect.verdict import family
@@ -37,7 +37,10 @@ MAX_DAMAGED_LISTED = 10_000  # damaged paths returned to the caller; all are cou
 
 class AgentDetection:
     """Judges each changed file as the archiver reports it and keeps one compact row per change
-    on disk (``RUN_DB`` in the state folder), so memory does not grow with the number of files."""
+    on disk (``RUN_DB`` in the state folder), so memory does not grow with the number of files.
+    Up to ``spill`` rows wait in memory (a few MiB) and are written together."""
+
+    spill = SPILL
 
     def __init__(self, folder: Path, config: DetectionConfig = DEFAULT_CONFIG) -> None:
         self.folder = folder
@@ -68,6 +71,9 @@ class AgentDetection:
         self._run().add_change(path, FileFeatures.from_dict(prev) if prev else None, feats)
 
     def _run(self) -> RunJudge:
+        judge = self._judge
+        if judge is not None:
+            return judge
         with self._lock:
             if self._judge is None:
                 path = self.folder / RUN_DB
@@ -75,7 +81,7 @@ class AgentDetection:
                 self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
                 for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4096", "temp_store=FILE"):
                     self._db.execute(f"PRAGMA {pragma}")
-                self._judge = RunJudge(self._db)
+                self._judge = RunJudge(self._db, self.spill)
             return self._judge
 
     def _close_run(self) -> None:

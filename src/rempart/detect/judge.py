@@ -23,6 +23,9 @@ from rempart.detect.features import FileFeatures
 from rempart.detect.stats import NOTE_SCORE, note_name
 
 BATCH = 512
+# Change rows kept in memory before they are written (~0.3 KiB each): writing from the archiver's
+# reader threads hands the GIL back and forth once per row, so small runs write only at the end.
+SPILL = 16384
 SCHEMA = """
 CREATE TABLE chg (seq INTEGER PRIMARY KEY, path TEXT, dir TEXT, new INT, kind TEXT, damaged INT,
   ok INT, db INT, fp BLOB, arch INT, cand_kind INT, cand_inv INT, size INT, enc INT, note INT,
@@ -53,8 +56,9 @@ def fingerprint(f: FileFeatures) -> bytes:
 class RunJudge:
     """Collects one backup's changes and deletions; thread-safe ``add_change``."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, spill: int = SPILL) -> None:
         self.db = db
+        self.spill = spill
         self.db.executescript(SCHEMA)
         self._chg: list[tuple[Any, ...]] = []
         self._del: list[tuple[Any, ...]] = []
@@ -80,7 +84,7 @@ class RunJudge:
         with self._lock:
             self._chg.append(row)
             self.changes += 1
-            if len(self._chg) >= BATCH:
+            if len(self._chg) >= self.spill:
                 self._flush_changes()
         return fv
 
