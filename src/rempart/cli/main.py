@@ -91,7 +91,23 @@ def _command_name(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _return_large_buffers_to_the_system() -> None:
+    """Pin glibc's mmap threshold at 1 MiB. By default glibc raises it after the first large
+    buffer is freed (up to 32 MiB); from then on the 16 MiB pack buffers and 2 MiB read buffers
+    come from the heap, whose pages are kept after ``free``, and peak memory grows by tens of
+    MiB (docs/benchmarks.md, "Peak memory"). A no-op where there is no glibc ``mallopt``."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _return_large_buffers_to_the_system()
     args_list = _hoist_flags(list(sys.argv[1:] if argv is None else argv))
     name = _command_name(args_list)
     parser = build_parser(only=name)

@@ -250,20 +250,21 @@ class Archiver:
         folder.nodes = []
         sig = tree_signature(nodes)
         prev = folder.prev
-        with self._refs_lock:
-            for n in nodes:
-                if n.content:
-                    self.refs.update(n.content)
-                if n.subtree is not None:
-                    self.refs.add(n.subtree)
+        ids: list[bytes] = []  # one update of the reference set per folder, not per file
+        for n in nodes:
+            if n.content:
+                ids.extend(n.content)
+            if n.subtree is not None:
+                ids.append(n.subtree)
         if prev is not None and prev[0] == sig and self.session.known(prev[1]):
             bid = prev[1]  # nothing in this folder changed: its tree is the previous one
             with self._stats_lock:
                 self.stats.trees_reused += 1
         else:
             bid, _ = self.session.add_blob(BlobType.TREE, encode_tree(nodes))
+        ids.append(bid)
         with self._refs_lock:
-            self.refs.add(bid)
+            self.refs.update(ids)
         self.cache.record_tree(folder.path, sig, bid)
         return bid
 
@@ -309,8 +310,7 @@ class Archiver:
             return False
         if self.options.reread_after is not None and self.now - prev.read_at > self.options.reread_after:
             return False
-        index = self.session.repo.index
-        return all(c in index for c in prev.content)
+        return self.session.repo.index.contains_all(prev.content)
 
     def _chunker(self) -> Chunker:
         c = getattr(self._local, "chunker", None)
