@@ -44,6 +44,18 @@ CREATE INDEX del_path ON del(path);
 # del.state: 0 remaining, 1 moved (the pair of a new file), 2 archived, 3 replaced
 
 
+_NEW_ODD = frozenset({v.NEW_RANDOM, v.NEW_UNREADABLE})
+
+
+def _split(path: str) -> tuple[str, str]:
+    """(posixpath.dirname, posixpath.basename) of ``path``, in one step."""
+    i = path.rfind("/") + 1
+    head = path[:i]
+    if head and head != "/" * len(head):
+        head = head.rstrip("/")
+    return head, path[i:]
+
+
 def fingerprint(f: FileFeatures) -> bytes:
     """Identity of a file version for move detection: size, type and range hashes (packed as they
     are, so that equal fingerprints mean equal values)."""
@@ -69,17 +81,18 @@ class RunJudge:
     def add_change(self, path: str, prev: FileFeatures | None, cur: FileFeatures) -> v.FileVerdict:
         fv = v.compare(prev, cur)
         new = prev is None
+        folder, base = _split(path)
         archive = None
         if new and cur.valid and v.family(cur.type) in ("zip", "7z"):
             archive = cur.entries if cur.entries is not None else -1
-        row = (
-            path, posixpath.dirname(path), int(new), fv.kind, int(fv.damaged),
-            int(bool(cur.valid) or cur.type == "text"), int(bool(cur.db or (prev is not None and prev.db))),
+        row = (  # booleans are stored as 0/1
+            path, folder, new, fv.kind, fv.damaged,
+            bool(cur.valid) or cur.type == "text", cur.db or (prev is not None and prev.db),
             fingerprint(cur) if new else None, archive,
-            int(new and fv.kind in (v.NEW_RANDOM, v.NEW_UNREADABLE)),
-            int(new and cur.valid is not True and cur.type not in ("text", "empty")),
-            cur.size, int(bool(cur.encoded)),
-            int(new and (note_name(posixpath.basename(path)) or cur.note >= NOTE_SCORE)),
+            new and fv.kind in _NEW_ODD,
+            new and cur.valid is not True and cur.type not in ("text", "empty"),
+            cur.size, bool(cur.encoded),
+            new and (cur.note >= NOTE_SCORE or note_name(base)),
         )
         with self._lock:
             self._chg.append(row)
@@ -92,10 +105,10 @@ class RunJudge:
         for path, prev in deletions:
             row: tuple[Any, ...]
             if prev is None:
-                row = (path, posixpath.dirname(path), None, None, 0, 0, 0)
+                row = (path, _split(path)[0], None, None, 0, 0, 0)
             else:
                 pairable = prev.type != "pe" and bool(prev.valid or prev.type == "text")
-                row = (path, posixpath.dirname(path), fingerprint(prev), v.family(prev.type), int(pairable),
+                row = (path, _split(path)[0], fingerprint(prev), v.family(prev.type), int(pairable),
                        int(prev.db), prev.size)
             self._del.append(row)
             self.deletions += 1
