@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,10 +37,35 @@ def run(args: list[str], env: dict[str, str] | None = None, check: bool = True) 
     return r
 
 
+#: CPU seconds (user + sys) of the last timed client command and of the vault server meanwhile
+CPU: dict[str, float] = {}
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _proc_cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SERVER_PID: list[int | None] = [None]
+
+
 def rempart(repo: str, env: dict[str, str], *args: str) -> float:
+    c0, s0 = _children_cpu(), _proc_cpu(SERVER_PID[0])
     t = time.perf_counter()
     run([PY, "-m", "rempart.cli.main", "-q", "-r", repo, *args], env)
-    return time.perf_counter() - t
+    dt = time.perf_counter() - t
+    CPU["client"], CPU["server"] = _children_cpu() - c0, _proc_cpu(SERVER_PID[0]) - s0
+    return dt
 
 
 def free_port() -> int:
@@ -73,6 +100,7 @@ class Vault:
         log = open(self.root / "vault.log", "ab")
         self.proc = subprocess.Popen([PY, "-m", "rempart.cli.main", "vault", "serve", "--config", str(self.cfg)],
                                      stdout=log, stderr=subprocess.STDOUT)
+        SERVER_PID[0] = self.proc.pid
         for _ in range(300):
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
@@ -90,26 +118,34 @@ class Vault:
         return f"https://127.0.0.1:{self.port}/{practice}"
 
 
-def throughput(work: Path, vault: Vault, size_mb: int) -> dict[str, float]:
+def throughput(work: Path, vault: Vault, size_mb: int, tag: str = "bench") -> dict[str, float]:
     data = work / "data"
-    run([PY, str(HERE / "datagen.py"), "generate", str(data), "--size-mb", str(size_mb), "--seed", "1"])
+    if not data.exists():
+        run([PY, str(HERE / "datagen.py"), "generate", str(data), "--size-mb", str(size_mb), "--seed", "1"])
     mib = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 2**20
     res: dict[str, float] = {"mib": round(mib, 1)}
-    toks = vault.add("bench")
+    toks = vault.add(tag)
+    work = work / tag
+    work.mkdir()
     for kind in ("local", "vault"):
         env = {"REMPART_KIT_PASSPHRASE": PASS, "REMPART_STATE_DIR": str(work / f"state-{kind}")}
         if kind == "local":
             repo = str(work / "repo-local")
         else:
-            repo = vault.url("bench")
+            repo = vault.url(tag)
             env.update({"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": vault.pin})
         rempart(repo, env, "init", "--kit", str(work / f"kit-{kind}"))
         res[f"{kind}_backup_s"] = round(rempart(repo, env, "backup", str(data)), 2)
+        res[f"{kind}_backup_cpu_client_s"] = round(CPU["client"], 2)
         if kind == "vault":
+            res["vault_backup_cpu_server_s"] = round(CPU["server"], 2)
             env["REMPART_VAULT_TOKEN"] = toks["restore"]
         target = work / f"out-{kind}"
         res[f"{kind}_restore_s"] = round(
             rempart(repo, env, "restore", "latest", "--target", str(target), "--kit", str(work / f"kit-{kind}")), 2)
+        res[f"{kind}_restore_cpu_client_s"] = round(CPU["client"], 2)
+        if kind == "vault":
+            res["vault_restore_cpu_server_s"] = round(CPU["server"], 2)
         shutil.rmtree(target)
     for op in ("backup", "restore"):
         res[f"local_{op}_mib_s"] = round(mib / res[f"local_{op}_s"], 1)
@@ -145,15 +181,22 @@ def main() -> int:
     ap.add_argument("--size-mb", type=int, default=100)
     ap.add_argument("--agents", type=int, default=20)
     ap.add_argument("--agent-size-mb", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=1, help="throughput runs (medians reported)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rempart-vault-bench-"))
     vault = Vault(work / "vault")
     vault.start()
     try:
-        result = {"throughput": throughput(work, vault, a.size_mb),
-                  "concurrency": many_agents(work, vault, a.agents, a.agent_size_mb),
-                  "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
+        runs = [throughput(work, vault, a.size_mb, f"bench-{i}") for i in range(max(1, a.repeat))]
+        result: dict[str, object] = {
+            "throughput": runs[0] if len(runs) == 1 else
+            {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"runs": len(runs)},
+            "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
+        if len(runs) > 1:
+            result["each_run"] = runs
+        if a.agents:
+            result["concurrency"] = many_agents(work, vault, a.agents, a.agent_size_mb)
     finally:
         vault.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -161,7 +204,8 @@ def main() -> int:
     print(text)
     if a.out:
         a.out.write_text(text + "\n")
-    return 0 if result["concurrency"]["errors"] == 0 else 1
+    conc = result.get("concurrency")
+    return 0 if not isinstance(conc, dict) or conc["errors"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The vault's operations on stored objects, independent of HTTP (routes call these).
 
-Create-only ingestion: the upload is spooled to a file by the route (digest computed while
+Create-only ingestion: the upload is received in memory by the route (digest computed while
 streaming), then :meth:`Vault.ingest` validates it against the plain format, checks the quota,
 stores it with ``Backend.save`` (atomic, create-only) and only then records it in the database,
 so a half-finished upload is never visible and an object recorded in the database is always in
