@@ -95,13 +95,15 @@ class ReadSession:
             sealed = memoryview(pack)[loc.offset : loc.offset + loc.length]
         return self.decode(loc.pack, loc.type, blob_id, sealed, verify=verify)
 
-    def load_blobs(self, ids: list[bytes], *, verify: bool = False) -> Iterator[bytes | memoryview]:
+    def load_blobs(self, ids: list[bytes], *, verify: bool = False,
+                   locations: list[BlobLocation | None] | None = None) -> Iterator[bytes | memoryview]:
         """The plaintexts of ``ids`` in order, coalescing contiguous reads.
 
         Blobs that lie back to back in one pack (a file written in one go, or small files backed
         up one after the other) are read with one request of at most ``MAX_RUN`` bytes. Stored
         (uncompressed) blobs come back as memoryviews into the decrypted buffer, not copies: use
         them before asking for many more. A repeated blob (zeros of a sparse file) is decoded once.
+        ``locations`` (from :meth:`locate`, same order) saves the index lookups.
         """
         if self._pack_cache > 0:  # remote: whole packs from the LRU
             yield from self._load_cached(ids, verify)
@@ -110,7 +112,7 @@ class ReadSession:
         last: bytes | memoryview = b""
         for w in range(0, len(ids), self.LOOKUP_WINDOW):
             window = ids[w : w + self.LOOKUP_WINDOW]
-            locs = self.locate(window)
+            locs = self.locate(window) if locations is None else locations[w : w + self.LOOKUP_WINDOW]
             j = 0
             while j < len(window):
                 if window[j] == last_id:

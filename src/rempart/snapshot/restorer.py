@@ -200,7 +200,7 @@ class Restorer:
 
     def _batch_job(self, batch: list[tuple[str, Node]]) -> None:
         try:
-            stream = self.session.load_blobs([b for _, node in batch for b in node.content])
+            stream = self._stream(batch)
             size = 0
             for rel, node in batch:
                 self._write_file(rel, node, stream)
@@ -215,6 +215,26 @@ class Restorer:
             raise
         finally:
             self._slots.release()
+
+    def _stream(self, batch: list[tuple[str, Node]]) -> Iterator[bytes | memoryview]:
+        """The blobs of ``batch``'s files, reordering the batch (in place) by where each file's
+        first blob lies: folders list files by name, packs hold them in the order they were read,
+        and reading in pack order lets one request serve several files."""
+        if len(batch) == 1:  # a large file: lookups as the stream goes (bounded memory)
+            return self.session.load_blobs(batch[0][1].content)
+        ids = [b for _, node in batch for b in node.content]
+        locs = self.session.locate(ids)
+        keyed = []
+        i = 0
+        for rel, node in batch:
+            n = len(node.content)
+            first = locs[i] if n else None
+            keyed.append(((first.pack, first.offset) if first is not None else (b"", -1), i, n, rel, node))
+            i += n
+        keyed.sort(key=lambda k: (k[0], k[1]))
+        batch[:] = [(rel, node) for _, _, _, rel, node in keyed]
+        order = [j for _, start, n, _, _ in keyed for j in range(start, start + n)]
+        return self.session.load_blobs([ids[j] for j in order], locations=[locs[j] for j in order])
 
     def _write_file(self, rel: str, node: Node, stream: Iterator[bytes | memoryview]) -> None:
         """Write ``node``'s content, taken from ``stream``; on failure the file is removed."""
