@@ -42,6 +42,13 @@ CREATE INDEX del_dir ON del(dir, state);
 CREATE INDEX del_path ON del(path);
 """
 # del.state: 0 remaining, 1 moved (the pair of a new file), 2 archived, 3 replaced
+# Moves: per fingerprint, the first new file (lowest seq) pairs with the last deletion.
+_MOVE_CHG = """UPDATE chg SET kind = 'moved', damaged = 0 WHERE seq IN (SELECT c.cseq FROM
+  (SELECT fp, MIN(seq) AS cseq FROM chg WHERE new = 1 GROUP BY fp) c JOIN
+  (SELECT fp, MAX(seq) AS dseq FROM del WHERE fp IS NOT NULL GROUP BY fp) d ON c.fp = d.fp)"""
+_MOVE_DEL = """UPDATE del SET state = 1 WHERE seq IN (SELECT d.dseq FROM
+  (SELECT fp, MIN(seq) AS cseq FROM chg WHERE new = 1 GROUP BY fp) c JOIN
+  (SELECT fp, MAX(seq) AS dseq FROM del WHERE fp IS NOT NULL GROUP BY fp) d ON c.fp = d.fp)"""
 
 
 _NEW_ODD = frozenset({v.NEW_RANDOM, v.NEW_UNREADABLE})
@@ -85,14 +92,14 @@ class RunJudge:
         archive = None
         if new and cur.valid and v.family(cur.type) in ("zip", "7z"):
             archive = cur.entries if cur.entries is not None else -1
-        row = (  # booleans are stored as 0/1
-            path, folder, new, fv.kind, fv.damaged,
-            bool(cur.valid) or cur.type == "text", cur.db or (prev is not None and prev.db),
+        row = (  # integers, not booleans: sqlite3 binds a bool through its slow adapter path
+            path, folder, int(new), fv.kind, int(fv.damaged),
+            int(bool(cur.valid) or cur.type == "text"), int(cur.db or (prev is not None and prev.db)),
             fingerprint(cur) if new else None, archive,
-            new and fv.kind in _NEW_ODD,
-            new and cur.valid is not True and cur.type not in ("text", "empty"),
-            cur.size, bool(cur.encoded),
-            new and (cur.note >= NOTE_SCORE or note_name(base)),
+            int(new and fv.kind in _NEW_ODD),
+            int(new and cur.valid is not True and cur.type not in ("text", "empty")),
+            cur.size, int(bool(cur.encoded)),
+            int(new and (cur.note >= NOTE_SCORE or note_name(base))),
         )
         with self._lock:
             self._chg.append(row)
@@ -136,26 +143,22 @@ class RunJudge:
             self.db.execute("COMMIT")
 
     def finish(self) -> None:
-        """Write what is buffered and index the rows (call once, before the queries below)."""
+        """Write what is buffered and index the rows (call once, before the queries below).
+        A few hundred rows are scanned faster than indexed."""
         with self._lock:
             self._flush_changes()
             self._flush_deletions()
-        self.db.executescript(INDEXES)
+        if self.changes + self.deletions > 512:
+            self.db.executescript(INDEXES)
 
     # --- end-of-run steps (call in this order) -----------------------------------------
 
     def match_moves(self) -> None:
         """A new file with the fingerprint of a deleted file is that file moved: per fingerprint,
         the first new file takes the last deletion (neither counts as new or deleted)."""
-        self.db.executescript("""
-        CREATE TEMP TABLE pairs AS
-          SELECT c.cseq AS cseq, d.dseq AS dseq FROM
-            (SELECT fp, MIN(seq) AS cseq FROM chg WHERE new = 1 GROUP BY fp) c JOIN
-            (SELECT fp, MAX(seq) AS dseq FROM del WHERE fp IS NOT NULL GROUP BY fp) d ON c.fp = d.fp;
-        UPDATE chg SET kind = 'moved', damaged = 0 WHERE seq IN (SELECT cseq FROM pairs);
-        UPDATE del SET state = 1 WHERE seq IN (SELECT dseq FROM pairs);
-        DROP TABLE pairs;
-        """)
+        if self.deletions:  # both statements read only new, fp and seq: the first cannot sway the second
+            self.db.execute(_MOVE_CHG)
+            self.db.execute(_MOVE_DEL)
 
     def cover_archives(self) -> int:
         """Deletions covered by new archives (zip a folder, then delete it): a zip covers as many
