@@ -20,6 +20,7 @@ connection completes without duplication).
 
 from __future__ import annotations
 
+import http.client
 import random
 import re
 import ssl
@@ -116,6 +117,53 @@ def translate(resp: httpx.Response) -> E.RempartError:
     return cls(f"vault: {msg}", hint=hint)
 
 
+class _BulkConnections:
+    """Keep-alive ``http.client`` connections for whole-pack downloads (16 MiB bodies): reading a
+    large body through them costs about a quarter of the client CPU of httpx/h11 (which handles
+    every 16 KiB TLS record as an event) and about half the wall time on loopback. Same TLS
+    context (CA or pinned certificate) and headers as the httpx client."""
+
+    def __init__(self, scheme: str, host: str, port: int, ctx: ssl.SSLContext | None,
+                 headers: dict[str, str], timeout: float, size: int) -> None:
+        self.scheme, self.host, self.port, self.ctx = scheme, host, port, ctx
+        self.headers, self.timeout, self.size = headers, timeout, max(1, size)
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _take(self) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        if self.scheme == "https":
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.ctx)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        conn = self._take()
+        try:
+            conn.request("GET", path, headers=self.headers)
+            resp = conn.getresponse()
+            body = resp.read()
+        except BaseException:
+            conn.close()
+            raise
+        kept = False
+        if not resp.will_close:
+            with self._lock:
+                if len(self._idle) < self.size:
+                    self._idle.append(conn)
+                    kept = True
+        if not kept:
+            conn.close()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
+
+
 class VaultBackend:
     def __init__(self, url: str, *, token: str, ca: str | Path | None = None, pin: str | None = None,
                  timeout: float = 120.0, attempts: int = 2, base_delay: float = 0.5, max_delay: float = 30.0,
@@ -151,11 +199,14 @@ class VaultBackend:
         if parts.scheme == "https":
             port = parts.port or 443
             verify = self._retry(lambda: tls_context(parts.hostname or "", port, ca=ca, pin=pin))
+        headers = {"Authorization": f"Bearer {token}", "User-Agent": "rempart-vaultclient"}
         self._client = httpx.Client(
             base_url=self.base, verify=verify, timeout=httpx.Timeout(timeout, connect=10.0),
-            headers={"Authorization": f"Bearer {token}", "User-Agent": "rempart-vaultclient"},
-            limits=httpx.Limits(max_connections=connections * 2, max_keepalive_connections=connections),
+            headers=headers, limits=httpx.Limits(max_connections=connections * 2, max_keepalive_connections=connections),
         )
+        self._bulk = _BulkConnections(parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                      verify if isinstance(verify, ssl.SSLContext) else None, headers, timeout,
+                                      connections)
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -189,6 +240,29 @@ class VaultBackend:
                 err.retry_after = float(ra) if ra.isdigit() else None  # type: ignore[attr-defined]
             raise err
         return resp
+
+    def _send_bulk(self, path: str) -> bytes:
+        self.requests += 1
+        try:
+            status, headers, body = self._bulk.get(path)
+        except TimeoutError as exc:
+            raise E.TransientError("vault: GET timed out") from exc
+        except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise E.AuthenticationError("vault: the TLS certificate could not be verified",
+                                            hint="check the CA file or the certificate pin") from exc
+            raise E.TransientError(f"vault: connection problem ({type(exc).__name__})") from exc
+        if status >= 400:
+            err = translate(httpx.Response(status, headers=headers, content=body))
+            if status == 429:
+                ra = headers.get("retry-after", "")
+                err.retry_after = float(ra) if ra.isdigit() else None  # type: ignore[attr-defined]
+            raise err
+        return body
+
+    def _get_whole(self, h: Handle) -> bytes:
+        """A whole object through the bulk connections (packs for restore's pack cache)."""
+        return self._retry(lambda: self._send_bulk(self._path(h)))  # type: ignore[no-any-return]
 
     def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return self._retry(lambda: self._send(method, path, **kw))  # type: ignore[no-any-return]
@@ -224,7 +298,7 @@ class VaultBackend:
             with self._cache_lock:
                 data = self._cache.get(h.name)
             if data is None:
-                data = self.request("GET", self._path(h)).content
+                data = self._get_whole(h)
                 with self._cache_lock:
                     self._cache[h.name] = data
                     total = sum(len(v) for v in self._cache.values())
@@ -241,6 +315,8 @@ class VaultBackend:
             if len(data) != length:
                 raise E.IntegrityError(f"load {h}: short read ({len(data)} of {length} bytes)")
             return data
+        if h.type is FileType.DATA and not offset and length is None:
+            return self._get_whole(h)
         if length == 0 or (offset and length is None):
             size = self.stat(h).size
             if offset > size:
@@ -282,6 +358,7 @@ class VaultBackend:
 
     def close(self) -> None:
         self._client.close()
+        self._bulk.close()
 
     # --- vault extras -------------------------------------------------------------------
 

@@ -1,0 +1,42 @@
+"""Whole-pack downloads of the vault client go through keep-alive http.client connections (the
+restore path): exact bytes, errors mapped like every other request, connections reused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rempart.core.errors import AuthenticationError, NotFound, PermissionDenied
+from rempart.storage.base import FileType, Handle
+
+from .objects import make_pack
+
+
+def test_whole_pack_download(vault: Any) -> None:
+    name, toks = vault.add_practice()
+    b = vault.backend(name, toks["backup"])
+    packs = [make_pack([300_000, 700_000])[0] for _ in range(3)]
+    for pk in packs:
+        b.save(Handle(FileType.DATA, pk.name), pk.data)
+    with pytest.raises(PermissionDenied):  # the backup token never reads blob bytes
+        b.load(Handle(FileType.DATA, packs[0].name))
+    b.close()
+    r = vault.backend(name, toks["restore"])
+    before = r.requests
+    for _ in range(2):
+        for pk in packs:
+            assert r.load(Handle(FileType.DATA, pk.name)) == pk.data
+    assert r.requests - before == 6
+    idle = list(r._bulk._idle)
+    assert len(idle) == 1  # one keep-alive connection served all six downloads one after the other
+    assert r.load(Handle(FileType.DATA, packs[0].name)) == packs[0].data
+    assert r._bulk._idle == idle
+    with pytest.raises(NotFound):
+        r.load(Handle(FileType.DATA, "0" * 64))
+    assert r.load(Handle(FileType.DATA, packs[1].name)) == packs[1].data  # still usable after an error
+    r.close()
+    bad = vault.backend(name, "rvt_000000000000_" + "x" * 43)
+    with pytest.raises(AuthenticationError):
+        bad.load(Handle(FileType.DATA, packs[0].name))
+    bad.close()
