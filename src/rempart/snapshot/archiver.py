@@ -383,11 +383,12 @@ class Archiver:
                 if plan:
                     collect_samples(plan, samples, offset, chunk)
                 bid = session.blob_id(chunk)
-                if not session.known(bid):
-                    _, ok = session.add_blob(BlobType.DATA, chunk, bid, compressible=compressible)
-                    # stop trying to compress data that does not compress (JPEG, DICOM pixels)
-                    misses = 0 if ok else misses + 1
-                    compressible = misses < 2 or len(content) % 16 == 0
+                # add_blob looks the id up itself (one index lookup per chunk, not two); a known
+                # blob counts as compressible
+                _, ok = session.add_blob(BlobType.DATA, chunk, bid, compressible=compressible)
+                # stop trying to compress data that does not compress (JPEG, DICOM pixels)
+                misses = 0 if ok else misses + 1
+                compressible = misses < 2 or len(content) % 16 == 0
                 content.append(bid)
                 offset += n
             st2 = os.fstat(fd)
