@@ -108,3 +108,72 @@ def test_refset_iterates_in_batches_beyond_one_page() -> None:
     ids = [os.urandom(32) for _ in range(20_000)]
     rs.update(ids)
     assert list(rs) == sorted(ids)
+
+
+def test_intact_flag_persists_and_clears_when_a_pack_goes(tmp_path: Path) -> None:
+    """Unchanged files skip per-blob lookups only while no pack has been forgotten since the
+    last committed snapshot; a new or rebuilt cache is never intact."""
+    mem, _idk, _ids = _repo_with_blobs(10)
+    cache = tmp_path / "index.sqlite"
+    repo = Repository.open(mem)
+    repo.use_index_cache(cache)
+    repo.load_index()
+    assert not repo.index.intact  # fresh cache
+    repo.index.mark_intact()
+    repo.close()
+    repo = Repository.open(mem)
+    repo.use_index_cache(cache)
+    repo.load_index()
+    assert repo.index.intact  # nothing went away
+    pack = next(iter(mem.list(FileType.DATA)))
+    mem.remove(Handle(FileType.DATA, pack.name))
+    repo.load_index()
+    assert not repo.index.intact
+    repo.close()
+    repo = Repository.open(mem)
+    repo.use_index_cache(cache)
+    assert not repo.index.intact  # persisted
+    repo.index.mark_intact()
+    repo.index.clear()
+    assert not repo.index.intact
+
+
+def test_bloom_never_hides_an_indexed_blob() -> None:
+    idx = BlobIndex(repo_id="r")
+    ids = [os.urandom(32) for _ in range(5000)]
+    idx.add_pack(b"\xaa" * 32, [PackEntry(BlobType.DATA, i, 0, 1) for i in ids])
+    assert all(i in idx for i in ids) and idx.contains_all(ids + ids[:3])
+    assert not any(os.urandom(32) in idx for _ in range(5000))
+    assert not idx.contains_all([*ids[:10], os.urandom(32)])
+
+
+def test_backup_after_a_pack_vanished_re_uploads_what_it_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The persisted index says 'intact' after a backup; when a pack then disappears from the
+    repository, the next backup must not trust the state cache for the files it held."""
+    from rempart.cli.main import main
+
+    for k, v in {"REMPART_KIT_PASSPHRASE": "correct horse battery", "REMPART_KDF_TEST": "1",
+                 "REMPART_STATE_DIR": str(tmp_path / "state"), "REMPART_REPOSITORY": str(tmp_path / "repo")}.items():
+        monkeypatch.setenv(k, v)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}.bin").write_bytes(os.urandom(30_000))
+    kit = tmp_path / "kit.json"
+    assert main(["init", "--kit", str(kit)]) == 0
+    assert main(["backup", "--no-detect", str(src)]) == 0
+    packs = sorted((tmp_path / "repo" / "data").rglob("*"))
+    victim = next(p for p in packs if p.is_file())
+    victim.chmod(0o600)
+    victim.unlink()  # what a (wrong) garbage collection or a storage loss would do
+    capsys.readouterr()
+    assert main(["--json", "backup", "--no-detect", str(src)]) == 0
+    import json
+
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    assert stats["files_read"] == 20 and stats["files_unchanged"] == 0, stats
+    out = tmp_path / "out"
+    assert main(["restore", "latest", "--target", str(out), "--kit", str(kit)]) == 0
+    restored = out / src.relative_to("/")
+    assert all((restored / f"f{i}.bin").read_bytes() == (src / f"f{i}.bin").read_bytes() for i in range(20))

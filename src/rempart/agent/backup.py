@@ -112,6 +112,7 @@ def run_backup(
                 if detection is not None:
                     extra.update(detection.commit_state())
                 cache.commit(name, extra)
+                repo.index.mark_intact()
                 return BackupResult(name, archiver.stats, dict(session.stats), det, damaged)
             finally:
                 session.close()

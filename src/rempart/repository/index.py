@@ -35,7 +35,33 @@ CREATE TABLE IF NOT EXISTS blobs (
 CREATE INDEX IF NOT EXISTS blobs_pid ON blobs (pid);
 CREATE TABLE IF NOT EXISTS index_files (name TEXT PRIMARY KEY) WITHOUT ROWID;
 """
-_CACHE_KIB = 8192  # SQLite page cache per connection
+_CACHE_KIB = 4096  # SQLite page cache per connection
+_BATCH = 500  # ids per IN (...) query (SQLite allows 999 parameters on old builds)
+
+
+class _Bloom:
+    """A fixed-size Bloom filter over blob ids (uniformly random keyed hashes, so slices of
+    the id serve as the k hash values). Answers most "is this new chunk known?" questions
+    without a query; 4 MiB of bits keep false positives under 1 % up to ~3.5 million blobs."""
+
+    BITS = 1 << 25
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS >> 3)
+
+    def add(self, bid: bytes) -> None:
+        b, m = self._bits, self.BITS - 1
+        for i in (0, 4, 8):
+            h = int.from_bytes(bid[i : i + 4], "little") & m
+            b[h >> 3] |= 1 << (h & 7)
+
+    def __contains__(self, bid: bytes) -> bool:
+        b, m = self._bits, self.BITS - 1
+        for i in (0, 4, 8):
+            h = int.from_bytes(bid[i : i + 4], "little") & m
+            if not b[h >> 3] & (1 << (h & 7)):
+                return False
+        return True
 
 
 class BlobLocation(NamedTuple):
@@ -72,6 +98,14 @@ class BlobIndex:
             for suffix in ("", "-wal", "-shm"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
             self._db = self._open(path, repo_id)
+        self._bloom = _Bloom()
+        for (bid,) in self._db.execute("SELECT id FROM blobs"):
+            self._bloom.add(bid)
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'intact'").fetchone()
+        #: True while every blob of the agent's last committed snapshot is known to be indexed:
+        #: set by :meth:`mark_intact` after a commit, cleared whenever a pack is forgotten or
+        #: the index is emptied or rebuilt. Lets unchanged files skip the per-blob lookups.
+        self.intact = row is not None and row[0] == "1"
 
     @staticmethod
     def _open(path: Path | None, repo_id: str) -> sqlite3.Connection:
@@ -96,13 +130,23 @@ class BlobIndex:
             return int(self._db.execute("SELECT count(*) FROM blobs").fetchone()[0])
 
     def __contains__(self, blob_id: object) -> bool:
+        if not isinstance(blob_id, bytes) or blob_id not in self._bloom:
+            return False
         with self._lock:
             return self._db.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is not None
 
     def contains_all(self, ids: Iterable[bytes]) -> bool:
-        with self._lock:
-            q = self._db.execute
-            return all(q("SELECT 1 FROM blobs WHERE id = ?", (i,)).fetchone() is not None for i in ids)
+        """Whether every id is indexed: one query per batch of ids, not one per id."""
+        unique = list(set(ids))
+        if not all(i in self._bloom for i in unique):
+            return False
+        for k in range(0, len(unique), _BATCH):
+            part = unique[k : k + _BATCH]
+            sql = f"SELECT count(*) FROM blobs WHERE id IN ({','.join('?' * len(part))})"  # noqa: S608
+            with self._lock:
+                if self._db.execute(sql, part).fetchone()[0] != len(part):
+                    return False
+        return True
 
     def get(self, blob_id: bytes) -> BlobLocation | None:
         with self._lock:
@@ -146,8 +190,10 @@ class BlobIndex:
         db = self._db
         db.execute("INSERT OR IGNORE INTO packs (id) VALUES (?)", (pack_id,))
         (pid,) = db.execute("SELECT pid FROM packs WHERE id = ?", (pack_id,)).fetchone()
-        db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?)",
-                       ((e.id, pid, int(e.type), e.offset, e.length) for e in entries))
+        rows = [(e.id, pid, int(e.type), e.offset, e.length) for e in entries]
+        db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
+        for r in rows:
+            self._bloom.add(r[0])
 
     def has_index_file(self, name: str) -> bool:
         with self._lock:
@@ -165,6 +211,15 @@ class BlobIndex:
                 self._db.execute("INSERT OR IGNORE INTO index_files VALUES (?)", (name,))
         return len(packs)
 
+    def _set_intact(self, value: bool) -> None:
+        self.intact = value
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('intact', ?)", ("1" if value else "0",))
+
+    def mark_intact(self) -> None:
+        """Call after a snapshot whose every blob was indexed has been committed."""
+        with self._lock:
+            self._set_intact(True)
+
     def retain_packs(self, present: set[bytes]) -> int:
         """Forget packs that are not in ``present`` (removed by garbage collection); returns
         how many were forgotten."""
@@ -175,6 +230,8 @@ class BlobIndex:
                 (pid,) = self._db.execute("SELECT pid FROM packs WHERE id = ?", (p,)).fetchone()
                 self._db.execute("DELETE FROM blobs WHERE pid = ?", (pid,))
                 self._db.execute("DELETE FROM packs WHERE pid = ?", (pid,))
+            if gone:
+                self._set_intact(False)
         return len(gone)
 
     def clear(self) -> None:
@@ -182,6 +239,8 @@ class BlobIndex:
             self._db.execute("BEGIN")
             for table in ("blobs", "packs", "index_files"):
                 self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            self._set_intact(False)
+            self._bloom = _Bloom()
 
 
 class RefSet:

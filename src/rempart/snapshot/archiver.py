@@ -310,7 +310,9 @@ class Archiver:
             return False
         if self.options.reread_after is not None and self.now - prev.read_at > self.options.reread_after:
             return False
-        return self.session.repo.index.contains_all(prev.content)
+        index = self.session.repo.index
+        # while no pack has gone since the last snapshot, its blobs are all still there
+        return index.intact or index.contains_all(prev.content)
 
     def _chunker(self) -> Chunker:
         c = getattr(self._local, "chunker", None)
