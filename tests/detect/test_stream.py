@@ -148,7 +148,7 @@ def test_agent_streams_the_run_to_disk_with_the_same_verdicts(tmp_path: Path) ->
         for t in threads:
             t.join()
         assert (tmp_path / "state" / RUN_DB).exists()
-        summary, damaged = det.assess(cache, [p for p, _ in deletions], total, "2026-03-02T09:00:00Z")
+        summary, damaged = det.assess(cache, total, "2026-03-02T09:00:00Z")
         assert not (tmp_path / "state" / RUN_DB).exists()
     finally:
         cache.close()

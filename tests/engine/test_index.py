@@ -47,7 +47,7 @@ def test_index_lookups_and_first_location_wins() -> None:
 
 
 def test_persisted_index_downloads_only_new_index_files(tmp_path: Path) -> None:
-    mem, idk, ids = _repo_with_blobs(40)
+    mem, _idk, ids = _repo_with_blobs(40)
     cache = tmp_path / "index.sqlite"
     counted = FaultyBackend(mem)
     repo = Repository.open(counted)

@@ -34,7 +34,7 @@ class BackupResult:
 class DetectionHook(FileObserver, Protocol):
     """What the archiver needs from detection, plus the end-of-run assessment."""
 
-    def assess(self, cache: StateCache, deleted: list[str], total_files: int, now: str) -> tuple[dict[str, Any], list[str]]:
+    def assess(self, cache: StateCache, total_files: int, now: str) -> tuple[dict[str, Any], list[str]]:
         ...
 
     def commit_state(self) -> dict[str, str]:
@@ -76,18 +76,18 @@ def run_backup(
                                     observer=detection, progress=progress)
                 tree = archiver.archive(sources)
                 session.flush()
-                deleted = cache.deleted_paths()
+                deleted = cache.deleted_count()
                 det: dict[str, Any] = {}
                 damaged: list[str] = []
                 if detection is not None:
-                    det, damaged = detection.assess(cache, deleted, archiver.stats.files, to_iso(clock.now()))
+                    det, damaged = detection.assess(cache, archiver.stats.files, to_iso(clock.now()))
                 plain = {
                     "v": 1,
                     "time": to_iso(clock.now()),
                     "tree": tree.hex(),
                     "parent": cache.get_meta("last_snapshot"),
                     "host": hashlib.sha256(f"{repo.config.id}:{socket.gethostname()}".encode()).hexdigest()[:16],
-                    "stats": archiver.stats.to_dict() | {"deleted": len(deleted)},
+                    "stats": archiver.stats.to_dict() | {"deleted": deleted},
                     "detection": det,
                 }
                 meta: dict[str, object] = {

@@ -14,7 +14,6 @@ import os
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +92,7 @@ class AgentDetection:
 
     # --- end of run ---------------------------------------------------------------------
 
-    def assess(self, cache: StateCache, deleted: list[str], total_files: int, now: str) -> tuple[dict[str, Any], list[str]]:
+    def assess(self, cache: StateCache, total_files: int, now: str) -> tuple[dict[str, Any], list[str]]:
         raw = cache.get_meta(LEDGER_KEY)
         ledger = DamageLedger.from_dict(json.loads(raw)) if raw else DamageLedger()
         planted = self._canaries
@@ -107,7 +106,7 @@ class AgentDetection:
         try:
             judge = self._run()
             judge.add_deletions((p, FileFeatures.from_dict(json.loads(f)) if f else None)
-                                for p, f in _deleted_features(cache) if p not in planted)
+                                for p, f in cache.iter_deleted() if p not in planted)
             result = assess_run(
                 judge,
                 total_files=max(0, total_files - len(planted)),
@@ -167,18 +166,6 @@ class AgentDetection:
         (self.folder / CANARY_FILE).write_text(json.dumps(planted, indent=1, sort_keys=True))
         self._canaries = planted
         return planted
-
-
-def _deleted_features(cache: StateCache) -> Iterator[tuple[str, str | None]]:
-    """(path, previous features JSON) of the files of the previous run absent from this one,
-    streamed (StateCache.deleted_features builds a list; this is the same query)."""
-    cache.flush()
-    cur = cache.db.execute(
-        "SELECT f.dir, f.name, f.features FROM files f LEFT JOIN files_new n "
-        "ON f.dir = n.dir AND f.name = n.name WHERE n.name IS NULL")
-    while rows := cur.fetchmany(1000):
-        for d, name, feats in rows:
-            yield os.path.join(os.fsdecode(d), os.fsdecode(name)), feats
 
 
 def _digest(path: str) -> str | None:

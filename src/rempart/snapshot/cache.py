@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,20 +135,23 @@ class StateCache:
             self.db.executemany("INSERT OR REPLACE INTO trees_new VALUES (?,?,?)", trees)
             self.db.execute("COMMIT")
 
-    def deleted_paths(self) -> list[str]:
-        """Paths of the previous snapshot absent from this run (call after ``flush``)."""
+    def deleted_count(self) -> int:
+        """How many files of the previous snapshot are absent from this run (after ``flush``)."""
         self.flush()
-        return [os.path.join(os.fsdecode(r[0]), os.fsdecode(r[1])) for r in self.db.execute(
-            "SELECT f.dir, f.name FROM files f LEFT JOIN files_new n ON f.dir = n.dir AND f.name = n.name "
-            "WHERE n.name IS NULL")]
+        return int(self.db.execute(
+            "SELECT count(*) FROM files f LEFT JOIN files_new n ON f.dir = n.dir AND f.name = n.name "
+            "WHERE n.name IS NULL").fetchone()[0])
 
-    def deleted_features(self) -> list[tuple[str, dict[str, Any] | None]]:
-        """(path, previous features) of every file of the previous run absent from this one."""
+    def iter_deleted(self) -> Iterator[tuple[str, str | None]]:
+        """(path, previous features JSON) of every file of the previous snapshot absent from
+        this run, streamed in batches (a mass deletion must not be held in memory)."""
         self.flush()
-        return [(os.path.join(os.fsdecode(r[0]), os.fsdecode(r[1])), json.loads(r[2]) if r[2] else None)
-                for r in self.db.execute(
-                    "SELECT f.dir, f.name, f.features FROM files f LEFT JOIN files_new n "
-                    "ON f.dir = n.dir AND f.name = n.name WHERE n.name IS NULL")]
+        cur = self.db.execute(
+            "SELECT f.dir, f.name, f.features FROM files f LEFT JOIN files_new n "
+            "ON f.dir = n.dir AND f.name = n.name WHERE n.name IS NULL")
+        while rows := cur.fetchmany(1000):
+            for d, name, feats in rows:
+                yield os.path.join(os.fsdecode(d), os.fsdecode(name)), feats
 
     def feature_type_counts(self) -> dict[str, int]:
         """Files per detected type ("t" of the features) in the previous run."""
