@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from rempart.repository.format import (
     ENVELOPE_LEN,
@@ -17,6 +18,7 @@ from rempart.repository.format import (
     encode_snapshot_prefix,
     pack_trailer,
 )
+from rempart.storage.base import FileType, Handle
 
 
 @dataclass
@@ -61,3 +63,16 @@ def make_snapshot(refs: list[bytes], *, verdict: str = "clean", time: str = "202
 
 def make_config() -> bytes:
     return json.dumps({"version": 1, "id": os.urandom(8).hex()}).encode()
+
+
+def garbage_and_one_snapshot(backend: Any, garbage: int) -> tuple[Obj, Obj, list[bytes]]:
+    """Store ``garbage`` small packs no snapshot references, then one pack and a snapshot of it
+    (what the GC kill tests start from); returns (snapshot, kept pack, its blob ids)."""
+    for _ in range(garbage):
+        pk, _ = make_pack([300])
+        backend.save(Handle(FileType.DATA, pk.name), pk.data)
+    keep, ids = make_pack([5000])
+    backend.save(Handle(FileType.DATA, keep.name), keep.data)
+    snap = make_snapshot(ids)
+    backend.save(Handle(FileType.SNAPSHOT, snap.name), snap.data)
+    return snap, keep, ids

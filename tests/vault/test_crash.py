@@ -14,7 +14,7 @@ from rempart.core.errors import RempartError
 from rempart.storage.base import FileType, Handle
 
 from .conftest import cli
-from .objects import make_pack, make_snapshot
+from .objects import garbage_and_one_snapshot, make_pack, make_snapshot
 
 
 def storage_names(v: Any, practice: str, ftype: FileType) -> set[str]:
@@ -80,13 +80,7 @@ def test_sigkill_during_gc(own_vault: Any) -> None:
     v.start()
     name, toks = v.add_practice(keep_last=1, hourly=0, daily=0, weekly=0, monthly=0, yearly=0, min_age_days=0)
     b = v.backend(name, toks["backup"])
-    for _ in range(150):  # garbage: packs no snapshot references
-        pk, _ = make_pack([300])
-        b.save(Handle(FileType.DATA, pk.name), pk.data)
-    keep, ids = make_pack([5000])
-    b.save(Handle(FileType.DATA, keep.name), keep.data)
-    s = make_snapshot(ids)
-    b.save(Handle(FileType.SNAPSHOT, s.name), s.data)
+    s, keep, ids = garbage_and_one_snapshot(b, 150)
     b.close()
     with v.admin() as c:
         def trigger() -> None:

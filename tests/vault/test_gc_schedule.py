@@ -19,8 +19,8 @@ from rempart.repository.format import parse_snapshot
 from rempart.storage.base import FileType, Handle
 from rempart.testing.servers import free_ports
 
-from .conftest import VaultProc, cli
-from .objects import make_pack, make_snapshot
+from .conftest import VaultProc, cli, write_config
+from .objects import garbage_and_one_snapshot, make_pack, make_snapshot
 from .test_crash import check_consistent, storage_names
 
 NO_CALENDAR = dict(hourly=0, daily=0, weekly=0, monthly=0, yearly=0)
@@ -28,20 +28,7 @@ NO_CALENDAR = dict(hourly=0, daily=0, weekly=0, monthly=0, yearly=0)
 
 def scheduled_vault(root: Path, gc: str) -> VaultProc:
     (port,) = free_ports(1)
-    root.mkdir(parents=True, exist_ok=True)
-    cfg = root / "vault.toml"
-    cfg.write_text(f"""
-data_dir = "data"
-[listen]
-host = "127.0.0.1"
-port = {port}
-[tls]
-enabled = true
-self_signed = true
-hostnames = ["127.0.0.1", "localhost"]
-[gc]
-{gc}
-""")
+    cfg = write_config(root, port, gc)  # grace_seconds = 0 plus the [gc] lines given
     v = VaultProc(root, cfg, port)
     v.pin = cli(cfg, "fingerprint").stdout.strip()
     v.admin_token = cli(cfg, "admin-token").stdout.strip().splitlines()[-1]
@@ -50,7 +37,7 @@ hostnames = ["127.0.0.1", "localhost"]
 
 @pytest.fixture
 def gc_vault(tmp_path: Path) -> Iterator[VaultProc]:
-    v = scheduled_vault(tmp_path / "vault", "grace_seconds = 0\ninterval_seconds = 1\njitter_seconds = 0.5")
+    v = scheduled_vault(tmp_path / "vault", "interval_seconds = 1\njitter_seconds = 0.5")
     try:
         yield v
     finally:
@@ -201,17 +188,11 @@ def test_scheduled_gc_never_removes_a_referenced_blob_while_uploads_race(gc_vaul
 
 
 def test_sigkill_during_scheduled_gc_leaves_a_consistent_index(tmp_path: Path) -> None:
-    v = scheduled_vault(tmp_path / "vault", "grace_seconds = 0\nenabled = false")
+    v = scheduled_vault(tmp_path / "vault", "enabled = false")
     v.start()
     name, toks = v.add_practice(keep_last=1, min_age_days=0, **NO_CALENDAR)
     b = v.backend(name, toks["backup"])
-    for _ in range(400):  # garbage
-        pk, _ = make_pack([300])
-        b.save(Handle(FileType.DATA, pk.name), pk.data)
-    keep, ids = make_pack([5000])
-    b.save(Handle(FileType.DATA, keep.name), keep.data)
-    s = make_snapshot(ids)
-    b.save(Handle(FileType.SNAPSHOT, s.name), s.data)
+    s, keep, ids = garbage_and_one_snapshot(b, 400)
     b.close()
     v.stop()
     before = len(storage_names(v, name, FileType.DATA))
