@@ -41,6 +41,8 @@ def test_index_lookups_and_first_location_wins() -> None:
     assert loc is not None and (loc.pack, loc.type, loc.offset, loc.length) == (b"\xaa" * 32, BlobType.TREE, 10, 5)
     assert idx.get(a).length == 10  # type: ignore[union-attr]
     assert idx.contains_all([a, b]) and not idx.contains_all([a, b"\x03" * 32])
+    many = idx.get_many([b, a, b"\x03" * 32, b])
+    assert set(many) == {a, b} and many[b] == loc and many[a].length == 10
     assert [k for k, _ in idx.items()] == [a, b]
     assert idx.retain_packs({b"\xbb" * 32}) == 1  # pack aa was collected
     assert a not in idx and b not in idx and idx.has_pack(b"\xbb" * 32)

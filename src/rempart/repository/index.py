@@ -155,6 +155,20 @@ class BlobIndex:
                 (blob_id,)).fetchone()
         return None if row is None else BlobLocation(row[0], BlobType(row[1]), row[2], row[3])
 
+    def get_many(self, ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
+        """Locations of the indexed ones among ``ids``: one query per batch of ids."""
+        unique = list(set(ids))
+        out: dict[bytes, BlobLocation] = {}
+        for k in range(0, len(unique), _BATCH):
+            part = unique[k : k + _BATCH]
+            sql = ("SELECT blobs.id, packs.id, type, off, len FROM blobs JOIN packs USING (pid) "  # noqa: S608
+                   f"WHERE blobs.id IN ({','.join('?' * len(part))})")
+            with self._lock:
+                rows = self._db.execute(sql, part).fetchall()
+            for bid, pack, t, off, n in rows:
+                out[bid] = BlobLocation(pack, BlobType(t), off, n)
+        return out
+
     def has_pack(self, pack_id: bytes) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1 FROM packs WHERE id = ?", (pack_id,)).fetchone() is not None

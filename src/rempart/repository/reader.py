@@ -73,13 +73,9 @@ class ReadSession:
         return key
 
     def locate(self, ids: list[bytes]) -> list[BlobLocation | None]:
-        """Index lookups for ``ids`` in order (one batched query when the index offers it)."""
-        get_many = getattr(self.repo.index, "get_many", None)
-        if get_many is not None:
-            found = get_many(ids)
-            return [found.get(i) for i in ids]
-        get = self.repo.index.get
-        return [get(i) for i in ids]
+        """Index lookups for ``ids`` in order (batched queries)."""
+        found = self.repo.index.get_many(ids)
+        return [found.get(i) for i in ids]
 
     def load_blob(self, blob_id: bytes, *, verify: bool = False) -> bytes:
         loc = self.repo.index.get(blob_id)
