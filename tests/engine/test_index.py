@@ -179,3 +179,26 @@ def test_backup_after_a_pack_vanished_re_uploads_what_it_held(tmp_path: Path, mo
     assert main(["restore", "latest", "--target", str(out), "--kit", str(kit)]) == 0
     restored = out / src.relative_to("/")
     assert all((restored / f"f{i}.bin").read_bytes() == (src / f"f{i}.bin").read_bytes() for i in range(20))
+
+
+def test_blob_stored_twice_is_located_in_the_copy_that_still_exists() -> None:
+    """Two runs that did not know of each other stored the same blob in packs X and Y; X is
+    then lost. Whatever order the index files are read in, the blob must be found in Y."""
+    for _ in range(6):  # index file names are hashes: both reading orders occur
+        mem = MemoryBackend()
+        priv, idk = RecoveryPrivateKey.generate(), IdKey.generate()
+        mem.save(CONFIG, new_config("2026-01-01T00:00:00Z", priv, idk).to_bytes())
+        blob = os.urandom(3000)
+        packs = []
+        for _run in range(2):
+            w = WriteSession(Repository.open(mem), idk)  # a fresh, empty index each time
+            bid, _ = w.add_blob(BlobType.DATA, blob)
+            w.flush()
+            w.close()
+            packs.append({fi.name for fi in mem.list(FileType.DATA)} - set(packs[0] if packs else set()))
+        (x,), (y,) = packs
+        mem.remove(Handle(FileType.DATA, x))
+        repo = Repository.open(mem)
+        repo.load_index()
+        loc = repo.index.get(bid)
+        assert loc is not None and loc.pack.hex() == y

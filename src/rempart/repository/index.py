@@ -98,9 +98,8 @@ class BlobIndex:
             for suffix in ("", "-wal", "-shm"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
             self._db = self._open(path, repo_id)
+        self._bloom_ready = False  # built on the first miss-prone lookup (a no-change run needs none)
         self._bloom = _Bloom()
-        for (bid,) in self._db.execute("SELECT id FROM blobs"):
-            self._bloom.add(bid)
         row = self._db.execute("SELECT v FROM meta WHERE k = 'intact'").fetchone()
         #: True while every blob of the agent's last committed snapshot is known to be indexed:
         #: set by :meth:`mark_intact` after a commit, cleared whenever a pack is forgotten or
@@ -129,8 +128,18 @@ class BlobIndex:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM blobs").fetchone()[0])
 
+    def _filter(self) -> _Bloom:
+        if not self._bloom_ready:
+            with self._lock:
+                if not self._bloom_ready:
+                    bloom = _Bloom()
+                    for (bid,) in self._db.execute("SELECT id FROM blobs"):
+                        bloom.add(bid)
+                    self._bloom, self._bloom_ready = bloom, True
+        return self._bloom
+
     def __contains__(self, blob_id: object) -> bool:
-        if not isinstance(blob_id, bytes) or blob_id not in self._bloom:
+        if not isinstance(blob_id, bytes) or blob_id not in self._filter():
             return False
         with self._lock:
             return self._db.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is not None
@@ -138,7 +147,8 @@ class BlobIndex:
     def contains_all(self, ids: Iterable[bytes]) -> bool:
         """Whether every id is indexed: one query per batch of ids, not one per id."""
         unique = list(set(ids))
-        if not all(i in self._bloom for i in unique):
+        bloom = self._filter()
+        if not all(i in bloom for i in unique):
             return False
         for k in range(0, len(unique), _BATCH):
             part = unique[k : k + _BATCH]
@@ -206,17 +216,23 @@ class BlobIndex:
         (pid,) = db.execute("SELECT pid FROM packs WHERE id = ?", (pack_id,)).fetchone()
         rows = [(e.id, pid, int(e.type), e.offset, e.length) for e in entries]
         db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
-        for r in rows:
-            self._bloom.add(r[0])
+        if self._bloom_ready:  # else it is built from the table when first needed
+            for r in rows:
+                self._bloom.add(r[0])
 
     def has_index_file(self, name: str) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1 FROM index_files WHERE name = ?", (name,)).fetchone() is not None
 
-    def add_index_file(self, data: bytes, name: str | None = None) -> int:
-        """Record every pack an index file lists (parsed fully before anything is written);
-        returns the number of packs."""
-        packs = list(parse_index(data))
+    def note_index_file(self, name: str) -> None:
+        """Record an index file this process wrote (its packs were added as they uploaded)."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO index_files VALUES (?)", (name,))
+
+    def add_index_file(self, data: bytes, name: str | None = None, *, only: set[bytes] | None = None) -> int:
+        """Record the packs an index file lists (all, or those in ``only``), parsed fully before
+        anything is written; returns the number of packs recorded."""
+        packs = [(p, e) for p, e in parse_index(data) if only is None or p in only]
         with self._lock, self._db:
             self._db.execute("BEGIN")
             for pack_id, entries in packs:
@@ -254,43 +270,41 @@ class BlobIndex:
             for table in ("blobs", "packs", "index_files"):
                 self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             self._set_intact(False)
-            self._bloom = _Bloom()
+            self._bloom, self._bloom_ready = _Bloom(), False
 
 
 class RefSet:
-    """A set of 32-byte blob ids kept in a temporary SQLite file; iterates sorted."""
+    """A multiset of 32-byte blob ids kept in a temporary SQLite file, iterated sorted and
+    unique. Appending to a plain table is cheaper than keeping a unique index up to date;
+    SQLite sorts once (spilling to disk if large) when the snapshot is written."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._db = _connect(None)
-        self._db.execute("CREATE TABLE refs (id BLOB PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("CREATE TABLE refs (id BLOB NOT NULL)")
 
     def add(self, blob_id: bytes) -> None:
         with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO refs VALUES (?)", (blob_id,))
+            self._db.execute("INSERT INTO refs VALUES (?)", (blob_id,))
 
     def update(self, ids: Iterable[bytes]) -> None:
         with self._lock:
-            self._db.executemany("INSERT OR IGNORE INTO refs VALUES (?)", ((i,) for i in ids))
+            self._db.executemany("INSERT INTO refs VALUES (?)", ((i,) for i in ids))
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM refs").fetchone()[0])
-
-    def __contains__(self, blob_id: object) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM refs WHERE id = ?", (blob_id,)).fetchone() is not None
+            return int(self._db.execute("SELECT count(DISTINCT id) FROM refs").fetchone()[0])
 
     def __iter__(self) -> Iterator[bytes]:
-        last = b""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("SELECT DISTINCT id FROM refs ORDER BY id")
         while True:
             with self._lock:
-                rows = self._db.execute("SELECT id FROM refs WHERE id > ? ORDER BY id LIMIT 8192",
-                                        (last,)).fetchall()
+                rows = cur.fetchmany(8192)
             if not rows:
                 return
             yield from (r[0] for r in rows)
-            last = rows[-1][0]
 
     def clear(self) -> None:
         with self._lock:

@@ -55,19 +55,25 @@ class Repository:
     # --- index --------------------------------------------------------------------------
 
     def load_index(self, *, scan_packs: bool = True) -> int:
-        """Load index files; with ``scan_packs`` also index packs no index file names yet
-        (left by a killed backup), by reading their plain headers. Returns packs scanned."""
+        """Load the index files not seen yet; with ``scan_packs`` (the default) first list the
+        packs, forget indexed packs the storage no longer holds, take from index files only
+        packs that exist (a blob stored twice must not be located in a vanished copy), then
+        read the plain headers of packs no index file names (left by a killed backup).
+        Returns the number of packs scanned."""
+        present: set[bytes] | None = None
+        packs = []
+        if scan_packs:
+            packs = list(self.backend.list(FileType.DATA))
+            present = {bytes.fromhex(fi.name) for fi in packs}
+            self.index.retain_packs(present)  # forget collected packs
         for fi in self.backend.list(FileType.INDEX):
             if self.index.has_index_file(fi.name):
                 continue
             try:
-                self.index.add_index_file(self.backend.load(Handle(FileType.INDEX, fi.name)), fi.name)
+                data = self.backend.load(Handle(FileType.INDEX, fi.name))
             except NotFound:
                 continue  # removed by a concurrent GC
-        if not scan_packs:
-            return 0
-        packs = list(self.backend.list(FileType.DATA))
-        self.index.retain_packs({bytes.fromhex(fi.name) for fi in packs})  # forget collected packs
+            self.index.add_index_file(data, fi.name, only=present)
         missing = [fi for fi in packs if not self.index.has_pack(bytes.fromhex(fi.name))]
         for fi in missing:
             try:
@@ -222,10 +228,12 @@ class WriteSession:
 
     def _write_index(self, packs: list[tuple[bytes, list[PackEntry]]]) -> None:
         data = encode_index(packs)
+        name = hashlib.sha256(data).hexdigest()
         try:
-            self.repo.backend.save(Handle(FileType.INDEX, hashlib.sha256(data).hexdigest()), data)
+            self.repo.backend.save(Handle(FileType.INDEX, name), data)
         except AlreadyExists:
             pass
+        self.repo.index.note_index_file(name)  # its packs are indexed already: never download it
 
     def commit(self, plain: dict[str, object], refs: Iterable[bytes], meta: dict[str, object]) -> str:
         """Write the snapshot (after ``flush``); returns its name."""

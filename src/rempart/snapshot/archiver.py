@@ -256,7 +256,7 @@ class Archiver:
                 ids.extend(n.content)
             if n.subtree is not None:
                 ids.append(n.subtree)
-        if prev is not None and prev[0] == sig and self.session.known(prev[1]):
+        if prev is not None and prev[0] == sig and (self.session.repo.index.intact or self.session.known(prev[1])):
             bid = prev[1]  # nothing in this folder changed: its tree is the previous one
             with self._stats_lock:
                 self.stats.trees_reused += 1
