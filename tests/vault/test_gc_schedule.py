@@ -189,34 +189,37 @@ def test_scheduled_gc_never_removes_a_referenced_blob_while_uploads_race(gc_vaul
 
 def test_sigkill_during_scheduled_gc_leaves_a_consistent_index(tmp_path: Path) -> None:
     v = scheduled_vault(tmp_path / "vault", "enabled = false")
-    v.start()
-    name, toks = v.add_practice(keep_last=1, min_age_days=0, **NO_CALENDAR)
-    b = v.backend(name, toks["backup"])
-    s, keep, ids = garbage_and_one_snapshot(b, 400)
-    b.close()
-    v.stop()
-    before = len(storage_names(v, name, FileType.DATA))
-    text = v.cfg.read_text().replace("enabled = false", "interval_seconds = 1\njitter_seconds = 0")
-    v.cfg.write_text(text)
-    v.start()
-    # kill as soon as the scheduled pass has started deleting
-    assert wait_for(lambda: len(storage_names(v, name, FileType.DATA)) < before, 30)
-    v.kill()
-    left = storage_names(v, name, FileType.DATA)
-    v.cfg.write_text(text.replace("interval_seconds = 1", "enabled = false"))
-    v.start()
-    check_consistent(v, name, toks["restore"], {s.name: s.data}, exact=False)
-    rb = v.backend(name, toks["restore"])
-    assert rb.exists(ids) == {i.hex() for i in ids}
-    rb.close()
-    v.stop()
-    cli(v.cfg, "gc")  # the next pass finishes what the killed one started
-    v.start()
-    check_consistent(v, name, toks["restore"], {s.name: s.data}, exact=True)
-    assert storage_names(v, name, FileType.DATA) == {keep.name}
-    assert len(left) > 1, "the pass had finished before the kill: nothing was tested"
-    with v.admin() as c:
-        assert c.get("/v1/admin/audit/verify").json()["ok"]
+    try:
+        v.start()
+        name, toks = v.add_practice(keep_last=1, min_age_days=0, **NO_CALENDAR)
+        b = v.backend(name, toks["backup"])
+        s, keep, ids = garbage_and_one_snapshot(b, 400)
+        b.close()
+        v.stop()
+        before = len(storage_names(v, name, FileType.DATA))
+        text = v.cfg.read_text().replace("enabled = false", "interval_seconds = 1\njitter_seconds = 0")
+        v.cfg.write_text(text)
+        v.start()
+        # kill as soon as the scheduled pass has started deleting
+        assert wait_for(lambda: len(storage_names(v, name, FileType.DATA)) < before, 30)
+        v.kill()
+        left = storage_names(v, name, FileType.DATA)
+        v.cfg.write_text(text.replace("interval_seconds = 1", "enabled = false"))
+        v.start()
+        check_consistent(v, name, toks["restore"], {s.name: s.data}, exact=False)
+        rb = v.backend(name, toks["restore"])
+        assert rb.exists(ids) == {i.hex() for i in ids}
+        rb.close()
+        v.stop()
+        cli(v.cfg, "gc")  # the next pass finishes what the killed one started
+        v.start()
+        check_consistent(v, name, toks["restore"], {s.name: s.data}, exact=True)
+        assert storage_names(v, name, FileType.DATA) == {keep.name}
+        assert len(left) > 1, "the pass had finished before the kill: nothing was tested"
+        with v.admin() as c:
+            assert c.get("/v1/admin/audit/verify").json()["ok"]
+    finally:
+        v.stop()  # the last start() must not outlive the test
 
 
 def test_first_pass_is_due_one_interval_after_the_last_one_across_restarts(tmp_path: Path) -> None:
