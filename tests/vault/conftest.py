@@ -152,3 +152,24 @@ def own_vault(tmp_path: Path) -> Iterator[VaultProc]:
         yield v
     finally:
         v.stop()
+
+
+def s3_vault(root: Path, seaweed: Any, bucket: str) -> VaultProc:
+    """A vault (not started) storing in ``bucket`` of the SeaweedFS fixture, Object Lock 1 day."""
+    (port,) = free_ports(1)
+    cfg = write_config(root, port, extra=f"""
+[storage]
+kind = "s3"
+endpoint = "{seaweed.endpoint}"
+bucket = "{bucket}"
+region = "{seaweed.region}"
+access_key = "{seaweed.admin.access_key}"
+secret_key = "{seaweed.admin.secret_key}"
+lock_days = 1
+[retention]
+min_age_days = 1
+""")
+    v = VaultProc(root, cfg, port)
+    v.pin = cli(cfg, "fingerprint").stdout.strip()
+    v.admin_token = cli(cfg, "admin-token").stdout.strip().splitlines()[-1]
+    return v

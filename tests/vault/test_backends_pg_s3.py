@@ -21,7 +21,7 @@ from rempart.vault import practices as ops
 from rempart.vault.bootstrap import open_vault
 from rempart.vault.config import parse_config
 
-from .conftest import VaultProc, cli, write_config
+from .conftest import s3_vault
 from .objects import make_pack, make_snapshot
 
 
@@ -65,25 +65,7 @@ def s3(seaweed: Any) -> Any:
 
 def test_s3_object_lock_storage_refuses_deletion_and_overwrite(seaweed: Any, tmp_path: Path) -> None:
     bucket = f"vault-{uuid.uuid4().hex[:10]}"
-    root = tmp_path / "v"
-    from rempart.testing.servers import free_ports
-
-    (port,) = free_ports(1)
-    cfg = write_config(root, port, extra=f"""
-[storage]
-kind = "s3"
-endpoint = "{seaweed.endpoint}"
-bucket = "{bucket}"
-region = "{seaweed.region}"
-access_key = "{seaweed.admin.access_key}"
-secret_key = "{seaweed.admin.secret_key}"
-lock_days = 1
-[retention]
-min_age_days = 1
-""")
-    v = VaultProc(root, cfg, port)
-    v.pin = cli(cfg, "fingerprint").stdout.strip()
-    v.admin_token = cli(cfg, "admin-token").stdout.strip().splitlines()[-1]
+    v = s3_vault(tmp_path / "v", seaweed, bucket)
     v.start()
     try:
         name, toks = v.add_practice()

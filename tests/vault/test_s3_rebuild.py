@@ -10,30 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from rempart.storage.base import FileType, Handle
-from rempart.testing.servers import free_ports
 
-from .conftest import VaultProc, cli, write_config
+from .conftest import cli, s3_vault
 from .objects import make_config, make_pack, make_snapshot
-
-
-def s3_vault(root: Path, seaweed: Any, bucket: str) -> VaultProc:
-    (port,) = free_ports(1)
-    cfg = write_config(root, port, extra=f"""
-[storage]
-kind = "s3"
-endpoint = "{seaweed.endpoint}"
-bucket = "{bucket}"
-region = "{seaweed.region}"
-access_key = "{seaweed.admin.access_key}"
-secret_key = "{seaweed.admin.secret_key}"
-lock_days = 1
-[retention]
-min_age_days = 1
-""")
-    v = VaultProc(root, cfg, port)
-    v.pin = cli(cfg, "fingerprint").stdout.strip()
-    v.admin_token = cli(cfg, "admin-token").stdout.strip().splitlines()[-1]
-    return v
 
 
 def test_s3_rebuild_index_from_the_bucket_alone(seaweed: Any, tmp_path: Path) -> None:
