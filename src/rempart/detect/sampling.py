@@ -52,7 +52,13 @@ class SampleView:
 
     def __init__(self, size: int, ranges: Sequence[tuple[int, bytes]]) -> None:
         self.size = size
-        self.ranges = sorted(((off, bytes(data)) for off, data in ranges), key=lambda r: r[0])
+        # the archiver hands over bytes in offset order: keep its list as it is (no copy)
+        if all(type(data) is bytes for _, data in ranges) and all(
+            ranges[i][0] <= ranges[i + 1][0] for i in range(len(ranges) - 1)
+        ):
+            self.ranges = list(ranges)
+        else:
+            self.ranges = sorted(((off, bytes(data)) for off, data in ranges), key=lambda r: r[0])
         first = self.ranges[0] if self.ranges else None
         self.head = first[1] if first is not None and first[0] == 0 else b""
         last = self.ranges[-1] if self.ranges else None

@@ -56,9 +56,18 @@ class Folder:
 
 
 def collect_samples(plan: list[tuple[int, int]], out: list[tuple[int, bytes]], offset: int, chunk: memoryview) -> None:
+    """Append to ``out`` the bytes of ``chunk`` (file bytes from ``offset``) that fall in the
+    planned ranges; ``plan`` is sorted by offset (the observer's contract), so the loop stops at
+    the first range past the chunk."""
     end = offset + len(chunk)
     for start, length in plan:
-        lo, hi = max(start, offset), min(start + length, end)
+        if start >= end:
+            break
+        stop = start + length
+        if stop <= offset:
+            continue
+        lo = start if start > offset else offset
+        hi = stop if stop < end else end
         if lo < hi:
             if out and out[-1][0] + len(out[-1][1]) == lo and _same_range(plan, out[-1][0], lo):
                 out[-1] = (out[-1][0], out[-1][1] + bytes(chunk[lo - offset : hi - offset]))
