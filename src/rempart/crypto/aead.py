@@ -34,7 +34,7 @@ class DataKey:
     def raw(self) -> bytes:
         return self._raw
 
-    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+    def seal(self, plaintext: bytes | memoryview, aad: bytes | bytearray) -> bytes:
         nonce = os.urandom(NONCE_LEN)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 

@@ -124,26 +124,30 @@ class SnapshotPlain:
         return bytes.fromhex(str(self.plain["tree"]))
 
 
-def encode_snapshot_prefix(plain: dict[str, object], refs: Iterable[bytes], envelope: bytes) -> bytes:
-    """``refs`` may be any iterable; one already sorted and unique (a RefSet) is streamed
-    without being held twice in memory."""
+def encode_snapshot_prefix(plain: dict[str, object], refs: Iterable[bytes], envelope: bytes) -> bytearray:
+    """``refs`` may be any iterable; one already sorted and unique (a RefSet) is streamed into
+    the one output buffer without being held twice in memory."""
     pj = json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
-    ids = bytearray()
+    out = bytearray(SNAP_MAGIC + struct.pack("<BI", VERSION, len(pj)) + pj + b"\0\0\0\0")
+    start = len(out)
     prev = b""
     it = iter(refs)
     for r in it:
         if r <= prev:  # not sorted: fall back to sorting everything
-            rest = {bytes(ids[i : i + 32]) for i in range(0, len(ids), 32)} | {r} | set(it)
-            ids = bytearray(b"".join(sorted(rest)))
+            rest = {bytes(out[k : k + 32]) for k in range(start, len(out), 32)} | {r} | set(it)
+            del out[start:]
+            out += b"".join(sorted(rest))
             break
-        ids += r
+        out += r
         prev = r
-    return b"".join(
-        [SNAP_MAGIC, struct.pack("<BI", VERSION, len(pj)), pj, struct.pack("<I", len(ids) // 32), ids, envelope]
-    )
+    struct.pack_into("<I", out, start - 4, (len(out) - start) // 32)
+    out += envelope
+    return out
 
 
 def parse_snapshot(data: bytes) -> SnapshotPlain:
+    if not isinstance(data, bytes):
+        data = bytes(data)  # ids must come out as (hashable) bytes
     try:
         if data[:4] != SNAP_MAGIC or data[4] != VERSION:
             raise IntegrityError("not a snapshot file (bad magic or version)")

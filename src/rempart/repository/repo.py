@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 from rempart.core.errors import AlreadyExists, IntegrityError, NotFound
 from rempart.crypto.aead import DataKey
@@ -237,11 +238,11 @@ class WriteSession:
 
     def commit(self, plain: dict[str, object], refs: Iterable[bytes], meta: dict[str, object]) -> str:
         """Write the snapshot (after ``flush``); returns its name."""
-        prefix = encode_snapshot_prefix(plain, refs, self.envelope)
-        sealed = self.key.seal(json.dumps(meta, sort_keys=True).encode(), prefix)
-        data = prefix + sealed
+        data = encode_snapshot_prefix(plain, refs, self.envelope)  # grows in place: no copies
+        data += self.key.seal(json.dumps(meta, sort_keys=True).encode(), data)
         name = hashlib.sha256(data).hexdigest()
-        self.repo.backend.save(Handle(FileType.SNAPSHOT, name), data)
+        # every backend takes a bytes-like object (local writes it, remote ones copy it once)
+        self.repo.backend.save(Handle(FileType.SNAPSHOT, name), cast(bytes, data))
         return name
 
     def close(self) -> None:
