@@ -176,6 +176,19 @@ def many_agents(work: Path, vault: Vault, agents: int, size_mb: int) -> dict[str
     return {"agents": agents, "agent_mib": size_mb, "errors": errors, "wall_s": round(time.perf_counter() - t, 2)}
 
 
+def server_stack() -> str:
+    """Which HTTP parser and event loop uvicorn picks for the vault (it prefers httptools and
+    uvloop when they are installed): the vault's CPU per MiB depends on them."""
+    names = []
+    for fast, slow in (("httptools", "h11"), ("uvloop", "asyncio")):
+        try:
+            __import__(fast)
+            names.append(fast)
+        except ImportError:
+            names.append(slow)
+    return "+".join(names)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=100)
@@ -192,7 +205,7 @@ def main() -> int:
         result: dict[str, object] = {
             "throughput": runs[0] if len(runs) == 1 else
             {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"runs": len(runs)},
-            "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
+            "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "server_stack": server_stack()}
         if len(runs) > 1:
             result["each_run"] = runs
         if a.agents:

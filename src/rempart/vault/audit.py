@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,18 @@ def append(conn: Connection, *, time: float, actor: str, action: str, practice: 
     return seq, h
 
 
+_CHECKPOINT_LOCK = threading.Lock()
+
+
 def write_checkpoint(path: Path, seq: int, head: str) -> None:
-    """Record (seq, head) if it is newer than what the file holds (atomic replace)."""
+    """Record (seq, head) if it is newer than what the file holds (atomic replace). Serialised:
+    request threads of one vault ingest at once (a shared temporary file vanished under one of
+    them, an HTTP 500; and a late older count could replace a newer one)."""
+    with _CHECKPOINT_LOCK:
+        _write_checkpoint(path, seq, head)
+
+
+def _write_checkpoint(path: Path, seq: int, head: str) -> None:
     try:
         old = json.loads(path.read_text())
         if int(old.get("count", 0)) >= seq:
