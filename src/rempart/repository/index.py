@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rempart.core.errors import RepositoryError
 from rempart.repository.format import BlobType, PackEntry, parse_index
@@ -42,7 +42,7 @@ _BATCH = 500  # ids per IN (...) query (SQLite allows 999 parameters on old buil
 class _Bloom:
     """A fixed-size Bloom filter over blob ids (uniformly random keyed hashes, so slices of
     the id serve as the k hash values). Answers most "is this new chunk known?" questions
-    without a query; 4 MiB of bits keep false positives under 1 % up to ~3.5 million blobs."""
+    without a query; 4 MiB of bits keep false positives under 1 % up to ~2.5 million blobs."""
 
     BITS = 1 << 25
 
@@ -144,19 +144,21 @@ class BlobIndex:
         with self._lock:
             return self._db.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is not None
 
+    def _rows_in(self, select: str, ids: list[bytes]) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``select ... WHERE blobs.id IN (ids)``, one query per batch of ids."""
+        for k in range(0, len(ids), _BATCH):
+            part = ids[k : k + _BATCH]
+            with self._lock:
+                rows = self._db.execute(f"{select} WHERE blobs.id IN ({','.join('?' * len(part))})", part).fetchall()
+            yield from rows
+
     def contains_all(self, ids: Iterable[bytes]) -> bool:
         """Whether every id is indexed: one query per batch of ids, not one per id."""
         unique = list(set(ids))
         bloom = self._filter()
         if not all(i in bloom for i in unique):
             return False
-        for k in range(0, len(unique), _BATCH):
-            part = unique[k : k + _BATCH]
-            sql = f"SELECT count(*) FROM blobs WHERE id IN ({','.join('?' * len(part))})"  # noqa: S608
-            with self._lock:
-                if self._db.execute(sql, part).fetchone()[0] != len(part):
-                    return False
-        return True
+        return sum(1 for _ in self._rows_in("SELECT id FROM blobs", unique)) == len(unique)
 
     def get(self, blob_id: bytes) -> BlobLocation | None:
         with self._lock:
@@ -167,17 +169,9 @@ class BlobIndex:
 
     def get_many(self, ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
         """Locations of the indexed ones among ``ids``: one query per batch of ids."""
-        unique = list(set(ids))
-        out: dict[bytes, BlobLocation] = {}
-        for k in range(0, len(unique), _BATCH):
-            part = unique[k : k + _BATCH]
-            sql = ("SELECT blobs.id, packs.id, type, off, len FROM blobs JOIN packs USING (pid) "  # noqa: S608
-                   f"WHERE blobs.id IN ({','.join('?' * len(part))})")
-            with self._lock:
-                rows = self._db.execute(sql, part).fetchall()
-            for bid, pack, t, off, n in rows:
-                out[bid] = BlobLocation(pack, BlobType(t), off, n)
-        return out
+        rows = self._rows_in("SELECT blobs.id, packs.id, type, off, len FROM blobs JOIN packs USING (pid)",
+                             list(set(ids)))
+        return {bid: BlobLocation(pack, BlobType(t), off, n) for bid, pack, t, off, n in rows}
 
     def has_pack(self, pack_id: bytes) -> bool:
         with self._lock:
@@ -305,10 +299,6 @@ class RefSet:
             if not rows:
                 return
             yield from (r[0] for r in rows)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM refs")
 
     def close(self) -> None:
         with self._lock:
