@@ -167,10 +167,14 @@ def test_read_session_fetches_each_pack_once() -> None:
     session = ReadSession(repo, priv, idk)
     assert list(session.load_blobs([*ids, ids[-1], ids[-1]], verify=True)) == [*blobs, blobs[-1], blobs[-1]]
     assert counted.calls["load"] - loads_before <= 3  # one run, the pack header for the key: not 50 reads
-    cached = ReadSession(repo, priv, idk, pack_cache=64 * 2**20)
+    # every other blob: with max_gap the gaps are stepped over (one read), without it 25 reads
+    gappy = ReadSession(repo, priv, idk, max_gap=5100, readahead=2)
     before = counted.calls["load"]
-    assert [cached.load_blob(i) for i in reversed(ids)] == blobs[::-1]  # jumping around
+    assert list(gappy.load_blobs(ids[::2], verify=True)) == blobs[::2]
     assert counted.calls["load"] - before <= 3
+    before = counted.calls["load"]
+    assert list(session.load_blobs(ids[::2], verify=True)) == blobs[::2]
+    assert counted.calls["load"] - before >= 25
 
 
 def test_tree_bytes_same_whether_features_come_parsed_or_raw() -> None:

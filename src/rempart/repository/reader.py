@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import zstandard
 
@@ -36,26 +37,30 @@ def _decompress(plain: bytes) -> bytes:
 class ReadSession:
     """Decrypts blobs and snapshot metadata: needs the recovery private key (the kit).
 
-    ``load_blobs`` reads runs of blobs that lie back to back in a pack with one request (a file
-    written in one go is usually one run), which is what makes restores fast over a vault link
-    without holding whole packs in memory. An optional LRU of whole packs (``pack_cache`` bytes,
-    off by default) serves callers that jump around.
+    ``load_blobs`` reads neighbouring blobs of a pack with one ranged request (a file written in
+    one go is usually one run; small files backed up one after the other are neighbours too), so
+    restores are fast over a vault link without fetching or holding whole packs. ``max_gap``
+    lets a run step over up to that many unneeded bytes between two wanted blobs (worth it over
+    a network, where a request costs a round trip); ``readahead`` keeps that many further runs
+    being fetched (on a small shared pool) while the current one is decrypted and written.
+    Memory per stream: at most ``(1 + readahead) * max_run`` bytes of sealed data.
     """
 
     MAX_RUN = 4 * 1024 * 1024
     LOOKUP_WINDOW = 512
 
     def __init__(self, repo: Repository, private_key: RecoveryPrivateKey, id_key: IdKey | None = None,
-                 *, pack_cache: int = 0) -> None:
+                 *, max_gap: int = 0, readahead: int = 0, max_run: int | None = None) -> None:
         self.repo = repo
         self.private_key = private_key
         self.id_key = id_key
-        self._envelopes: dict[bytes, bytes] = {}
+        self.max_gap = max(0, max_gap)
+        self.max_run = max_run or self.MAX_RUN
+        self.readahead = max(0, readahead)
         self._lock = threading.Lock()
-        self._packs: OrderedDict[bytes, bytes] = OrderedDict()
-        self._pack_cache = pack_cache
         self._fetching: dict[bytes, threading.Lock] = {}
         self._keys: dict[bytes, DataKey] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     def pack_key(self, pack: bytes) -> DataKey:
         """The data key of ``pack``: its header is read and its envelope unwrapped once."""
@@ -63,13 +68,12 @@ class ReadSession:
         if key is not None:
             return key
         with self._lock:
-            env = self._envelopes.get(pack)
-        if env is None:
-            env = self.repo.read_pack_header(pack.hex()).envelope
-            with self._lock:
-                self._envelopes[pack] = env
-        key = self.private_key.unwrap(env)
-        self._keys[pack] = key
+            fetch = self._fetching.setdefault(pack, threading.Lock())
+        with fetch:  # read once even when several readers meet a new pack at the same time
+            key = self._keys.get(pack)
+            if key is None:
+                key = self.private_key.unwrap(self.repo.read_pack_header(pack.hex()).envelope)
+                self._keys[pack] = key
         return key
 
     def locate(self, ids: list[bytes]) -> list[BlobLocation | None]:
@@ -81,71 +85,93 @@ class ReadSession:
         loc = self.repo.index.get(blob_id)
         if loc is None:
             raise IntegrityError(f"blob {blob_id.hex()[:12]} is missing from the repository")
-        pack = self._pack(loc.pack)
-        if pack is None:
-            sealed: bytes | memoryview = self.repo.backend.load(
-                Handle(FileType.DATA, loc.pack.hex()), offset=loc.offset, length=loc.length)
-        else:
-            if loc.offset + loc.length > len(pack):
-                raise IntegrityError(f"pack {loc.pack.hex()[:12]} is shorter than its index says")
-            sealed = memoryview(pack)[loc.offset : loc.offset + loc.length]
+        sealed = self.repo.backend.load(Handle(FileType.DATA, loc.pack.hex()), offset=loc.offset, length=loc.length)
         return self.decode(loc.pack, loc.type, blob_id, sealed, verify=verify)
+
+    def runs(self, locs: list[BlobLocation | None]) -> Iterator[tuple[int, int, bytes, int, int]]:
+        """Split ``locs`` into runs ``(first, stop, pack, start, end)``: ``locs[first:stop]`` all
+        lie in ``pack`` within bytes ``start..end`` (at most ``max_run``), each at most
+        ``max_gap`` bytes after the run so far (a blob repeated inside the run costs nothing).
+        A missing blob is a run of its own with ``start == end == -1``."""
+        j = 0
+        while j < len(locs):
+            first = locs[j]
+            if first is None:
+                yield j, j + 1, b"", -1, -1
+                j += 1
+                continue
+            start, end = first.offset, first.offset + first.length
+            k = j + 1
+            while k < len(locs):
+                loc = locs[k]
+                if loc is None or loc.pack != first.pack or loc.offset < start or loc.offset > end + self.max_gap:
+                    break
+                new_end = max(end, loc.offset + loc.length)
+                if new_end - start > self.max_run:
+                    break
+                end = new_end
+                k += 1
+            yield j, k, first.pack, start, end
+            j = k
+
+    def _fetch(self, pack: bytes, start: int, end: int) -> memoryview:
+        if start < 0:  # a missing blob: reported when the reader reaches it
+            return memoryview(b"")
+        return memoryview(self.repo.backend.load(Handle(FileType.DATA, pack.hex()), offset=start, length=end - start))
+
+    def _fetched(self, plan: Iterator[tuple[int, int, bytes, int, int]]
+                 ) -> Iterator[tuple[int, int, bytes, int, memoryview]]:
+        """The runs of ``plan`` with their bytes, ``readahead`` runs fetched ahead."""
+        if not self.readahead:
+            for j, k, pack, start, end in plan:
+                yield j, k, pack, start, self._fetch(pack, start, end)
+            return
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readahead")
+            pool = self._pool
+        pending: deque[tuple[int, int, bytes, int, Future[memoryview]]] = deque()
+        try:
+            for j, k, pack, start, end in plan:
+                pending.append((j, k, pack, start, pool.submit(self._fetch, pack, start, end)))
+                if len(pending) > self.readahead:
+                    j0, k0, p0, s0, fut = pending.popleft()
+                    yield j0, k0, p0, s0, fut.result()
+            while pending:
+                j0, k0, p0, s0, fut = pending.popleft()
+                yield j0, k0, p0, s0, fut.result()
+        finally:
+            for *_, fut in pending:
+                fut.cancel()
 
     def load_blobs(self, ids: list[bytes], *, verify: bool = False,
                    locations: list[BlobLocation | None] | None = None) -> Iterator[bytes | memoryview]:
-        """The plaintexts of ``ids`` in order, coalescing contiguous reads.
+        """The plaintexts of ``ids`` in order, coalescing neighbouring reads (see :meth:`runs`).
 
-        Blobs that lie back to back in one pack (a file written in one go, or small files backed
-        up one after the other) are read with one request of at most ``MAX_RUN`` bytes. Stored
-        (uncompressed) blobs come back as memoryviews into the decrypted buffer, not copies: use
-        them before asking for many more. A repeated blob (zeros of a sparse file) is decoded once.
-        ``locations`` (from :meth:`locate`, same order) saves the index lookups.
+        Stored (uncompressed) blobs come back as memoryviews into the decrypted buffer, not
+        copies: use them before asking for many more. A repeated blob (zeros of a sparse file) is
+        decoded once. ``locations`` (from :meth:`locate`, same order) saves the index lookups.
         """
-        if self._pack_cache > 0:  # remote: whole packs from the LRU
-            yield from self._load_cached(ids, verify)
-            return
         last_id: bytes | None = None
         last: bytes | memoryview = b""
         for w in range(0, len(ids), self.LOOKUP_WINDOW):
             window = ids[w : w + self.LOOKUP_WINDOW]
             locs = self.locate(window) if locations is None else locations[w : w + self.LOOKUP_WINDOW]
-            j = 0
-            while j < len(window):
-                if window[j] == last_id:
-                    yield last
-                    j += 1
-                    continue
-                first = locs[j]
-                if first is None:
+            for j, k, pack, start, raw in self._fetched(self.runs(locs)):
+                if start < 0:
+                    if window[j] == last_id:
+                        yield last
+                        continue
                     raise IntegrityError(f"blob {window[j].hex()[:12]} is missing from the repository")
-                end = first.offset + first.length
-                k = j + 1
-                while k < len(window):
-                    loc = locs[k]
-                    if (loc is None or loc.pack != first.pack or loc.offset != end
-                            or end + loc.length - first.offset > self.MAX_RUN):
-                        break
-                    end += loc.length
-                    k += 1
-                raw = memoryview(self.repo.backend.load(Handle(FileType.DATA, first.pack.hex()),
-                                                        offset=first.offset, length=end - first.offset))
-                key = self.pack_key(first.pack)
+                key = self.pack_key(pack)
                 for m in range(j, k):
-                    loc = locs[m]
-                    assert loc is not None
-                    rel = loc.offset - first.offset
-                    last = self._open_view(key, loc.type, window[m], raw[rel : rel + loc.length], verify)
-                    last_id = window[m]
+                    if window[m] != last_id:
+                        loc = locs[m]
+                        assert loc is not None
+                        rel = loc.offset - start
+                        last = self._open_view(key, loc.type, window[m], raw[rel : rel + loc.length], verify)
+                        last_id = window[m]
                     yield last
-                j = k
-
-    def _load_cached(self, ids: list[bytes], verify: bool) -> Iterator[bytes]:
-        last_id: bytes | None = None
-        last = b""
-        for bid in ids:
-            if bid != last_id:
-                last, last_id = self.load_blob(bid, verify=verify), bid
-            yield last
 
     def _open_view(self, key: DataKey, btype: BlobType, blob_id: bytes, sealed: memoryview,
                    verify: bool) -> bytes | memoryview:
@@ -162,31 +188,6 @@ class ReadSession:
         if verify and self.id_key is not None and self.id_key.blob_id(out) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:12]} does not match its id")
         return out
-
-    def _pack(self, pack_id: bytes) -> bytes | None:
-        """The whole pack from the LRU (fetched once even when threads race), or None when
-        caching is off."""
-        if self._pack_cache <= 0:
-            return None
-        with self._lock:
-            data = self._packs.get(pack_id)
-            if data is not None:
-                self._packs.move_to_end(pack_id)
-                return data
-            fetch = self._fetching.setdefault(pack_id, threading.Lock())
-        with fetch:
-            with self._lock:
-                data = self._packs.get(pack_id)
-            if data is None:
-                data = self.repo.backend.load(Handle(FileType.DATA, pack_id.hex()))
-                with self._lock:
-                    self._packs[pack_id] = data
-                    total = sum(len(v) for v in self._packs.values())
-                    while total > self._pack_cache and len(self._packs) > 1:
-                        total -= len(self._packs.popitem(last=False)[1])
-        with self._lock:
-            self._fetching.pop(pack_id, None)
-        return data
 
     def decode(self, pack: bytes, btype: BlobType, blob_id: bytes, sealed: bytes | memoryview, *,
                verify: bool = False) -> bytes:

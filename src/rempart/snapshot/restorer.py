@@ -44,9 +44,28 @@ class TreeReader:
 
     def __init__(self, session: ReadSession) -> None:
         self.session = session
+        self._ahead: dict[bytes, bytes] = {}
+
+    def prefetch(self, tree_ids: list[bytes]) -> None:
+        """Read these trees now, together (neighbouring trees of a pack in one request, instead
+        of one request each when the walk reaches them); :meth:`tree` takes them from here once."""
+        want = [t for t in dict.fromkeys(tree_ids) if t not in self._ahead]
+        if len(want) < 2:
+            return
+        try:
+            found = self.session.locate(want)
+            # in pack order: a folder's trees were written children first, so neighbours in a
+            # pack are often listed in the opposite order
+            order = sorted(range(len(want)), key=lambda i: (lambda loc: (loc.pack, loc.offset) if loc else (b"", -1))(found[i]))
+            ids = [want[i] for i in order]
+            for tid, data in zip(ids, self.session.load_blobs(ids, locations=[found[i] for i in order]), strict=False):
+                self._ahead[tid] = bytes(data)
+        except (IntegrityError, DecryptionError):
+            pass  # a damaged tree fails (with its own error) when the walk reaches it
 
     def tree(self, tree_id: bytes) -> list[Node]:
-        nodes = decode_tree(self.session.load_blob(tree_id))
+        data = self._ahead.pop(tree_id, None)
+        nodes = decode_tree(self.session.load_blob(tree_id) if data is None else data)
         for n in nodes:
             check_name(n.name)
         return nodes
@@ -98,6 +117,9 @@ class Restorer:
         self._dir_times: list[tuple[str, Node]] = []
         self._root_fd = -1
         self._exclude: set[PurePosixPath] = set()
+        #: over a network the session steps over gaps between blobs, so larger batches let more
+        #: neighbouring small files share one request (memory does not grow: batches stream)
+        self.batch_bytes = self.BATCH_BYTES * (4 if session.max_gap else 1)
         self._batch: list[tuple[str, Node]] = []
         self._batch_bytes = 0
         self._failed: BaseException | None = None
@@ -150,7 +172,10 @@ class Restorer:
     def _restore_tree(self, tree_id: bytes, rel: str, path: PurePosixPath,
                       include: list[PurePosixPath] | None) -> None:
         filtered = bool(include or self._exclude)  # else skip the (slow) PurePosixPath work
-        for node in self.reader.tree(tree_id):
+        nodes = self.reader.tree(tree_id)
+        if not filtered:  # the subfolders' trees in one go (a filtered restore may skip most)
+            self.reader.prefetch([n.subtree for n in nodes if n.type == KIND_DIR and n.subtree is not None])
+        for node in nodes:
             child = f"{rel}/{node.name}" if rel else node.name
             p = path
             take = True
@@ -180,11 +205,11 @@ class Restorer:
                 _set_times(node, child, self._root_fd)
 
     def _add_file(self, rel: str, node: Node) -> None:
-        if self._batch and self._batch_bytes + node.size > self.BATCH_BYTES:
+        if self._batch and self._batch_bytes + node.size > self.batch_bytes:
             self._flush()
         self._batch.append((rel, node))
         self._batch_bytes += node.size
-        if self._batch_bytes >= self.BATCH_BYTES or len(self._batch) >= self.BATCH_FILES:
+        if self._batch_bytes >= self.batch_bytes or len(self._batch) >= self.BATCH_FILES:
             self._flush()
 
     def _flush(self) -> None:

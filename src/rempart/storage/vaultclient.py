@@ -26,7 +26,6 @@ import re
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -118,10 +117,12 @@ def translate(resp: httpx.Response) -> E.RempartError:
 
 
 class _BulkConnections:
-    """Keep-alive ``http.client`` connections for whole-pack downloads (16 MiB bodies): reading a
-    large body through them costs about a quarter of the client CPU of httpx/h11 (which handles
-    every 16 KiB TLS record as an event) and about half the wall time on loopback. Same TLS
-    context (CA or pinned certificate) and headers as the httpx client."""
+    """Keep-alive ``http.client`` connections for object downloads (whole objects and the ranged
+    pack reads of a restore, up to a few MiB each): reading a large body through them costs about
+    a quarter of the client CPU of httpx/h11 (which handles every 16 KiB TLS record as an event)
+    and about half the wall time on loopback. Same TLS context (CA or pinned certificate) and
+    headers as the httpx client. Thread-safe: each request takes an idle connection or opens
+    one, so concurrent readers each have their own."""
 
     def __init__(self, scheme: str, host: str, port: int, ctx: ssl.SSLContext | None,
                  headers: dict[str, str], timeout: float, size: int) -> None:
@@ -138,10 +139,10 @@ class _BulkConnections:
             return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.ctx)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
-    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         conn = self._take()
         try:
-            conn.request("GET", path, headers=self.headers)
+            conn.request("GET", path, headers={**self.headers, **headers} if headers else self.headers)
             resp = conn.getresponse()
             body = resp.read()
         except BaseException:
@@ -168,7 +169,7 @@ class VaultBackend:
     def __init__(self, url: str, *, token: str, ca: str | Path | None = None, pin: str | None = None,
                  timeout: float = 120.0, attempts: int = 2, base_delay: float = 0.5, max_delay: float = 30.0,
                  connections: int = 4, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None, pack_cache_bytes: int = 0) -> None:
+                 rng: random.Random | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise E.UserError("a vault location reads https://HOST:PORT/PRACTICE")
@@ -186,12 +187,6 @@ class VaultBackend:
         self._prefix = f"/v1/p/{practice}"
         self.properties = BackendProperties(connections=connections, location=f"{self.base}/{practice}")
         self._attempts, self._base_delay, self._max_delay = attempts, base_delay, max_delay
-        #: ranged reads of packs (restore reads blob by blob) are served from whole packs fetched
-        #: once and kept in a small LRU cache: one request per pack instead of one per blob
-        self._cache_limit = pack_cache_bytes
-        self._cache: OrderedDict[str, bytes] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._fetch_locks: dict[str, threading.Lock] = {}
         self.requests = 0
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -206,7 +201,7 @@ class VaultBackend:
         )
         self._bulk = _BulkConnections(parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
                                       verify if isinstance(verify, ssl.SSLContext) else None, headers, timeout,
-                                      connections)
+                                      connections * 2)  # restore workers + read-ahead: no TLS handshake churn
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -241,10 +236,10 @@ class VaultBackend:
             raise err
         return resp
 
-    def _send_bulk(self, path: str) -> bytes:
+    def _send_bulk(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         self.requests += 1
         try:
-            status, headers, body = self._bulk.get(path)
+            status, resp_headers, body = self._bulk.get(path, headers)
         except TimeoutError as exc:
             raise E.TransientError("vault: GET timed out") from exc
         except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
@@ -253,16 +248,12 @@ class VaultBackend:
                                             hint="check the CA file or the certificate pin") from exc
             raise E.TransientError(f"vault: connection problem ({type(exc).__name__})") from exc
         if status >= 400:
-            err = translate(httpx.Response(status, headers=headers, content=body))
+            err = translate(httpx.Response(status, headers=resp_headers, content=body))
             if status == 429:
-                ra = headers.get("retry-after", "")
+                ra = resp_headers.get("retry-after", "")
                 err.retry_after = float(ra) if ra.isdigit() else None  # type: ignore[attr-defined]
             raise err
-        return body
-
-    def _get_whole(self, h: Handle) -> bytes:
-        """A whole object through the bulk connections (packs for restore's pack cache)."""
-        return self._retry(lambda: self._send_bulk(self._path(h)))  # type: ignore[no-any-return]
+        return status, resp_headers, body
 
     def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return self._retry(lambda: self._send(method, path, **kw))  # type: ignore[no-any-return]
@@ -287,36 +278,11 @@ class VaultBackend:
         except E.AlreadyExists as exc:
             raise E.AlreadyExists(f"save {h}: already exists with other content") from exc
 
-    def _whole_pack(self, h: Handle) -> bytes:
-        with self._cache_lock:
-            data = self._cache.get(h.name)
-            if data is not None:
-                self._cache.move_to_end(h.name)
-                return data
-            lock = self._fetch_locks.setdefault(h.name, threading.Lock())
-        with lock:  # one fetch per pack even when several threads read it at once
-            with self._cache_lock:
-                data = self._cache.get(h.name)
-            if data is None:
-                data = self._get_whole(h)
-                with self._cache_lock:
-                    self._cache[h.name] = data
-                    total = sum(len(v) for v in self._cache.values())
-                    while total > self._cache_limit and len(self._cache) > 1:
-                        _, old = self._cache.popitem(last=False)
-                        total -= len(old)
-        with self._cache_lock:
-            self._fetch_locks.pop(h.name, None)
-        return data
-
     def load(self, h: Handle, *, offset: int = 0, length: int | None = None) -> bytes:
-        if h.type is FileType.DATA and length and self._cache_limit:
-            data = self._whole_pack(h)[offset : offset + length]
-            if len(data) != length:
-                raise E.IntegrityError(f"load {h}: short read ({len(data)} of {length} bytes)")
-            return data
-        if h.type is FileType.DATA and not offset and length is None:
-            return self._get_whole(h)
+        """The object, or ``length`` bytes of it from ``offset`` (one ranged GET: a restore asks
+        for runs of neighbouring blobs, so no whole pack is fetched or kept)."""
+        if offset < 0 or (length is not None and length < 0):
+            raise E.UserError(f"load {h}: negative offset or length")
         if length == 0 or (offset and length is None):
             size = self.stat(h).size
             if offset > size:
@@ -327,12 +293,17 @@ class VaultBackend:
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
             headers["Range"] = f"bytes={offset}-{end}"
+        path = self._path(h)
         try:
-            data = self.request("GET", self._path(h), headers=headers).content
+            status, resp_headers, data = self._retry(lambda: self._send_bulk(path, headers))
         except E.UserError as exc:
             if "range" in exc.message.lower():
                 raise E.IntegrityError(f"load {h}: short read (range beyond the end)") from exc
             raise
+        if headers and status != 206:
+            raise E.IntegrityError(f"load {h}: the vault ignored the byte range (HTTP {status})")
+        if headers and not resp_headers.get("content-range", "").startswith(f"bytes {offset}-"):
+            raise E.IntegrityError(f"load {h}: the vault answered another byte range")
         if length is not None and len(data) != length:
             raise E.IntegrityError(f"load {h}: short read ({len(data)} of {length} bytes)")
         return data
