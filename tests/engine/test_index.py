@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from rempart.core.errors import RepositoryError
 from rempart.crypto.keys import IdKey, RecoveryPrivateKey
 from rempart.repository.config import CONFIG, new_config
-from rempart.repository.format import BlobType, PackEntry, encode_snapshot_prefix, parse_snapshot
+from rempart.repository.format import (
+    BlobType,
+    PackEntry,
+    encode_index,
+    encode_index_pack,
+    encode_snapshot_prefix,
+    join_index,
+    parse_index,
+    parse_snapshot,
+)
 from rempart.repository.index import BlobIndex, RefSet
 from rempart.repository.repo import Repository, WriteSession
 from rempart.storage.base import FileType, Handle
@@ -75,6 +84,38 @@ def test_persisted_index_downloads_only_new_index_files(tmp_path: Path) -> None:
     gone = [i for i in ids if i not in repo2.index]
     assert gone and all(repo2.index.get(i).pack != bytes.fromhex(pack.name) for i in ids if i in repo2.index)  # type: ignore[union-attr]
     repo2.close()
+
+
+def test_index_files_from_compact_sections_list_every_pack_header() -> None:
+    """The write session keeps 41-byte index sections per blob, not PackEntry objects; the
+    index files it writes (every INDEX_EVERY_PACKS packs, then at flush) still list exactly
+    each pack's header entries, and the encoding equals the one-shot encode_index."""
+    pid = b"\x07" * 32
+    es = [PackEntry(BlobType.DATA, bytes([i]) * 32, i * 100, 100) for i in range(5)]
+    assert join_index([encode_index_pack(pid, es)]) == encode_index([(pid, es)])
+    assert list(parse_index(join_index([]))) == []
+
+    mem = MemoryBackend()
+    priv, idk = RecoveryPrivateKey.generate(), IdKey.generate()
+    mem.save(CONFIG, new_config("2026-01-01T00:00:00Z", priv, idk, pack_size=8192).to_bytes())
+    repo = Repository.open(mem)
+    w = WriteSession(repo, idk)
+    for _ in range(120):  # ~3 blobs per pack: about 40 packs, so several index files
+        w.add_blob(BlobType.DATA, os.urandom(3000), compressible=False)
+    w.flush()
+    w.close()
+    listed: dict[bytes, list[PackEntry]] = {}
+    index_files = list(mem.list(FileType.INDEX))
+    assert len(index_files) >= 3
+    for fi in index_files:
+        for p, entries in parse_index(mem.load(Handle(FileType.INDEX, fi.name))):
+            assert p not in listed
+            listed[p] = entries
+    packs = list(mem.list(FileType.DATA))
+    assert len(packs) > 16 and set(listed) == {bytes.fromhex(fi.name) for fi in packs}
+    for fi in packs:
+        assert listed[bytes.fromhex(fi.name)] == list(repo.read_pack_header(fi.name, fi.size).entries)
+    assert sum(len(e) for e in listed.values()) == 120
 
 
 def test_damaged_index_cache_is_rebuilt_and_other_repo_refused(tmp_path: Path) -> None:

@@ -22,8 +22,9 @@ from rempart.repository.format import (
     PackEntry,
     PackHeader,
     SnapshotPlain,
-    encode_index,
+    encode_index_pack,
     encode_snapshot_prefix,
+    join_index,
     parse_pack_header,
     parse_snapshot,
 )
@@ -135,7 +136,8 @@ class WriteSession:
         self._pool = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="upload")
         self._slots = threading.BoundedSemaphore(max_inflight)
         self._futures: list[Future[None]] = []
-        self._unindexed: list[tuple[bytes, list[PackEntry]]] = []
+        #: index-file sections (encode_index_pack: 41 bytes per blob) of packs not in an index file yet
+        self._unindexed: list[bytes] = []
         #: ids of every blob the snapshot will reference (trees and contents), on disk
         self.refs = RefSet()
         self.stats = {"blobs_new": 0, "bytes_new": 0, "bytes_stored": 0, "packs": 0, "blobs_known": 0}
@@ -185,9 +187,10 @@ class WriteSession:
                     pass  # identical bytes (content-addressed): a harmless no-op
                 pid = bytes.fromhex(name)
                 self.repo.index.add_pack(pid, entries)
+                section = encode_index_pack(pid, entries)
                 with self._lock:
                     self._pending.difference_update(e.id for e in entries)  # now in the index
-                    self._unindexed.append((pid, entries))
+                    self._unindexed.append(section)
                     self.stats["packs"] += 1
                     self.stats["bytes_stored"] += len(data)
                 if self.on_upload:
@@ -227,8 +230,8 @@ class WriteSession:
         if batch:
             self._write_index(batch)
 
-    def _write_index(self, packs: list[tuple[bytes, list[PackEntry]]]) -> None:
-        data = encode_index(packs)
+    def _write_index(self, sections: list[bytes]) -> None:
+        data = join_index(sections)
         name = hashlib.sha256(data).hexdigest()
         try:
             self.repo.backend.save(Handle(FileType.INDEX, name), data)
