@@ -19,6 +19,7 @@ GZIP_MAGIC = b"\x1f\x8b\x08"
 _ZIP_METHODS = {0, 1, 6, 8, 9, 12, 14, 19, 93, 95, 96, 97, 98, 99}
 _AES_EXTRA = 0x9901
 _MAX_CD_WALK = 2000
+_ZIP64_WINDOW = 128  # bytes before the EOCD searched for the zip64 locator
 
 
 def _zip_kind(view: SampleView, first_name: bytes) -> str:
@@ -64,7 +65,9 @@ def check_zip(view: SampleView) -> Check:
     eocd_abs = view.size - len(tail) + eocd
     if eocd_abs + 22 + clen != view.size:
         return Check(kind, False, "bad-comment-length", enc=enc)
-    zip64 = cd_off == 0xFFFFFFFF or n_total == 0xFFFF or b"PK\x06\x07" in tail
+    # the zip64 locator sits just before the EOCD (20 bytes; a little slack for odd writers):
+    # searching the whole tail cost a full scan of every small zip
+    zip64 = cd_off == 0xFFFFFFFF or n_total == 0xFFFF or tail.find(b"PK\x06\x07", max(0, eocd - _ZIP64_WINDOW), eocd) >= 0
     if not zip64 and cd_off + cd_size != eocd_abs:
         return Check(kind, False, "bad-central-directory-offset", enc=enc, entries=n_total)
     if not zip64:
@@ -150,22 +153,38 @@ def check_gzip(view: SampleView) -> Check:
 _STARTXREF = re.compile(rb"startxref\s+(\d{1,20})\s+%%EOF", re.S)
 
 
+_OBJ = re.compile(rb"\d+\s+\d+\s+obj")
+_PDF_WINDOW = 4096  # bytes of the head, the tail and the cross-reference section searched for /Encrypt
+
+
+def _pdf_encrypted(view: SampleView, xref: int) -> bool:
+    """/Encrypt is a key of the trailer dictionary or of the cross-reference stream's dictionary
+    (ISO 32000-1 7.5.5, 7.5.8): searched at the end of the file, at the start (linearized files
+    keep a first-page trailer there) and where startxref points, not through every sampled byte."""
+    if b"/Encrypt" in view.tail[-_PDF_WINDOW:] or b"/Encrypt" in view.head[:_PDF_WINDOW]:
+        return True
+    for off, data in view.ranges:
+        if off <= xref < off + len(data):
+            return b"/Encrypt" in data[xref - off : xref - off + _PDF_WINDOW]
+    return False
+
+
 def check_pdf(view: SampleView) -> Check:
     head = view.head
     pos = head.find(b"%PDF-", 0, 1024)
     if pos < 0 or head[pos + 5 : pos + 6] not in (b"1", b"2"):
         return Check("pdf", False, "no-header")
-    enc = view.find(b"/Encrypt")
     tail = view.tail[-2048:]
     if b"%%EOF" not in tail[-1024:]:
-        return Check("pdf", False, "no-eof", enc=enc)
+        return Check("pdf", False, "no-eof", enc=_pdf_encrypted(view, -1))
     found = list(_STARTXREF.finditer(tail))
     if not found:
-        return Check("pdf", False, "no-startxref", enc=enc)
+        return Check("pdf", False, "no-startxref", enc=_pdf_encrypted(view, -1))
     xref = int(found[-1].group(1))
+    enc = _pdf_encrypted(view, xref)
     if xref >= view.size:
         return Check("pdf", False, "bad-startxref", enc=enc)
     target = view.get(xref, 16)
-    if target is not None and not (target.startswith(b"xref") or re.match(rb"\d+\s+\d+\s+obj", target)):
+    if target is not None and not (target.startswith(b"xref") or _OBJ.match(target)):
         return Check("pdf", False, "bad-xref-target", enc=enc)
     return Check("pdf", True, enc=enc)

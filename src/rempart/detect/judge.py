@@ -52,6 +52,7 @@ _MOVE_DEL = """UPDATE del SET state = 1 WHERE seq IN (SELECT d.dseq FROM
 
 
 _NEW_ODD = frozenset({v.NEW_RANDOM, v.NEW_UNREADABLE})
+_ARCHIVE_TYPES = frozenset(t for t in (*v.FAMILIES, "7z") if v.family(t) in ("zip", "7z"))
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -63,11 +64,18 @@ def _split(path: str) -> tuple[str, str]:
     return head, path[i:]
 
 
+_FP_STRUCTS: dict[int, struct.Struct] = {}
+
+
 def fingerprint(f: FileFeatures) -> bytes:
     """Identity of a file version for move detection: size, type and range hashes (packed as they
     are, so that equal fingerprints mean equal values)."""
+    n = len(f.hashes)
+    packer = _FP_STRUCTS.get(n)
+    if packer is None:
+        packer = _FP_STRUCTS[n] = struct.Struct(f"<q{n}q")
     try:
-        return struct.pack(f"<q{len(f.hashes)}q", f.size, *f.hashes) + f.type.encode()
+        return packer.pack(f.size, *f.hashes) + f.type.encode()
     except struct.error:  # values beyond 64 bits (a hand-made sketch): fall back to their text
         return repr((f.size, f.type, f.hashes)).encode()
 
@@ -87,20 +95,24 @@ class RunJudge:
 
     def add_change(self, path: str, prev: FileFeatures | None, cur: FileFeatures) -> v.FileVerdict:
         fv = v.compare(prev, cur)
-        new = prev is None
         folder, base = _split(path)
-        archive = None
-        if new and cur.valid and v.family(cur.type) in ("zip", "7z"):
-            archive = cur.entries if cur.entries is not None else -1
-        row = (  # integers, not booleans: sqlite3 binds a bool through its slow adapter path
-            path, folder, int(new), fv.kind, int(fv.damaged),
-            int(bool(cur.valid) or cur.type == "text"), int(cur.db or (prev is not None and prev.db)),
-            fingerprint(cur) if new else None, archive,
-            int(new and fv.kind in _NEW_ODD),
-            int(new and cur.valid is not True and cur.type not in ("text", "empty")),
-            cur.size, int(bool(cur.encoded)),
-            int(new and (cur.note >= NOTE_SCORE or note_name(base))),
-        )
+        ctype, valid = cur.type, cur.valid
+        if prev is None:
+            kind = fv.kind
+            archive = None
+            if valid and ctype in _ARCHIVE_TYPES:
+                archive = cur.entries if cur.entries is not None else -1
+            row: tuple[Any, ...] = (  # integers, not booleans: sqlite3 binds a bool through its slow path
+                path, folder, 1, kind, int(fv.damaged), int(bool(valid) or ctype == "text"), int(cur.db),
+                fingerprint(cur), archive, int(kind in _NEW_ODD),
+                int(valid is not True and ctype not in ("text", "empty")),
+                cur.size, int(bool(cur.encoded)), int(cur.note >= NOTE_SCORE or note_name(base)),
+            )
+        else:
+            row = (
+                path, folder, 0, fv.kind, int(fv.damaged), int(bool(valid) or ctype == "text"),
+                int(cur.db or prev.db), None, None, 0, 0, cur.size, int(bool(cur.encoded)), 0,
+            )
         with self._lock:
             self._chg.append(row)
             self.changes += 1

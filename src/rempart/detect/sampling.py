@@ -52,20 +52,18 @@ class SampleView:
 
     def __init__(self, size: int, ranges: Sequence[tuple[int, bytes]]) -> None:
         self.size = size
-        # the archiver hands over bytes in offset order: keep its list as it is (no copy)
-        if all(type(data) is bytes for _, data in ranges) and all(
-            ranges[i][0] <= ranges[i + 1][0] for i in range(len(ranges) - 1)
-        ):
+        # the archiver hands over bytes in offset order: keep them as they are (no copy)
+        prev = -1
+        for off, data in ranges:
+            if off < prev or type(data) is not bytes:
+                self.ranges = sorted(((o, bytes(d)) for o, d in ranges), key=lambda r: r[0])
+                break
+            prev = off
+        else:
             self.ranges = list(ranges)
-        else:
-            self.ranges = sorted(((off, bytes(data)) for off, data in ranges), key=lambda r: r[0])
-        first = self.ranges[0] if self.ranges else None
-        self.head = first[1] if first is not None and first[0] == 0 else b""
-        last = self.ranges[-1] if self.ranges else None
-        if last is not None and last[0] + len(last[1]) == size:
-            self.tail = last[1]
-        else:
-            self.tail = b""
+        rs = self.ranges
+        self.head = rs[0][1] if rs and rs[0][0] == 0 else b""
+        self.tail = rs[-1][1] if rs and rs[-1][0] + len(rs[-1][1]) == size else b""
 
     @property
     def whole(self) -> bool:
@@ -76,9 +74,12 @@ class SampleView:
         """The bytes [offset, offset+length) if one captured range holds them all, else None."""
         if offset < 0 or length < 0:
             return None
+        end = offset + length
         for off, data in self.ranges:
-            if off <= offset and offset + length <= off + len(data):
-                return data[offset - off : offset - off + length]
+            if off <= offset and end <= off + len(data):
+                return data[offset - off : end - off]
+            if off > offset:
+                return None  # sorted: no later range starts at or before ``offset``
         return None
 
     def middle(self) -> list[tuple[int, bytes]]:

@@ -51,6 +51,12 @@ class FileVerdict:
     detail: str = ""
 
 
+# The common outcomes, built once (a frozen dataclass costs a few µs to build per file).
+_NEW = FileVerdict(NEW, False)
+_OK = FileVerdict(OK, False)
+_UNCHANGED = FileVerdict(UNCHANGED, False)
+
+
 def family(kind: str) -> str:
     return FAMILIES.get(kind, kind)
 
@@ -70,13 +76,13 @@ def compare(prev: FileFeatures | None, cur: FileFeatures) -> FileVerdict:
     if prev is None:
         return _new_file(cur)
     if (prev.hashes, prev.size, prev.type, prev.valid) == (cur.hashes, cur.size, cur.type, cur.valid):
-        return FileVerdict(UNCHANGED, False)
+        return _UNCHANGED
     if cur.enc and cur.valid:
         return FileVerdict(LEGIT_ENCRYPTED, False, cur.type)
     if prev.valid:
         if cur.valid:
             if family(cur.type) == family(prev.type):
-                return FileVerdict(OK, False)
+                return _OK
             return FileVerdict(TYPE_CHANGED, False, f"{prev.type}->{cur.type}")
         if prev.type == "pe" and cur.type == "data" and not cur.random:
             return FileVerdict(TYPE_CHANGED, False, "pe->data")
@@ -88,7 +94,7 @@ def compare(prev: FileFeatures | None, cur: FileFeatures) -> FileVerdict:
         return _from_text(prev, cur)
     if prev.type == "data" and not prev.random:
         return _from_data(prev, cur)
-    return FileVerdict(OK, False)
+    return _OK
 
 
 def _new_file(cur: FileFeatures) -> FileVerdict:
@@ -97,9 +103,9 @@ def _new_file(cur: FileFeatures) -> FileVerdict:
     expected = EXPECTED_TYPE.get(cur.ext)
     if expected is not None and cur.size > 0:
         if expected == "text" and (cur.type == "text" or cur.valid):
-            return FileVerdict(NEW, False)
+            return _NEW
         if family(cur.type) == expected and cur.valid:
-            return FileVerdict(NEW, False)
+            return _NEW
         if cur.random or cur.encoded or cur.type in ("zeros", "fill"):
             return FileVerdict(NEW_UNREADABLE, True, cur.type)
         # A new file that is merely malformed (a vendor's non-conforming DICOM, a PNG saved as
@@ -107,12 +113,12 @@ def _new_file(cur: FileFeatures) -> FileVerdict:
         return FileVerdict(NEW, False, f"{cur.ext}:{cur.type}{'' if cur.valid else ':invalid'}")
     if cur.random or cur.encoded:
         return FileVerdict(NEW_RANDOM, False, cur.type)
-    return FileVerdict(NEW, False)
+    return _NEW
 
 
 def _from_text(prev: FileFeatures, cur: FileFeatures) -> FileVerdict:
     if cur.type == "text":
-        return FileVerdict(OK, False)
+        return _OK
     if cur.type == "empty":
         return FileVerdict(OK, False, "truncated")  # logs and exports are emptied legitimately
     if cur.valid:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -57,26 +58,39 @@ class Folder:
 
 def collect_samples(plan: list[tuple[int, int]], out: list[tuple[int, bytes]], offset: int, chunk: memoryview) -> None:
     """Append to ``out`` the bytes of ``chunk`` (file bytes from ``offset``) that fall in the
-    planned ranges; ``plan`` is sorted by offset (the observer's contract), so the loop stops at
-    the first range past the chunk."""
+    planned ranges; ``plan`` is sorted by offset and its ranges do not overlap (the observer's
+    contract), so the loop starts at the last range beginning at or before the chunk (bisect)
+    and stops at the first range past it. A range cut by a chunk boundary is continued in place."""
     end = offset + len(chunk)
-    for start, length in plan:
+    i = bisect_right(plan, (offset, _BIG)) - 1
+    if i < 0:
+        i = 0
+    n = len(plan)
+    while i < n:
+        start, length = plan[i]
         if start >= end:
-            break
+            return
+        i += 1
         stop = start + length
         if stop <= offset:
             continue
         lo = start if start > offset else offset
         hi = stop if stop < end else end
         if lo < hi:
-            if out and out[-1][0] + len(out[-1][1]) == lo and _same_range(plan, out[-1][0], lo):
-                out[-1] = (out[-1][0], out[-1][1] + bytes(chunk[lo - offset : hi - offset]))
+            piece = bytes(chunk[lo - offset : hi - offset])
+            if start < lo and out and _same_range(out[-1], start, lo):
+                out[-1] = (out[-1][0], out[-1][1] + piece)
             else:
-                out.append((lo, bytes(chunk[lo - offset : hi - offset])))
+                out.append((lo, piece))
 
 
-def _same_range(plan: list[tuple[int, int]], a: int, b: int) -> bool:
-    return any(s <= a and b <= s + n for s, n in plan)
+_BIG = 1 << 62
+
+
+def _same_range(last: tuple[int, bytes], start: int, lo: int) -> bool:
+    """The piece collected last belongs to the planned range beginning at ``start`` and ends where
+    the chunk's piece of that range begins."""
+    return last[0] >= start and last[0] + len(last[1]) == lo
 
 
 class MetadataReadAhead:
