@@ -106,7 +106,7 @@ def run_backup(
                     if attempt:
                         raise
                     repo.index.clear()
-                    cache.db.execute("DELETE FROM files_new")
+                    cache.reset_run()
                     continue
                 extra = {"last_time": str(plain["time"])}
                 if detection is not None:
