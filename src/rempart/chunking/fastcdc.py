@@ -58,7 +58,13 @@ class Chunker:
         self._buf: bytearray | None = None
 
     def chunks(self, stream: Readable) -> Iterator[memoryview]:
-        """Yield chunk views; each is valid only until the next one is requested.
+        """Yield chunk views; each is valid only until the next one is requested."""
+        for batch in self.batches(stream):
+            yield from batch
+
+    def batches(self, stream: Readable) -> Iterator[list[memoryview]]:
+        """Yield the chunks block by block, as lists of views valid until the next list is
+        requested (the reading processes ask about a whole block's ids at once).
 
         The same cut points as ``FastCDC.cut_stream`` (a cut depends only on the ``max_size``
         bytes from the chunk's start), but read in large blocks into one buffer kept for the
@@ -88,15 +94,18 @@ class Chunker:
             if start >= end:
                 return
             last_complete = end if eof else end - maxs  # a chunk starting later may be cut short
+            batch = []
             for c in self._cdc.cut_buf(view[start:end]):
                 if not eof and start + c.offset > last_complete:
                     start += c.offset
                     break
-                yield c.data
+                batch.append(c.data)
             else:
-                if eof:
-                    return
                 start = end  # the last chunk ended exactly at the end of the buffer
+            if batch:
+                yield batch
+            if eof and start >= end:
+                return
 
     def chunks_of(self, buf: bytes | memoryview) -> Iterator[memoryview]:
         for c in self._cdc.cut_buf(buf):

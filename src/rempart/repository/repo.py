@@ -19,7 +19,6 @@ from rempart.repository.config import RepoConfig, load_config
 from rempart.repository.format import (
     PACK_MAGIC,
     BlobType,
-    PackEntry,
     PackHeader,
     SnapshotPlain,
     encode_index_pack,
@@ -29,7 +28,7 @@ from rempart.repository.format import (
     parse_snapshot,
 )
 from rempart.repository.index import BlobIndex, RefSet
-from rempart.repository.packer import Packer
+from rempart.repository.packer import FullPack, Packer
 from rempart.storage.base import Backend, FileType, Handle
 
 INDEX_EVERY_PACKS = 16
@@ -159,19 +158,59 @@ class WriteSession:
                 return bid, True
             self._pending.add(bid)
         flag, payload = compress(data, self.repo.config.compression if compressible else 0)
-        sealed = seal_blob(self.key, btype, bid, flag, payload)
-        full = None
-        with self._lock:
-            self._packer.add(btype, bid, sealed)
-            self.stats["blobs_new"] += 1
-            self.stats["bytes_new"] += len(data)
-            if self._packer.size >= self.repo.config.pack_size:
-                full = self._packer.finish()
-        if full:
-            self._upload(*full)
+        self.add_sealed([(btype, bid, seal_blob(self.key, btype, bid, flag, payload), len(data))])
         return bid, flag != 0
 
-    def _upload(self, name: str, data: bytes, entries: list[PackEntry]) -> None:
+    # --- blobs sealed elsewhere (the archiver's reading processes) ---------------------------
+
+    def reader_setup(self) -> dict[str, object]:
+        """What a reading process needs to cut, name and seal blobs for this run (key material:
+        only ever sent down a pipe to a child process, never written anywhere). ``ask``: whether
+        it must ask which blobs are new; not when the index was empty (a first backup): it then
+        sends every blob to ``offer_sealed``, which drops the few that are stored already."""
+        return {"id_key": self.id_key.raw, "data_key": self.key.raw, "ask": len(self.repo.index) > 0,
+                "chunker": self.repo.config.chunker.to_dict(), "level": self.repo.config.compression}
+
+    def claim(self, ids: list[bytes]) -> bytes:
+        """One byte per id: 1 if the caller must store that blob (it is now pending), else 0."""
+        out = bytearray(len(ids))
+        with self._lock:
+            for i, bid in enumerate(ids):
+                if self.known(bid):
+                    self.stats["blobs_known"] += 1
+                else:
+                    self._pending.add(bid)
+                    out[i] = 1
+        return bytes(out)
+
+    def add_sealed(self, blobs: list[tuple[int, bytes, bytes | bytearray | memoryview, int]]) -> None:
+        """Put sealed blobs (type, id, sealed bytes, plain length) that the caller checked or
+        claimed as new into the current pack."""
+        self._add_sealed(blobs, False)
+
+    def offer_sealed(self, blobs: list[tuple[int, bytes, bytes | bytearray | memoryview, int]]) -> None:
+        """Like ``add_sealed`` for blobs nobody claimed: those stored or pending already are dropped."""
+        self._add_sealed(blobs, True)
+
+    def _add_sealed(self, blobs: list[tuple[int, bytes, bytes | bytearray | memoryview, int]], check: bool) -> None:
+        full = []
+        with self._lock:
+            packer, limit, stats = self._packer, self.repo.config.pack_size, self.stats
+            for btype, bid, sealed, plain_len in blobs:
+                if check:
+                    if self.known(bid):
+                        stats["blobs_known"] += 1
+                        continue
+                    self._pending.add(bid)
+                packer.add(BlobType(btype), bid, sealed)
+                stats["blobs_new"] += 1
+                stats["bytes_new"] += plain_len
+                if packer.size >= limit:
+                    full.append(packer.take())  # laid out and hashed by the upload thread
+        for pack in full:
+            self._upload(pack)
+
+    def _upload(self, pack: FullPack) -> None:
         self._slots.acquire()
         try:
             self._check_failures()
@@ -181,6 +220,7 @@ class WriteSession:
 
         def work() -> None:
             try:
+                name, data, entries = pack.build()
                 try:
                     self.repo.backend.save(Handle(FileType.DATA, name), data)
                 except AlreadyExists:
@@ -218,9 +258,9 @@ class WriteSession:
     def flush(self) -> None:
         """Upload the last partial pack, wait for every upload, write the index file."""
         with self._lock:
-            full = self._packer.finish() if len(self._packer) else None
+            full = self._packer.take() if len(self._packer) else None
         if full:
-            self._upload(*full)
+            self._upload(full)
         with self._lock:
             futures, self._futures = self._futures, []
         for f in futures:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rempart.chunking.fastcdc import Chunker
+from rempart.core.errors import RempartError
 from rempart.repository.format import BlobType
 from rempart.repository.repo import WriteSession
 from rempart.snapshot.cache import CachedFile, StateCache
@@ -34,6 +35,7 @@ from rempart.snapshot.tree import (
     kind_of,
     tree_signature,
 )
+from rempart.snapshot.workers import ReaderPool, ReadOutcome
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_BINARY = getattr(os, "O_BINARY", 0)
@@ -63,6 +65,10 @@ class BackupOptions:
     force_reread: bool = False
     excludes: tuple[str, ...] = ()
     read_retries: int = 2
+    #: read files in ``workers`` separate processes (all cores busy; see snapshot/worker_main)
+    #: once this run has more than ``process_after`` bytes to read; threads until then
+    processes: bool = True
+    process_after: int = 32 * 1024 * 1024
 
 
 MAX_WARNINGS = 1000
@@ -128,6 +134,8 @@ class Archiver:
         self._holds_lock = threading.Lock()
         self._refs_lock = threading.Lock()
         self._error: BaseException | None = None
+        self._readers: ReaderPool | None = None
+        self._to_read = 0  # bytes handed to reading threads so far
         #: folders listed whose tree is not saved yet (and the most at once): bounded by the
         #: walk depth plus, per file in flight (``max_inflight``), the folders above it
         self.folders_pending = 0
@@ -138,12 +146,17 @@ class Archiver:
     def archive(self, paths: list[Path]) -> bytes:
         """Back up ``paths`` (absolute) and return the root tree id."""
         root: Future[bytes | None] = Future()
+        tree = None
         try:
             self._virtual_dir(Path(os.sep) if os.name != "nt" else Path(""), sorted(set(paths)), 0,
                               root.set_result)
             tree = root.result()
         finally:
             self._pool.shutdown(wait=True)
+            if self._readers is not None:
+                if self._error is not None or tree is None:
+                    self._readers.kill()
+                self._readers.close()
         self._raise_if_failed()
         assert tree is not None
         return tree
@@ -301,11 +314,32 @@ class Archiver:
         self._slots.acquire()
         self._hold(folder)
         try:
-            self._pool.submit(self._read_file, spath, st, node, prev, folder)
+            if self._use_processes(st.st_size):
+                assert self._readers is not None
+                plan = self.observer.sample_plan(st.st_size) if self.observer else []
+                self._readers.submit(spath, st.st_size, plan, self.options.read_retries, (spath, node, prev, folder))
+            else:
+                self._to_read += st.st_size
+                self._pool.submit(self._read_file, spath, st, node, prev, folder)
         except BaseException:
             self._slots.release()
             self._release(folder)
             raise
+
+    def _use_processes(self, size: int) -> bool:
+        if self._readers is not None:
+            return True
+        if not self.options.processes or self._to_read + size <= self.options.process_after:
+            return False
+        setup = self.session.reader_setup()
+        store = self.session.add_sealed if setup["ask"] else self.session.offer_sealed
+        self._readers = ReaderPool(self.options.workers, setup, self.session.claim, store, self._read_done)
+        return True
+
+    def _read_done(self, context: Any, outcome: ReadOutcome) -> None:
+        """A reading process finished (or lost) a file."""
+        spath, node, prev, folder = context
+        self._complete(spath, node, prev, folder, outcome)
 
     def _unchanged(self, prev: CachedFile, st: os.stat_result) -> bool:
         if self.options.force_reread:
@@ -326,38 +360,44 @@ class Archiver:
         return c
 
     def _read_file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None, folder: Folder) -> None:
-        path = Path(spath)
+        """Read one file in this thread (small runs, and runs without reading processes)."""
         try:
+            outcome = ReadOutcome("changed")
             for _attempt in range(self.options.read_retries + 1):
-                result = self._read_once(path)
+                result = self._read_once(Path(spath))
                 if result is not None:
+                    content, size, st2, samples = result
+                    outcome = ReadOutcome("ok", content, size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino,
+                                          st2.st_mode, samples)
                     break
-            else:
+        except OSError as exc:
+            outcome = ReadOutcome("oserror", message=str(exc.strerror or exc))
+        except BaseException as exc:  # re-raised by the walker or by archive()
+            outcome = ReadOutcome("failed", error=exc)
+        self._complete(spath, node, prev, folder, outcome)
+
+    def _complete(self, spath: str, node: Node, prev: CachedFile | None, folder: Folder, out: ReadOutcome) -> None:
+        """Record what reading ``spath`` gave (in the reading thread, or in the thread that
+        receives a reading process's results), then let its folder go on."""
+        try:
+            if out.kind == "changed":
                 what = "kept the previous version" if prev else "not backed up"
-                self._warn(f"{path}: changed while being read {self.options.read_retries + 1} times; {what}")
+                self._warn(f"{spath}: changed while being read {self.options.read_retries + 1} times; {what}")
                 if prev is not None:
                     node.content, node.features_raw, node.size = prev.content, prev.features_raw, prev.size
                     self.cache.record_row(prev.row)
                 else:
                     node.type = "skip"
-                return
-            content, size, st2, samples = result
-            features = self.observer.features(path.name, size, samples) if self.observer else None
-            raw = _features_json(features) if features else None  # serialised once: node and cache row
-            node.content, node.size, node.features, node.features_raw = content, size, features, raw
-            node.mtime_ns, node.mode = st2.st_mtime_ns, st2.st_mode
-            with self._stats_lock:
-                self.stats.files_read += 1
-                self.stats.bytes_read += size
-                if prev is None:
-                    self.stats.files_new += 1
-                elif prev.content != content:
-                    self.stats.files_changed += 1
-            if self.observer is not None and features is not None and (prev is None or prev.content != content):
-                self.observer.changed(spath, prev.features if prev else None, features, prev is None)
-            self.cache.record(spath, size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino, content, raw, self.now)
+            elif out.kind == "oserror":
+                self._warn(f"{spath}: {out.message}")
+                node.type = "skip"
+            elif out.kind != "ok":
+                node.type = "skip"
+                self._fail(out.error or RempartError(f"{spath}: {out.message}"))
+            else:
+                self._record_read(spath, node, prev, out)
         except OSError as exc:
-            self._warn(f"{path}: {exc.strerror or exc}")
+            self._warn(f"{spath}: {exc.strerror or exc}")
             node.type = "skip"
         except BaseException as exc:  # re-raised by the walker or by archive()
             node.type = "skip"
@@ -370,6 +410,24 @@ class Archiver:
                 except BaseException as exc:
                     self._fail(exc)
             self._release(folder)
+
+    def _record_read(self, spath: str, node: Node, prev: CachedFile | None, out: ReadOutcome) -> None:
+        content, size = out.content or [], out.size
+        name = os.path.basename(spath)
+        features = self.observer.features(name, size, out.samples or []) if self.observer else None
+        raw = _features_json(features) if features else None  # serialised once: node and cache row
+        node.content, node.size, node.features, node.features_raw = content, size, features, raw
+        node.mtime_ns, node.mode = out.mtime_ns, out.mode
+        with self._stats_lock:
+            self.stats.files_read += 1
+            self.stats.bytes_read += size
+            if prev is None:
+                self.stats.files_new += 1
+            elif prev.content != content:
+                self.stats.files_changed += 1
+        if self.observer is not None and features is not None and (prev is None or prev.content != content):
+            self.observer.changed(spath, prev.features if prev else None, features, prev is None)
+        self.cache.record(spath, size, out.mtime_ns, out.ctime_ns, out.inode, content, raw, self.now)
 
     def _read_once(self, path: Path) -> tuple[list[bytes], int, os.stat_result, list[tuple[int, bytes]]] | None:
         """Read and store one file; None when it changed while being read."""

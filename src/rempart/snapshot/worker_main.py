@@ -1,0 +1,216 @@
+"""A reading process of the archiver (``python -m rempart.snapshot.worker_main``).
+
+Python threads share one interpreter lock: chunking, hashing, compressing and encrypting all
+release it, but the Python code around them does not, so threads kept only ~1.4 of 2 cores busy
+(docs/benchmarks.md). Reading processes each read whole files, chunk, hash and, for the chunks
+the parent says are new, compress and seal them; the parent process keeps everything that is
+shared (walk, dedup decisions, packs, uploads, index, state cache, trees, detection verdicts).
+
+Wire protocol, over the child's stdin (parent → child) and a private copy of its stdout
+(child → parent; fd 1 itself is pointed at stderr so a stray print cannot corrupt the stream).
+Every message is ``u32 length || 1 kind byte || payload``:
+
+- parent → child: ``K`` run keys and parameters (JSON), ``R`` read a file (``encode_request``:
+  request id, retries, path, sample plan), ``A`` the answer to the last ``Q`` (one byte per id:
+  1 = new, store it; 0 = already stored or claimed), ``S`` stop.
+- child → parent: ``Q`` the ids of one buffer's chunks (32 bytes each, the parent claims the
+  new ones; not asked when the run started from an empty index: the parent then drops the
+  blobs it already has when they arrive), ``B`` the sealed new blobs of one buffer (each
+  ``u8 type || id || u32 plain length || u32 sealed length || sealed bytes``), then one of
+  ``F`` file read (``encode_result``), ``C`` changed while read (request id), ``E`` an OS error
+  and ``X`` a failure that must stop the backup (request id, then the message in UTF-8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat as statmod
+import struct
+import sys
+from collections import deque
+from typing import IO, Any
+
+HEADER = struct.Struct("<IB")
+BLOB_HEAD = struct.Struct("<B32sII")
+REQ = struct.Struct("<QII")  # request id, retries, path length; then path, then plan pairs
+PAIR = struct.Struct("<QI")  # offset, length (plan ranges and samples)
+RESULT = struct.Struct("<QQqqQII")  # request, size, mtime, ctime, inode, mode, number of ids
+ID = struct.Struct("<Q")
+
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def send(fd: int, kind: bytes, *parts: bytes | bytearray | memoryview) -> None:
+    """Write one message (header and parts, without joining them)."""
+    bufs: list[Any] = [HEADER.pack(sum(len(p) for p in parts), kind[0]), *parts]
+    if not hasattr(os, "writev"):  # Windows
+        data = memoryview(b"".join(bufs))
+        while data:
+            data = data[os.write(fd, data):]
+        return
+    while bufs:
+        n = os.writev(fd, bufs)
+        while bufs and n >= len(bufs[0]):
+            n -= len(bufs[0])
+            bufs.pop(0)
+        if n:
+            bufs[0] = memoryview(bufs[0])[n:]
+
+
+def encode_request(req: int, path: str, plan: list[tuple[int, int]], retries: int) -> bytes:
+    raw = os.fsencode(path)
+    return b"".join([REQ.pack(req, retries, len(raw)), raw, *(PAIR.pack(o, n) for o, n in plan)])
+
+
+def decode_request(b: bytes) -> tuple[int, str, list[tuple[int, int]], int]:
+    req, retries, n = REQ.unpack_from(b)
+    pos = REQ.size + n
+    plan = [PAIR.unpack_from(b, i) for i in range(pos, len(b), PAIR.size)]
+    return req, os.fsdecode(b[REQ.size : pos]), plan, retries
+
+
+def encode_result(req: int, content: bytes, size: int, st: os.stat_result,
+                  samples: list[tuple[int, bytes]]) -> list[bytes]:
+    parts = [RESULT.pack(req, size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode, len(content) // 32),
+             content]
+    for off, data in samples:
+        parts += (PAIR.pack(off, len(data)), data)
+    return parts
+
+
+def decode_result(b: bytes) -> tuple[int, list[bytes], int, int, int, int, int, list[tuple[int, bytes]]]:
+    req, size, mtime, ctime, ino, mode, nids = RESULT.unpack_from(b)
+    pos = RESULT.size
+    ids = [b[i : i + 32] for i in range(pos, pos + 32 * nids, 32)]
+    pos += 32 * nids
+    samples = []
+    while pos < len(b):
+        off, n = PAIR.unpack_from(b, pos)
+        pos += PAIR.size
+        samples.append((off, b[pos : pos + n]))
+        pos += n
+    return req, ids, size, mtime, ctime, ino, mode, samples
+
+
+def recv(stream: IO[bytes]) -> tuple[bytes, bytes] | None:
+    """Read one message: (kind, payload), or None at end of stream."""
+    head = stream.read(HEADER.size)
+    if len(head) < HEADER.size:
+        return None
+    n, kind = HEADER.unpack(head)
+    payload = stream.read(n) if n else b""
+    if len(payload) < n:
+        return None
+    return bytes([kind]), payload
+
+
+class _Worker:
+    def __init__(self, inp: IO[bytes], out: int) -> None:
+        self.inp, self.out = inp, out
+        self.queued: deque[tuple[bytes, bytes]] = deque()  # requests that arrived during a query
+        self.run: dict[str, Any] | None = None
+
+    def serve(self) -> None:
+        while True:
+            msg = self.queued.popleft() if self.queued else recv(self.inp)
+            if msg is None or msg[0] == b"S":
+                return
+            kind, payload = msg
+            if kind == b"K":
+                self._setup(json.loads(payload))
+            elif kind == b"R":
+                self._request(*decode_request(payload))
+
+    def _setup(self, p: dict[str, Any]) -> None:
+        from rempart.chunking.fastcdc import Chunker, ChunkerParams
+        from rempart.crypto.aead import DataKey
+        from rempart.crypto.keys import IdKey
+
+        idk = IdKey(bytes.fromhex(p["id_key"]))
+        self.run = {"id": idk, "key": DataKey(bytes.fromhex(p["data_key"])), "level": p["level"], "ask": p["ask"],
+                    "chunker": Chunker(ChunkerParams.from_dict(p["chunker"]), idk.chunker_seed())}
+
+    def _ask(self, ids: list[bytes]) -> bytes:
+        send(self.out, b"Q", b"".join(ids))
+        while True:
+            msg = recv(self.inp)
+            if msg is None:
+                raise EOFError("the backup process went away")
+            if msg[0] == b"A":
+                return msg[1]
+            self.queued.append(msg)  # a read request sent meanwhile: served next
+
+    def _request(self, req: int, path: str, plan: list[tuple[int, int]], retries: int) -> None:
+        try:
+            for _attempt in range(retries + 1):
+                result = self._read_once(path, plan)
+                if result is not None:
+                    send(self.out, b"F", *encode_result(req, *result))
+                    return
+            send(self.out, b"C", ID.pack(req))
+        except OSError as exc:
+            send(self.out, b"E", ID.pack(req), str(exc.strerror or exc).encode("utf-8", "replace"))
+        except Exception as exc:  # reported to the parent, which stops the backup
+            send(self.out, b"X", ID.pack(req), f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
+
+    def _read_once(self, path: str, plan: list[tuple[int, int]]
+                   ) -> tuple[bytes, int, os.stat_result, list[tuple[int, bytes]]] | None:
+        from rempart.repository.blobs import compress, seal_blob
+        from rempart.repository.format import BlobType
+        from rempart.snapshot.pipeline import collect_samples
+
+        run = self.run
+        if run is None:
+            raise RuntimeError("read request before the run's keys")
+        idk, key, level, ask = run["id"], run["key"], run["level"], run["ask"]
+        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            st1 = os.fstat(fd)
+            if not statmod.S_ISREG(st1.st_mode):
+                raise OSError(0, "no longer a regular file")
+            samples: list[tuple[int, bytes]] = []
+            content: list[bytes] = []
+            offset = 0
+            misses = 0
+            compressible = True
+            for batch in run["chunker"].batches(f):
+                ids = [idk.blob_id(c) for c in batch]
+                new = self._ask(ids) if ask else b"\x01" * len(ids)
+                out: list[bytes | bytearray] = []
+                for c, bid, is_new in zip(batch, ids, new, strict=True):
+                    if plan:
+                        collect_samples(plan, samples, offset, c)
+                    ok = True
+                    if is_new:
+                        flag, payload = compress(c, level if compressible else 0)
+                        sealed = seal_blob(key, BlobType.DATA, bid, flag, payload)
+                        out += (BLOB_HEAD.pack(BlobType.DATA, bid, len(c), len(sealed)), sealed)
+                        ok = flag != 0
+                    # stop trying to compress data that does not compress (JPEG, DICOM pixels)
+                    misses = 0 if ok else misses + 1
+                    compressible = misses < 2 or len(content) % 16 == 0
+                    content.append(bid)
+                    offset += len(c)
+                if out:
+                    send(self.out, b"B", *out)
+            st2 = os.fstat(fd)
+        if offset != st2.st_size or (st1.st_mtime_ns, st1.st_size) != (st2.st_mtime_ns, st2.st_size):
+            return None
+        return b"".join(content), offset, st2, samples
+
+
+def main() -> int:
+    out = os.dup(1)
+    os.dup2(2, 1)  # print() in this process goes to stderr, never into the message stream
+    sys.stdout = sys.stderr
+    try:
+        _Worker(sys.stdin.buffer, out).serve()
+    except (EOFError, BrokenPipeError):
+        pass  # the parent stopped (or was killed): nothing to clean up
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Reading processes (snapshot/workers.py, snapshot/worker_main.py): the same snapshot as reading
+threads, dedup across processes, and failures that stop the run cleanly instead of hanging."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.engine.test_pipeline import Rig, make_practice
+
+from rempart.core.errors import RempartError
+from rempart.repository.format import BlobType
+from rempart.repository.repo import Repository
+from rempart.storage.base import FileType
+
+PROCS = {"processes": True, "process_after": 0, "workers": 2}
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    (tmp_path / "rig").mkdir()
+    return Rig(tmp_path / "rig")
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    s = tmp_path / "data" / "src"
+    s.mkdir(parents=True)
+    make_practice(s)
+    big = os.urandom(700_000)  # several chunks, stored twice: the copies must dedup
+    (s / "db" / "copy-a.bin").write_bytes(big)
+    (s / "db" / "copy-b.bin").write_bytes(big)
+    return s
+
+
+def stored_ids(rig: Rig) -> list[bytes]:
+    repo = Repository.open(rig.backend)
+    repo.load_index()
+    ids = []
+    for fi in repo.backend.list(FileType.DATA):
+        ids += [e.id for e in repo.read_pack_header(fi.name, fi.size).entries if e.type == BlobType.DATA]
+    return ids
+
+
+def test_processes_make_the_same_snapshot_as_threads(rig: Rig, src: Path) -> None:
+    threads, _, _ = rig.archive(src, rig.tmp / "t", workers=2, processes=False)
+    procs, archiver, session = rig.archive(src, rig.tmp / "p", force_reread=True, **PROCS)
+    assert archiver._readers is not None, "the run did not use reading processes"
+    assert rig.subtree(threads, src) == rig.subtree(procs, src)
+    assert session.stats["blobs_new"] == 0  # everything was stored by the first run
+
+
+def test_a_first_backup_in_processes_stores_each_blob_once_and_reads_back(rig: Rig, src: Path) -> None:
+    root, archiver, session = rig.archive(src, rig.tmp / "p", **PROCS)
+    assert archiver._readers is not None
+    ids = stored_ids(rig)
+    assert len(ids) == len(set(ids)), "a blob was stored twice"
+    assert session.stats["blobs_known"] >= 3  # the second copy of the 700 kB file
+    listing = rig.listing(root, src)
+    for rel in ("db/copy-a.bin", "db/copy-b.bin", "db/practice.db", "docs/letter-7.txt",
+                "xrays/2024/patient-003/pano.dcm"):
+        assert listing[rel][5] == (src / rel).read_bytes(), rel
+    assert listing["link"][4] == "docs/letter-1.txt"
+
+
+def test_a_file_that_vanishes_before_its_process_reads_it_is_a_warning(rig: Rig, src: Path) -> None:
+    victim = src / "docs" / "letter-3.txt"
+    size = victim.stat().st_size
+
+    class Remover:
+        def sample_plan(self, n: int) -> list[tuple[int, int]]:
+            if n == size and victim.exists():
+                victim.unlink()  # between the walker's stat and the process's open
+            return []
+
+        def features(self, name: str, n: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
+            return {}
+
+        def changed(self, path: str, prev: Any, cur: Any, new: bool) -> None:
+            pass
+
+    root, archiver, _ = rig.archive(src, rig.tmp / "p", observer=Remover(), **PROCS)
+    assert any("letter-3.txt" in w for w in archiver.stats.warnings)
+    assert "docs/letter-3.txt" not in rig.listing(root, src)
+    assert "docs/letter-4.txt" in rig.listing(root, src)
+
+
+def test_a_killed_reading_process_stops_the_run_with_an_error_not_a_hang(rig: Rig, src: Path) -> None:
+    for i in range(40):
+        (src / "docs" / f"more-{i}.bin").write_bytes(os.urandom(200_000))
+    box: dict[str, Any] = {}
+
+    class Killer:
+        calls = 0
+
+        def sample_plan(self, n: int) -> list[tuple[int, int]]:
+            Killer.calls += 1
+            if Killer.calls == 10:
+                for proc in box["archiver"]._readers._procs:
+                    os.kill(proc.popen.pid, signal.SIGKILL)
+            return []
+
+        def features(self, name: str, n: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
+            return {}
+
+        def changed(self, path: str, prev: Any, cur: Any, new: bool) -> None:
+            pass
+
+    from rempart.snapshot import archiver as archiver_mod
+
+    real_init = archiver_mod.Archiver.__init__
+
+    def spy(self: Any, *a: Any, **k: Any) -> None:
+        real_init(self, *a, **k)
+        box["archiver"] = self
+
+    outcome: list[BaseException | bytes] = []
+
+    def run() -> None:
+        try:
+            outcome.append(rig.archive(src, rig.tmp / "p", observer=Killer(), **PROCS)[0])
+        except BaseException as exc:
+            outcome.append(exc)
+
+    archiver_mod.Archiver.__init__ = spy  # type: ignore[method-assign]
+    try:
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(120)
+    finally:
+        archiver_mod.Archiver.__init__ = real_init  # type: ignore[method-assign]
+    assert not t.is_alive(), "archive() hung after its reading processes died"
+    assert isinstance(outcome[0], RempartError), outcome[0]
+    assert "reading process" in str(outcome[0])
