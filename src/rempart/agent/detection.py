@@ -21,7 +21,7 @@ from rempart.agent.credentials import repo_state_dir
 from rempart.core.clock import from_iso
 from rempart.detect.assess import DEFAULT_CONFIG, DetectionConfig, assess_run
 from rempart.detect.canary import canary_files, check_canaries
-from rempart.detect.features import FileFeatures, FileSample, extract_features
+from rempart.detect.features import FileFeatures, features_of
 from rempart.detect.judge import SPILL, RunJudge
 from rempart.detect.ledger import DamageLedger
 from rempart.detect.sampling import sample_plan
@@ -53,11 +53,14 @@ class AgentDetection:
 
     # --- FileObserver -------------------------------------------------------------------
 
+    #: the archiver's reading processes compute features themselves with this function
+    worker_features = "rempart.agent.detection:worker_features"
+
     def sample_plan(self, size: int) -> list[tuple[int, int]]:
         return sample_plan(size)
 
     def features(self, name: str, size: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
-        feats = extract_features(FileSample(name, size, samples))
+        feats = features_of(name, size, samples)
         out = feats.to_dict()
         self._local.last = (out, feats)  # ``changed`` follows on this thread: no re-parse
         return out
@@ -180,3 +183,8 @@ def make_detection(state_dir: Path, repo_id: str, config: DetectionConfig = DEFA
     folder = repo_state_dir(state_dir, repo_id)
     os.makedirs(folder, exist_ok=True)
     return AgentDetection(folder, config)
+
+
+def worker_features(name: str, size: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
+    """``AgentDetection.features`` for a reading process (no state: a pure function)."""
+    return features_of(name, size, samples).to_dict()

@@ -7,6 +7,7 @@ files that fail their format's check.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from zlib import crc32
@@ -165,10 +166,14 @@ def _check(view: SampleView) -> Check | None:
 
 def extract_features(sample: FileSample) -> FileFeatures:
     """Compute the sketch of one file from its sampled ranges (no I/O)."""
-    size = sample.size
-    view = SampleView(size, sample.ranges)
+    return features_of(sample.name, sample.size, sample.ranges)
+
+
+def features_of(name: str, size: int, sampled: Sequence[tuple[int, bytes]]) -> FileFeatures:
+    """:func:`extract_features` without building a :class:`FileSample` (the archiver's path)."""
+    view = SampleView(size, sampled)
     ranges = view.ranges
-    ext = extension(sample.name)
+    ext = extension(name)
     hashes = tuple([crc32(data[::HASH_STRIDE]) for _, data in ranges])
     is_db = ext in DB_EXTENSIONS
     if size == 0 or not ranges:
@@ -203,10 +208,10 @@ def extract_features(sample: FileSample) -> FileFeatures:
     rnd = stats.looks_random(entropy, chi2, len(probe))
     zr = None
     if check is None and not rnd:  # generic data: per-range compressibility, for the next version
-        zr = tuple(round(stats.zratio(data[:ZR_PROBE]) * 100) for _, data in view.ranges)
+        zr = tuple(round(stats.zratio(data[:ZR_PROBE]) * 100) for _, data in ranges)
     return FileFeatures(
         check.kind if check is not None else "data",
-        sample.size,
+        size,
         ext,
         valid=False if check is not None else None,
         why=check.why if check is not None else "",

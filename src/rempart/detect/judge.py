@@ -33,14 +33,17 @@ CREATE TABLE chg (seq INTEGER PRIMARY KEY, path TEXT, dir TEXT, new INT, kind TE
 CREATE TABLE del (seq INTEGER PRIMARY KEY, path TEXT, dir TEXT, fp BLOB, fam TEXT, pairable INT,
   db INT, size INT, state INT DEFAULT 0);
 """
-INDEXES = """
+# Indexes for pairing changes with deletions (moves, archives, replaced siblings): only built when
+# the run has deletions; the path index only when the ledger asks about paths (see finish()).
+PAIR_INDEXES = """
 CREATE INDEX chg_fp ON chg(fp) WHERE new = 1;
 CREATE INDEX chg_dir ON chg(dir, used, seq) WHERE new = 1;
-CREATE INDEX chg_path ON chg(path);
 CREATE INDEX del_fp ON del(fp);
 CREATE INDEX del_dir ON del(dir, state);
 CREATE INDEX del_path ON del(path);
 """
+PATH_INDEX = "CREATE INDEX chg_path ON chg(path)"
+INDEXED = 512  # a few hundred rows are scanned faster than indexed
 # del.state: 0 remaining, 1 moved (the pair of a new file), 2 archived, 3 replaced
 # Moves: per fingerprint, the first new file (lowest seq) pairs with the last deletion.
 _MOVE_CHG = """UPDATE chg SET kind = 'moved', damaged = 0 WHERE seq IN (SELECT c.cseq FROM
@@ -92,6 +95,7 @@ class RunJudge:
         self._lock = threading.Lock()
         self.changes = 0
         self.deletions = 0
+        self._path_index = False
 
     def add_change(self, path: str, prev: FileFeatures | None, cur: FileFeatures) -> v.FileVerdict:
         fv = v.compare(prev, cur)
@@ -160,8 +164,10 @@ class RunJudge:
         with self._lock:
             self._flush_changes()
             self._flush_deletions()
-        if self.changes + self.deletions > 512:
-            self.db.executescript(INDEXES)
+        # Without deletions nothing is paired (an initial backup, most incremental ones): the
+        # pairing indexes would be built for no query.
+        if self.deletions and self.changes + self.deletions > INDEXED:
+            self.db.executescript(PAIR_INDEXES)
 
     # --- end-of-run steps (call in this order) -----------------------------------------
 
@@ -272,6 +278,9 @@ class RunJudge:
 
     def healthy_change(self, path: str) -> bool:
         """The file changed in this run and is now healthy (valid or text, not damaged)."""
+        if not self._path_index and self.changes > INDEXED:  # asked once per ledger entry
+            self.db.execute(PATH_INDEX)
+            self._path_index = True
         return self.db.execute(
             "SELECT 1 FROM chg WHERE path = ? AND damaged = 0 AND ok = 1 LIMIT 1", (path,)).fetchone() is not None
 

@@ -136,8 +136,7 @@ _NAME = re.compile(
     r"how[\W_]*to[\W_]*(back|get|decrypt|restore|recover|open)|"
     r"read[\W_]*me[\W_]*(now|first|for|to|!)|!!!|^_readme|^\+readme|"
     r"files[\W_]*(are[\W_]*)?encrypted|your[\W_]*files|fichiers[\W_]*chiffr|attention[\W_]*!)",
-    re.IGNORECASE,
-)
+)  # searched in the lower-cased name: no IGNORECASE (case folding made each search ~3x slower)
 _ONION_V3 = re.compile(rb"[a-z2-7]{56}\.onion")
 _ONION_ANY = re.compile(rb"[a-z2-7]{16,56}\.onion")
 _BITCOIN = re.compile(rb"\b(bc1[a-z0-9]{25,60}|[13][a-km-zA-HJ-NP-Z1-9]{25,34})\b")

@@ -1,0 +1,129 @@
+"""The shortcuts taken to cut detection's CPU cost give the same answers as the long way."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zipfile
+import zlib
+
+import pytest
+from detect_helpers import features_of
+
+from detection import formats as fm
+from rempart.detect.judge import RunJudge
+from rempart.detect.sampling import SampleView, sample_plan
+from rempart.snapshot.pipeline import collect_samples
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_collect_samples_equals_slicing_the_plan(seed: int) -> None:
+    """Whatever the chunk boundaries, the archiver's capture equals the planned slices."""
+    r = random.Random(seed)
+    size = r.choice([1, 100, 4096, 65536, 65537, 70_000, 300_000, 2_000_000]) + r.randrange(5000)
+    data = r.randbytes(size)
+    plan = sample_plan(size)
+    out: list[tuple[int, bytes]] = []
+    offset = 0
+    view = memoryview(data)
+    while offset < size:
+        n = min(size - offset, r.choice([1, 7, 4096, 16384, 65536, 100_000]) + r.randrange(3000))
+        collect_samples(plan, out, offset, view[offset : offset + n])
+        offset += n
+    assert out == [(off, data[off : off + n]) for off, n in plan]
+
+
+def test_sample_view_get_stops_at_later_ranges() -> None:
+    view = SampleView(100_000, [(0, b"a" * 8192), (40_960, b"b" * 4096), (95_904, b"c" * 4096)])
+    assert view.get(40_960, 4) == b"bbbb"
+    assert view.get(40_000, 4) is None  # between ranges
+    assert view.get(99_996, 4) == b"cccc"
+    assert view.get(8190, 4) is None  # runs past the head
+    unsorted = SampleView(100_000, [(95_904, b"c" * 4096), (0, b"a" * 8192)])
+    assert unsorted.head == b"a" * 8192 and unsorted.tail == b"c" * 4096
+
+
+def _with_zip64_records(data: bytes) -> bytes:
+    """A valid zip with zip64 end records (and the plain EOCD) as some writers always add them:
+    the EOCD's central-directory offset + size then no longer ends at the EOCD."""
+    eocd = data.rfind(b"PK\x05\x06")
+    _d1, _d2, n_disk, n_total, cd_size, cd_off, _clen = struct.unpack_from("<HHHHIIH", data, eocd + 4)
+    record = b"PK\x06\x06" + struct.pack("<QHHIIQQQQ", 44, 45, 45, 0, 0, n_disk, n_total, cd_size, cd_off)
+    locator = b"PK\x06\x07" + struct.pack("<IQI", 0, eocd, 1)
+    return data[:eocd] + record + locator + data[eocd:]
+
+
+def test_zip64_end_records_found_before_the_eocd() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(20):
+            zf.writestr(f"doc/{i}.txt", f"line {i}\n" * 500)
+    data = _with_zip64_records(buf.getvalue())
+    assert zipfile.ZipFile(io.BytesIO(data)).testzip() is None  # Python reads it
+    assert features_of("a.zip", data).valid is True
+    # the locator anywhere else in the tail (stored member data) does not excuse a bad offset
+    plain = buf.getvalue()
+    eocd = plain.rfind(b"PK\x05\x06")
+    cd_off = struct.unpack_from("<I", plain, eocd + 16)[0]
+    broken = plain[:eocd + 16] + struct.pack("<I", cd_off + 1) + plain[eocd + 20:]
+    assert features_of("a.zip", broken).why == "bad-central-directory-offset"
+
+
+def test_pdf_encrypt_key_in_an_xref_stream_dictionary_mid_file(rand: fm.Rand) -> None:
+    """/Encrypt in a cross-reference stream's dictionary, where startxref points (a sampled block
+    far from both ends of a large file), is still seen; the same PDF without it is not encrypted."""
+    total = 400_000
+    xref_at = sample_plan(total)[6][0]  # a middle block
+    filler = rand.bytes(total)
+
+    def build(encrypt: bool) -> bytes:
+        head = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"
+        extra = b" /Encrypt 41 0 R" if encrypt else b" /Info 41 0 R   "
+        xref_obj = b"40 0 obj\n<< /Type /XRef /Size 42 /Root 1 0 R%s /W [1 4 2] >>\nstream\n" % extra
+        tail = b"\nstartxref\n%d\n%%%%EOF\n" % xref_at
+        data = head + filler[: xref_at - len(head)] + xref_obj
+        data += filler[len(data) : total - len(tail)] + tail
+        assert len(data) == total
+        return data
+
+    enc = build(True)
+    assert 8192 < enc.find(b"/Encrypt") < total - 8192
+    feats = features_of("report.pdf", enc)
+    assert (feats.type, feats.valid, feats.enc) == ("pdf", True, True)
+    plain = features_of("report.pdf", build(False))
+    assert (plain.type, plain.valid, plain.enc) == ("pdf", True, False)
+
+
+def test_note_content_scored_only_for_note_extensions() -> None:
+    note = (b"All your files are encrypted. To decrypt them pay 0.5 bitcoin to our wallet. "
+            b"Download Tor Browser and visit our .onion site. Do not rename files.\n") * 3
+    assert features_of("INFO.txt", note).note >= 3
+    assert features_of("info", note).note >= 3
+    assert features_of("export.csv", note).note == 0  # an export is never a note
+
+
+def test_pairing_indexes_only_with_deletions() -> None:
+    import sqlite3
+
+    from rempart.detect.features import FileFeatures
+
+    def indexes(db: sqlite3.Connection) -> set[str]:
+        return {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+    feats = FileFeatures("text", 10, ".txt", hashes=(zlib.crc32(b"x"),), random=False)
+    db = sqlite3.connect(":memory:")
+    judge = RunJudge(db)
+    for i in range(600):
+        judge.add_change(f"d/{i}.txt", None, feats)
+    judge.finish()
+    assert indexes(db) == set()
+    assert judge.healthy_change("d/5.txt") and not judge.healthy_change("d/nope.txt")
+    assert indexes(db) == {"chg_path"}
+    db2 = sqlite3.connect(":memory:")
+    judge2 = RunJudge(db2)
+    for i in range(600):
+        judge2.add_change(f"d/{i}.txt", None, feats)
+    judge2.add_deletions([("d/old.txt", feats)])
+    judge2.finish()
+    assert {"chg_fp", "chg_dir", "del_fp", "del_dir", "del_path"} <= indexes(db2)
