@@ -136,3 +136,28 @@ def test_a_killed_reading_process_stops_the_run_with_an_error_not_a_hang(rig: Ri
     assert not t.is_alive(), "archive() hung after its reading processes died"
     assert isinstance(outcome[0], RempartError), outcome[0]
     assert "reading process" in str(outcome[0])
+
+
+def test_detection_features_computed_in_processes_match_the_threads(rig: Rig, src: Path, tmp_path: Path) -> None:
+    from rempart.agent.detection import make_detection
+
+    repo_id = Repository.open(rig.backend).config.id
+    (src / "docs" / "scan.pdf").write_bytes(b"%PDF-1.7\n" + os.urandom(50_000) + b"\n%%EOF\n")
+    threads, _, _ = rig.archive(src, rig.tmp / "t", processes=False,
+                                observer=make_detection(tmp_path / "det-t", repo_id))
+    in_procs = make_detection(tmp_path / "det-p", repo_id)
+    calls: list[str] = []
+    real_features = in_procs.features
+    in_procs.features = lambda name, *a: calls.append(name) or real_features(name, *a)  # type: ignore[method-assign]
+    procs, archiver, _ = rig.archive(src, rig.tmp / "p", observer=in_procs, **PROCS)
+    assert calls == [], "features were computed in the parent, not in the reading processes"
+    assert archiver._readers is not None
+    assert rig.subtree(threads, src) == rig.subtree(procs, src)  # the features are part of each tree
+    reader = rig.reader()
+    from rempart.snapshot.tree import decode_tree
+
+    docs = rig.subtree(procs, src)
+    (node,) = [n for n in decode_tree(reader.load_blob(docs)) if n.name == "docs"]
+    assert node.subtree is not None
+    letters = {n.name: n for n in decode_tree(reader.load_blob(node.subtree))}
+    assert letters["letter-2.txt"].features, "no features recorded by the reading processes"

@@ -15,12 +15,14 @@ import hashlib
 import os
 import struct
 
-import blake3
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from rempart.core.errors import DecryptionError, IntegrityError
 from rempart.crypto.aead import DataKey
+from rempart.crypto.idkey import IdKey
+
+__all__ = ["IdKey"]  # re-exported: defined apart so the reading processes import no HPKE
 
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 _INFO_DATA_KEY = b"rempart v1 data key"
@@ -97,28 +99,3 @@ class RecoveryPrivateKey:
 
     def __repr__(self) -> str:
         return "RecoveryPrivateKey(<secret>)"
-
-
-class IdKey:
-    """Keys blob ids (keyed BLAKE3) and the chunker's gear table seed."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: bytes) -> None:
-        if len(raw) != 32:
-            raise ValueError("id key must be 32 bytes")
-        self.raw = bytes(raw)
-
-    @classmethod
-    def generate(cls) -> IdKey:
-        return cls(os.urandom(32))
-
-    def blob_id(self, data: bytes | memoryview) -> bytes:
-        return blake3.blake3(data, key=self.raw, max_threads=1).digest()
-
-    def chunker_seed(self) -> int:
-        d = blake3.blake3(b"rempart chunker seed", key=self.raw).digest()
-        return int.from_bytes(d[:4], "little") or 1
-
-    def __repr__(self) -> str:
-        return "IdKey(<secret>)"

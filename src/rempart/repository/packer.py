@@ -9,12 +9,17 @@ from rempart.repository.format import BlobType, PackEntry, encode_header_body, p
 
 
 class Packer:
-    """Not thread-safe; the write session serialises access."""
+    """Not thread-safe; the write session serialises access.
 
-    def __init__(self, key: DataKey, envelope: bytes) -> None:
+    Sealed blobs are copied once, into one buffer per pack allocated at ``capacity`` (the pack
+    size plus room for the last blob and the header), which becomes the pack file: no list of
+    parts joined into a second copy at the end."""
+
+    def __init__(self, key: DataKey, envelope: bytes, capacity: int = 0) -> None:
         self._key = key
         self._envelope = envelope
-        self._parts: list[bytes | bytearray | memoryview] = []
+        self._capacity = capacity
+        self._buf: bytearray | None = None
         self._entries: list[tuple[int, bytes, int]] = []
         self.size = 0
 
@@ -22,40 +27,50 @@ class Packer:
         return len(self._entries)
 
     def add(self, btype: BlobType, blob_id: bytes, sealed: bytes | bytearray | memoryview) -> None:
-        self._parts.append(sealed)
-        self._entries.append((int(btype), blob_id, len(sealed)))
-        self.size += len(sealed)
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = bytearray(self._capacity)
+        n = len(sealed)
+        end = self.size + n
+        if end <= len(buf):
+            buf[self.size : end] = sealed  # same length: a copy, never a resize
+        else:
+            del buf[self.size :]
+            buf += sealed
+        self._entries.append((int(btype), blob_id, n))
+        self.size = end
 
     def take(self) -> FullPack:
         """Hand over the blobs collected so far and start a new pack (cheap: meant to be
-        called under the caller's lock; the copying and hashing happen in ``FullPack.build``)."""
-        full = FullPack(self._key, self._envelope, self._parts, self._entries)
-        self._parts = []
+        called under the caller's lock; the header and hash are made in ``FullPack.build``)."""
+        full = FullPack(self._key, self._envelope, self._buf or bytearray(), self.size, self._entries)
+        self._buf = None
         self._entries = []
         self.size = 0
         return full
 
-    def finish(self) -> tuple[str, bytes, list[PackEntry]]:
+    def finish(self) -> tuple[str, bytearray, list[PackEntry]]:
         """Returns (pack name, pack bytes, entries)."""
         return self.take().build()
 
 
 class FullPack:
-    """The sealed blobs of one pack, not yet laid out."""
+    """The sealed blobs of one pack, laid out in its buffer; the header is not written yet."""
 
-    __slots__ = ("_entries", "_envelope", "_key", "_parts")
+    __slots__ = ("_buf", "_entries", "_envelope", "_key", "_size")
 
-    def __init__(self, key: DataKey, envelope: bytes, parts: list[bytes | bytearray | memoryview],
+    def __init__(self, key: DataKey, envelope: bytes, buf: bytearray, size: int,
                  entries: list[tuple[int, bytes, int]]) -> None:
-        self._key, self._envelope, self._parts, self._entries = key, envelope, parts, entries
+        self._key, self._envelope, self._buf, self._size, self._entries = key, envelope, buf, size, entries
 
-    def build(self) -> tuple[str, bytes, list[PackEntry]]:
+    def build(self) -> tuple[str, bytearray, list[PackEntry]]:
         """(pack name, pack bytes, entries): blobs, then the authenticated plain header."""
         body = encode_header_body(self._envelope, self._entries)
         header = body + self._key.seal(b"", body)  # GMAC over the header
-        self._parts.append(pack_trailer(header))
-        data = b"".join(self._parts)
-        self._parts = []
+        data = self._buf
+        del data[self._size :]
+        data += pack_trailer(header)
+        self._buf = bytearray()
         entries = []
         off = 0
         for t, i, n in self._entries:

@@ -129,7 +129,8 @@ class WriteSession:
         self.id_key = id_key
         self.key = DataKey.generate()
         self.envelope = repo.config.public_key.wrap(self.key)
-        self._packer = Packer(self.key, self.envelope)
+        cfg = repo.config  # room for the blob that crosses the pack size, and the header
+        self._packer = Packer(self.key, self.envelope, cfg.pack_size + cfg.chunker.max_size + 65536)
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
         self._pool = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="upload")
@@ -222,7 +223,7 @@ class WriteSession:
             try:
                 name, data, entries = pack.build()
                 try:
-                    self.repo.backend.save(Handle(FileType.DATA, name), data)
+                    self.repo.backend.save(Handle(FileType.DATA, name), cast(bytes, data))
                 except AlreadyExists:
                     pass  # identical bytes (content-addressed): a harmless no-op
                 pid = bytes.fromhex(name)

@@ -332,6 +332,7 @@ class Archiver:
         if not self.options.processes or self._to_read + size <= self.options.process_after:
             return False
         setup = self.session.reader_setup()
+        setup["features"] = getattr(self.observer, "worker_features", None) or ""
         store = self.session.add_sealed if setup["ask"] else self.session.offer_sealed
         self._readers = ReaderPool(self.options.workers, setup, self.session.claim, store, self._read_done)
         return True
@@ -413,9 +414,13 @@ class Archiver:
 
     def _record_read(self, spath: str, node: Node, prev: CachedFile | None, out: ReadOutcome) -> None:
         content, size = out.content or [], out.size
-        name = os.path.basename(spath)
-        features = self.observer.features(name, size, out.samples or []) if self.observer else None
-        raw = _features_json(features) if features else None  # serialised once: node and cache row
+        if out.features_raw is not None:  # computed by a reading process
+            raw = out.features_raw or None
+            features = json.loads(raw) if raw else None
+        else:
+            name = os.path.basename(spath)
+            features = self.observer.features(name, size, out.samples or []) if self.observer else None
+            raw = _features_json(features) if features else None  # serialised once: node and cache row
         node.content, node.size, node.features, node.features_raw = content, size, features, raw
         node.mtime_ns, node.mode = out.mtime_ns, out.mode
         with self._stats_lock:

@@ -31,12 +31,15 @@ import sys
 from collections import deque
 from typing import IO, Any
 
+from rempart.snapshot.tree import canonical_json
+
 HEADER = struct.Struct("<IB")
 BLOB_HEAD = struct.Struct("<B32sII")
 REQ = struct.Struct("<QII")  # request id, retries, path length; then path, then plan pairs
 PAIR = struct.Struct("<QI")  # offset, length (plan ranges and samples)
 RESULT = struct.Struct("<QQqqQII")  # request, size, mtime, ctime, inode, mode, number of ids
 ID = struct.Struct("<Q")
+FEATURES = 2**64 - 1  # in place of a sample's offset: the file's features, as canonical JSON
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_BINARY = getattr(os, "O_BINARY", 0)
@@ -126,10 +129,17 @@ class _Worker:
     def _setup(self, p: dict[str, Any]) -> None:
         from rempart.chunking.fastcdc import Chunker, ChunkerParams
         from rempart.crypto.aead import DataKey
-        from rempart.crypto.keys import IdKey
+        from rempart.crypto.idkey import IdKey
 
         idk = IdKey(bytes.fromhex(p["id_key"]))
+        features = None
+        if p.get("features"):  # "module:function", given by the layer above (detection)
+            import importlib
+
+            module, _, func = p["features"].partition(":")
+            features = getattr(importlib.import_module(module), func)
         self.run = {"id": idk, "key": DataKey(bytes.fromhex(p["data_key"])), "level": p["level"], "ask": p["ask"],
+                    "features": features,
                     "chunker": Chunker(ChunkerParams.from_dict(p["chunker"]), idk.chunker_seed())}
 
     def _ask(self, ids: list[bytes]) -> bytes:
@@ -147,7 +157,12 @@ class _Worker:
             for _attempt in range(retries + 1):
                 result = self._read_once(path, plan)
                 if result is not None:
-                    send(self.out, b"F", *encode_result(req, *result))
+                    content, size, st, samples = result
+                    fn = self.run["features"] if self.run else None
+                    if fn is not None:  # computed here: the parent gets the features, not the samples
+                        feats = fn(os.path.basename(path), size, samples)
+                        samples = [(FEATURES, canonical_json(feats).encode() if feats else b"")]
+                    send(self.out, b"F", *encode_result(req, content, size, st, samples))
                     return
             send(self.out, b"C", ID.pack(req))
         except OSError as exc:

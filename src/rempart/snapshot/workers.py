@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import rempart
-from rempart.snapshot.worker_main import BLOB_HEAD, ID, decode_result, encode_request, recv, send
+from rempart.snapshot.worker_main import BLOB_HEAD, FEATURES, ID, decode_result, encode_request, recv, send
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(rempart.__file__)))
 
@@ -38,6 +38,7 @@ class ReadOutcome:
     samples: list[tuple[int, bytes]] | None = None
     message: str = ""
     error: BaseException | None = None  # "failed" because the parent could not take a blob
+    features_raw: str | None = None  # computed by the reading process (then no samples)
 
 
 #: claim(ids) -> one byte per id (1: new, the caller must store it); store([(type, id, sealed,
@@ -144,7 +145,11 @@ class ReaderPool:
                     proc.write(b"A", self._claim(ids))
                 elif kind == b"F":
                     req, ids, size, mtime, ctime, ino, mode, samples = decode_result(payload)
-                    self._finish(proc, req, ReadOutcome("ok", ids, size, mtime, ctime, ino, mode, samples))
+                    raw = None
+                    if samples and samples[0][0] == FEATURES:
+                        raw, samples = samples[0][1].decode(), []
+                    self._finish(proc, req, ReadOutcome("ok", ids, size, mtime, ctime, ino, mode, samples,
+                                                        features_raw=raw))
                 elif kind == b"C":
                     self._finish(proc, ID.unpack(payload)[0], ReadOutcome("changed"))
                 elif kind in (b"E", b"X"):
