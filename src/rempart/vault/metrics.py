@@ -56,6 +56,10 @@ class Metrics:
                                 registry=self.registry)
         self.bytes_received = Counter("rempart_vault_bytes_received", "Bytes of accepted uploads",
                                       ["type"], registry=self.registry)
+        self.bytes_sent = Counter("rempart_vault_bytes_sent", "Bytes of objects served, by type and by "
+                                  "whole object or byte range", ["type", "read"], registry=self.registry)
+        self.reads = Counter("rempart_vault_reads", "Objects (or byte ranges of them) served, by type and by "
+                             "whole object or byte range", ["type", "read"], registry=self.registry)
         self.auth_failures = Counter("rempart_vault_auth_failures", "Refused authentications",
                                      registry=self.registry)
         self.registry.register(PracticeCollector(vault))
