@@ -35,14 +35,20 @@ CREATE TABLE IF NOT EXISTS blobs (
 CREATE INDEX IF NOT EXISTS blobs_pid ON blobs (pid);
 CREATE TABLE IF NOT EXISTS index_files (name TEXT PRIMARY KEY) WITHOUT ROWID;
 """
-_CACHE_KIB = 4096  # SQLite page cache per connection
+#: SQLite page cache of the blob index: holds the b-tree's inner pages and some leaves (a pack's
+#: rows are inserted in id order, so each leaf is visited once per pack whatever the cache size)
+_CACHE_KIB = 2048
+#: the reference set only appends (one hot page) and sorts once; SQLite's sorter works in
+#: chunks of at least 250 pages, whatever this is
+_REFS_CACHE_KIB = 256
 _BATCH = 500  # ids per IN (...) query (SQLite allows 999 parameters on old builds)
 
 
 class _Bloom:
     """A fixed-size Bloom filter over blob ids (uniformly random keyed hashes, so slices of
     the id serve as the k hash values). Answers most "is this new chunk known?" questions
-    without a query; 4 MiB of bits keep false positives under 1 % up to ~2.5 million blobs."""
+    without a query; 4 MiB of bits keep false positives under 1 % up to ~2.5 million blobs.
+    Allocated only when first needed (a backup where nothing changed needs none)."""
 
     BITS = 1 << 25
 
@@ -71,9 +77,9 @@ class BlobLocation(NamedTuple):
     length: int
 
 
-def _connect(path: Path | None) -> sqlite3.Connection:
+def _connect(path: Path | None, cache_kib: int = _CACHE_KIB) -> sqlite3.Connection:
     db = sqlite3.connect(str(path) if path else "", check_same_thread=False, isolation_level=None)
-    db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+    db.execute(f"PRAGMA cache_size = -{cache_kib}")
     db.execute("PRAGMA temp_store = FILE")
     if path:
         db.execute("PRAGMA busy_timeout = 30000")
@@ -98,8 +104,8 @@ class BlobIndex:
             for suffix in ("", "-wal", "-shm"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
             self._db = self._open(path, repo_id)
-        self._bloom_ready = False  # built on the first miss-prone lookup (a no-change run needs none)
-        self._bloom = _Bloom()
+        #: built on the first miss-prone lookup (a no-change run needs none)
+        self._bloom: _Bloom | None = None
         row = self._db.execute("SELECT v FROM meta WHERE k = 'intact'").fetchone()
         #: True while every blob of the agent's last committed snapshot is known to be indexed:
         #: set by :meth:`mark_intact` after a commit, cleared whenever a pack is forgotten or
@@ -129,14 +135,16 @@ class BlobIndex:
             return int(self._db.execute("SELECT count(*) FROM blobs").fetchone()[0])
 
     def _filter(self) -> _Bloom:
-        if not self._bloom_ready:
+        bloom = self._bloom
+        if bloom is None:
             with self._lock:
-                if not self._bloom_ready:
+                bloom = self._bloom
+                if bloom is None:
                     bloom = _Bloom()
                     for (bid,) in self._db.execute("SELECT id FROM blobs"):
                         bloom.add(bid)
-                    self._bloom, self._bloom_ready = bloom, True
-        return self._bloom
+                    self._bloom = bloom
+        return bloom
 
     def __contains__(self, blob_id: object) -> bool:
         if not isinstance(blob_id, bytes) or blob_id not in self._filter():
@@ -208,9 +216,11 @@ class BlobIndex:
         db = self._db
         db.execute("INSERT OR IGNORE INTO packs (id) VALUES (?)", (pack_id,))
         (pid,) = db.execute("SELECT pid FROM packs WHERE id = ?", (pack_id,)).fetchone()
-        rows = [(e.id, pid, int(e.type), e.offset, e.length) for e in entries]
+        # in id order: each b-tree leaf is visited once (random order costs ~30 % more CPU and
+        # needs a larger page cache for the same speed)
+        rows = sorted((e.id, pid, int(e.type), e.offset, e.length) for e in entries)
         db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
-        if self._bloom_ready:  # else it is built from the table when first needed
+        if self._bloom is not None:  # else it is built from the table when first needed
             for r in rows:
                 self._bloom.add(r[0])
 
@@ -264,7 +274,7 @@ class BlobIndex:
             for table in ("blobs", "packs", "index_files"):
                 self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             self._set_intact(False)
-            self._bloom, self._bloom_ready = _Bloom(), False
+            self._bloom = None
 
 
 class RefSet:
@@ -274,7 +284,7 @@ class RefSet:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._db = _connect(None)
+        self._db = _connect(None, _REFS_CACHE_KIB)
         self._db.execute("CREATE TABLE refs (id BLOB NOT NULL)")
 
     def add(self, blob_id: bytes) -> None:
@@ -290,15 +300,21 @@ class RefSet:
             return int(self._db.execute("SELECT count(DISTINCT id) FROM refs").fetchone()[0])
 
     def __iter__(self) -> Iterator[bytes]:
+        """Sorted, each id once: SQLite sorts (in bounded memory, spilling to a temporary
+        file), duplicates are dropped here (cheaper than SELECT DISTINCT's temporary b-tree)."""
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("SELECT DISTINCT id FROM refs ORDER BY id")
+            cur.execute("SELECT id FROM refs ORDER BY id")
+        prev = None
         while True:
             with self._lock:
-                rows = cur.fetchmany(8192)
+                rows = cur.fetchmany(1024)  # ~120 KB of Python objects per batch
             if not rows:
                 return
-            yield from (r[0] for r in rows)
+            for (bid,) in rows:
+                if bid != prev:
+                    yield bid
+                    prev = bid
 
     def close(self) -> None:
         with self._lock:
