@@ -6,6 +6,11 @@ measures, for each N and each tool, the peak RSS of the process tree (see bench_
 wall time of a first backup and of a second backup with nothing changed. Fresh repository per N.
 
     python bench/memory_scale.py --files 10000,200000 --tools rempart,restic --markdown out.md
+
+To compare two versions of rempart in the same run, give each source tree a label: with
+``--src base=/tmp/base/src --src new=/work/main/src`` every rempart tool runs once per label
+(``rempart-nodetect@base``, ...) with PYTHONPATH pointing at that tree. ``--max-files
+restic=200000`` skips a tool above a file count.
 """
 
 from __future__ import annotations
@@ -48,12 +53,17 @@ def make_small_files(root: Path, count: int, seed: int) -> int:
     return total
 
 
-def measure(tool_name: str, data: Path, home: Path, cache: str, runs: int, timeout: float) -> dict[str, Any]:
+def measure(tool_name: str, data: Path, home: Path, cache: str, runs: int, timeout: float,
+            srcs: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for phase in ("initial", "nochange"):
         out[phase] = {"wall_s": [], "peak_rss": []}
+    base_name, _, label = tool_name.partition("@")
     for r in range(runs):
-        tool = make_tool(tool_name, home / f"{tool_name}-{r}")
+        tool = make_tool(base_name, home / f"{tool_name}-{r}")
+        if label:  # this rempart from another source tree
+            tool_env = tool.env() | {"PYTHONPATH": srcs[label]}
+            tool.env = lambda e=tool_env: e  # type: ignore[method-assign,misc]
         shutil.rmtree(tool.home, ignore_errors=True)
         tool.init()
         for phase, label in (("initial", "a"), ("nochange", "b")):
@@ -83,8 +93,8 @@ def render(result: dict[str, Any]) -> str:
     if result.get("notes"):
         lines += [f"Note: {n}" for n in result["notes"]] + [""]
     head = "| tool | backup |" + "".join(f" {n} files: peak RSS MiB | time s |" for n in counts)
-    head += f" RSS {counts[-1]}/{counts[0]} |"
-    lines += [head, "|---|---|" + "---:|---:|" * len(counts) + "---:|"]
+    head += "".join(f" RSS {n}/{counts[0]} |" for n in counts[1:])
+    lines += [head, "|---|---|" + "---:|---:|" * len(counts) + "---:|" * (len(counts) - 1)]
     for tool, per in result["tools"].items():
         for phase in ("initial", "nochange"):
             cells, rss = [], []
@@ -96,8 +106,11 @@ def render(result: dict[str, Any]) -> str:
                 else:
                     rss.append(float("nan"))
                     why = f"killed after {cell['timeout']:.0f} s" if "timeout" in cell else "not run"
+                    if cell.get("skipped"):
+                        why = "skipped"
                     cells.append(f" - | {why} |")
-            lines.append(f"| {tool} | {phase} |" + "".join(cells) + f" {rss[-1] / rss[0]:.2f} |")
+            ratio = " | ".join(f"{rss[k] / rss[0]:.2f}" for k in range(1, len(rss)))
+            lines.append(f"| {tool} | {phase} |" + "".join(cells) + f" {ratio} |")
     alerts = [f"{tool} {n} files {ph}" for tool, per in result["tools"].items() for n in counts
               for ph in ("initial", "nochange") if 30 in per[str(n)][ph].get("exit", [])]
     if alerts:
@@ -120,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default="/tmp/rempart-bench-mem")
     p.add_argument("--cache", choices=("cold", "warm", "auto"), default="auto")
     p.add_argument("--timeout", type=float, default=900, help="kill a backup after this many seconds")
+    p.add_argument("--src", action="append", default=[], metavar="LABEL=DIR",
+                   help="run every rempart tool also (or only, see --tools) from this source tree")
+    p.add_argument("--max-files", action="append", default=[], metavar="TOOL=N",
+                   help="do not run TOOL above N files")
     p.add_argument("--json", dest="json_out")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
@@ -127,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         args.cache = "cold" if can_drop_caches() else "warm"
     counts = [int(x) for x in args.files.split(",")]
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    srcs = dict(x.split("=", 1) for x in args.src)
+    max_files = {k: int(v) for k, v in (x.split("=", 1) for x in args.max_files)}
+    if srcs:
+        tools = [f"{t}@{label}" if t.startswith("rempart") else t for t in tools for label in srcs
+                 ] if tools else tools
+        tools = list(dict.fromkeys(tools))
     notes = []
     if "rempart" in tools and not detection_available():
         tools = ["rempart-nodetect" if t == "rempart" else t for t in tools]
@@ -142,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         size = make_small_files(data, n, args.seed)
         print(f"{n} files, {size / MIB:.0f} MiB, generated in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         for t in tools:
-            result["tools"][t][str(n)] = measure(t, data, work / "homes", args.cache, args.runs, args.timeout)
+            if n > max_files.get(t.partition("@")[0], n):
+                result["tools"][t][str(n)] = {ph: {"wall_s": [], "peak_rss": [], "skipped": True}
+                                             for ph in ("initial", "nochange")} | {"local_cache_bytes": 0}
+                continue
+            result["tools"][t][str(n)] = measure(t, data, work / "homes", args.cache, args.runs, args.timeout, srcs)
         shutil.rmtree(data, ignore_errors=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=1))
