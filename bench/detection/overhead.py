@@ -11,6 +11,12 @@ and the working tree), each given as ``LABEL=SRC`` where SRC is a ``src`` folder
 
 The repository and state folders go under ``--workdir`` (default: a temporary folder in /tmp)
 and are deleted after each run. The data folder is read once beforehand to warm the page cache.
+
+``--in-process`` measures only detection's own work instead, which the load of a shared machine
+disturbs far less than a whole backup: each version, in its own interpreter, reads every file
+into memory, then (timed, thread CPU time) captures the planned ranges from 64 KiB chunks as the
+archiver does, extracts the features, encodes the sketch as the archiver does, reports the change
+to the agent adapter, and runs the end-of-run assessment. Best of ``--reps``, per round.
 """
 
 from __future__ import annotations
@@ -81,6 +87,54 @@ def one_backup(src: Path, data: Path, workdir: Path, detect: bool) -> tuple[floa
         shutil.rmtree(home, ignore_errors=True)
 
 
+_IN_PROCESS = r"""
+import os, sys, tempfile, time, json
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from rempart.agent.detection import AgentDetection
+from rempart.detect.assess import assess_run
+from rempart.detect.ledger import DamageLedger
+from rempart.snapshot.pipeline import collect_samples
+root, reps = sys.argv[1], int(sys.argv[2])
+enc = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # the archiver's encoder
+files = []
+for dp, dn, fn in os.walk(root):
+    dn.sort()
+    for n in sorted(fn):
+        p = os.path.join(dp, n)
+        with open(p, "rb") as f:
+            files.append((p, n, f.read()))
+best = None
+for _ in range(reps):
+    det = AgentDetection(Path(tempfile.mkdtemp()))
+    t0 = time.thread_time()
+    for p, n, data in files:
+        plan = det.sample_plan(len(data))
+        samples = []
+        view = memoryview(data)
+        for off in range(0, len(data), 65536):
+            if plan:
+                collect_samples(plan, samples, off, view[off : off + 65536])
+        feats = det.features(n, len(data), samples)
+        enc(feats)
+        det.changed(p, None, feats, True)
+    assess_run(det._run(), total_files=len(files), ledger=DamageLedger(), time=datetime.now(timezone.utc),
+               parent=None, family_counts=Counter())
+    t = time.thread_time() - t0
+    det._close_run()
+    best = t if best is None else min(best, t)
+print(json.dumps({"cpu": best, "files": len(files)}))
+"""
+
+
+def in_process(src: Path, data: Path, reps: int) -> float:
+    env = dict(os.environ, PYTHONPATH=str(src.resolve()))
+    out = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(data), str(reps)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return float(json.loads(out)["cpu"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
@@ -89,8 +143,19 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-baseline", action="store_true", help="skip the --no-detect runs")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    ap.add_argument("--in-process", action="store_true", help="time detection's own work only (see above)")
+    ap.add_argument("--reps", type=int, default=3, help="--in-process: repetitions per round (best kept)")
     args = ap.parse_args()
     versions = [tuple(v.split("=", 1)) for v in args.version] or [("this", str(Path(__file__).parents[2] / "src"))]
+    if args.in_process:
+        det_cpu: dict[str, list[float]] = {label: [] for label, _ in versions}
+        for r in range(args.rounds):
+            for label, src in versions if r % 2 == 0 else list(reversed(versions)):
+                det_cpu[label].append(in_process(Path(src), args.data, args.reps))
+                print(f"round {r + 1} {label}: detection cpu {det_cpu[label][-1]:.3f} s", file=sys.stderr, flush=True)
+        print(json.dumps({label: {"cpu": [round(c, 3) for c in v], "cpu_median": round(statistics.median(v), 3)}
+                          for label, v in det_cpu.items()}, indent=1))
+        return 0
     _warm(args.data)
     variants = [(f"{label} detect", Path(src), True) for label, src in versions]
     if not args.no_baseline:

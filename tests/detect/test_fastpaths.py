@@ -127,3 +127,34 @@ def test_pairing_indexes_only_with_deletions() -> None:
     judge2.add_deletions([("d/old.txt", feats)])
     judge2.finish()
     assert {"chg_fp", "chg_dir", "del_fp", "del_dir", "del_path"} <= indexes(db2)
+
+
+def test_run_without_deletions_keeps_plain_rows_out_of_sqlite_and_still_heals() -> None:
+    """A run with no deletions writes only damaged and note rows; the others are still counted
+    by kind, and a ledger entry whose file changed back to healthy is healed."""
+    import sqlite3
+    from datetime import datetime, timezone
+
+    from rempart.detect.assess import assess_run
+    from rempart.detect.features import FileFeatures
+    from rempart.detect.ledger import DamageLedger
+
+    t0 = datetime(2026, 3, 1, 8, tzinfo=timezone.utc)
+    ledger = DamageLedger()
+    ledger.add("docs/letter.txt", "became-invalid", t0, "snap-1")
+    ledger.add("docs/other.txt", "became-invalid", t0, "snap-1")
+    text = FileFeatures("text", 900, ".txt", hashes=(1,), random=False, utf8=True)
+    text2 = FileFeatures("text", 950, ".txt", hashes=(2,), random=False, utf8=True)
+    wiped = FileFeatures("zeros", 900, ".txt", hashes=(3,))
+    db = sqlite3.connect(":memory:")
+    judge = RunJudge(db)
+    judge.add_change("docs/letter.txt", text, text2)  # healthy again
+    for i in range(30):
+        judge.add_change(f"docs/new-{i}.txt", None, text)
+    judge.add_change("docs/wiped.txt", text, wiped)
+    result = assess_run(judge, total_files=100, ledger=ledger, time=t0, parent="snap-2")
+    assert db.execute("SELECT COUNT(*) FROM chg").fetchone()[0] == 1  # only the damaged row
+    assert result.counts["new"] == 30 and result.counts["ok"] == 1 and result.counts["wiped"] == 1
+    assert "docs/letter.txt" not in result.ledger.entries  # healed
+    assert "docs/other.txt" in result.ledger.entries and "docs/wiped.txt" in result.ledger.entries
+    assert result.damaged_paths == ["docs/wiped.txt"]

@@ -15,6 +15,7 @@ import posixpath
 import sqlite3
 import struct
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -96,6 +97,8 @@ class RunJudge:
         self.changes = 0
         self.deletions = 0
         self._path_index = False
+        self._plain_kinds: Counter[str] = Counter()  # rows kept out of SQLite (see finish)
+        self._plain_healthy: set[str] = set()
 
     def add_change(self, path: str, prev: FileFeatures | None, cur: FileFeatures) -> v.FileVerdict:
         fv = v.compare(prev, cur)
@@ -108,7 +111,7 @@ class RunJudge:
                 archive = cur.entries if cur.entries is not None else -1
             row: tuple[Any, ...] = (  # integers, not booleans: sqlite3 binds a bool through its slow path
                 path, folder, 1, kind, int(fv.damaged), int(bool(valid) or ctype == "text"), int(cur.db),
-                fingerprint(cur), archive, int(kind in _NEW_ODD),
+                cur, archive, int(kind in _NEW_ODD),  # the fingerprint is packed when written
                 int(valid is not True and ctype not in ("text", "empty")),
                 cur.size, int(bool(cur.encoded)), int(cur.note >= NOTE_SCORE or note_name(base)),
             )
@@ -140,9 +143,31 @@ class RunJudge:
 
     def _flush_changes(self) -> None:
         rows, self._chg = self._chg, []
+        self._write_changes(rows)
+
+    def _write_changes(self, rows: list[tuple[Any, ...]]) -> None:
+        # a new file's row holds its features until written: most rows of a run without
+        # deletions never are, and are never fingerprinted
         self._insert(
             "INSERT INTO chg (path,dir,new,kind,damaged,ok,db,fp,arch,cand_kind,cand_inv,size,enc,note) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [r if r[7] is None else (*r[:7], fingerprint(r[7]), *r[8:]) for r in rows])
+
+    def _keep_plain_rows(self) -> None:
+        """Without deletions nothing is paired, so the buffered rows that are neither damaged nor
+        a ransom note are only counted (kind) and, when healthy, remembered by path for
+        :meth:`healthy_change`; only the others are written. The buffer is at most ``spill``
+        rows, already in memory: an initial backup writes almost nothing to SQLite."""
+        rows, self._chg = self._chg, []
+        written = []
+        for row in rows:
+            if row[4] or row[13]:  # damaged, note
+                written.append(row)
+            else:
+                self._plain_kinds[row[3]] += 1
+                if row[5]:  # ok (and not damaged)
+                    self._plain_healthy.add(row[0])
+        self._write_changes(written)
 
     def _flush_deletions(self) -> None:
         rows, self._del = self._del, []
@@ -159,10 +184,13 @@ class RunJudge:
             self.db.execute("COMMIT")
 
     def finish(self) -> None:
-        """Write what is buffered and index the rows (call once, before the queries below).
-        A few hundred rows are scanned faster than indexed."""
+        """Write what is buffered and index the rows (call once, after the deletions, before the
+        queries below). A few hundred rows are scanned faster than indexed."""
         with self._lock:
-            self._flush_changes()
+            if self.deletions:
+                self._flush_changes()
+            else:
+                self._keep_plain_rows()
             self._flush_deletions()
         # Without deletions nothing is paired (an initial backup, most incremental ones): the
         # pairing indexes would be built for no query.
@@ -233,7 +261,10 @@ class RunJudge:
     # --- queries ---------------------------------------------------------------------------
 
     def kind_counts(self) -> dict[str, int]:
-        return {str(k): int(n) for k, n in self.db.execute("SELECT kind, COUNT(*) FROM chg GROUP BY kind")}
+        counts = Counter(self._plain_kinds)
+        for k, n in self.db.execute("SELECT kind, COUNT(*) FROM chg GROUP BY kind"):
+            counts[str(k)] += int(n)
+        return dict(counts)
 
     def remaining(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM del WHERE state = 0").fetchone()[0])
@@ -278,6 +309,8 @@ class RunJudge:
 
     def healthy_change(self, path: str) -> bool:
         """The file changed in this run and is now healthy (valid or text, not damaged)."""
+        if path in self._plain_healthy:
+            return True
         if not self._path_index and self.changes > INDEXED:  # asked once per ledger entry
             self.db.execute(PATH_INDEX)
             self._path_index = True
