@@ -1,13 +1,17 @@
 """rempart backup PATH...: needs neither the kit nor a passphrase.
 
 The engine is imported inside ``run``, after the metadata read-ahead has started: on a cold
-cache the imports and the folder reads then overlap instead of adding up.
+cache the imports and the folder reads then overlap instead of adding up. The read-ahead also
+lists a local repository's pack folders and asks the kernel for the files the previous run
+opened first (its Python modules and databases, remembered in ``STARTUP_FILES``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,12 +34,62 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         "or after the PC was cleaned and restored); backups are judged afresh")
 
 
+#: in the state folder: files a backup reads at start-up, one path a line (a hint, rewritten
+#: when it changes)
+STARTUP_FILES = "startup-files.txt"
+MAX_STARTUP_FILES = 2000
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    read_ahead = MetadataReadAhead(Path(p).absolute() for p in args.paths).start()
+    read_ahead = MetadataReadAhead((Path(p).absolute() for p in args.paths), folders=_repo_folders(ctx.repo),
+                                   files=_startup_files(ctx.state_dir)).start()
     try:
-        return _run(args, ctx)
+        code = _run(args, ctx)
     finally:
         read_ahead.stop()
+    _remember_startup_files(ctx.state_dir)
+    return code
+
+
+def _repo_folders(repo: str | None) -> list[Path]:
+    """A local repository's folders that opening it lists (storage/local.py's layout)."""
+    if not repo or "://" in repo:
+        return []
+    return [Path(repo) / "data", Path(repo) / "index"]
+
+
+def _startup_files(state_dir: Path) -> Iterator[str]:
+    """The remembered list, read by the read-ahead thread."""
+    try:
+        text = (state_dir / STARTUP_FILES).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return
+    yield from text.splitlines()[:MAX_STARTUP_FILES]
+
+
+def _remember_startup_files(state_dir: Path) -> None:
+    """The compiled modules and libraries this process loaded, and the state databases."""
+    files = []
+    for mod in list(sys.modules.values()):
+        for path in (getattr(mod, "__cached__", None), getattr(mod, "__file__", None)):
+            # the compiled module if there is one (the source is then only looked at), a library
+            if isinstance(path, str) and path.endswith((".pyc", ".py", ".so", ".pyd")) and os.path.isfile(path):
+                files.append(path)
+                break
+    files += sorted(str(p) for p in state_dir.glob("repos/*/*.sqlite"))
+    text = "\n".join(files[:MAX_STARTUP_FILES]) + "\n"
+    target = state_dir / STARTUP_FILES
+    try:
+        if target.read_text(encoding="utf-8", errors="surrogateescape") == text:
+            return
+    except OSError:
+        pass
+    try:
+        tmp = target.with_name(f".{STARTUP_FILES}.{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
+        os.replace(tmp, target)
+    except OSError:
+        pass  # a hint only
 
 
 def _run(args: argparse.Namespace, ctx: Context) -> int:

@@ -53,11 +53,23 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             sub.add_parser(name, help=summary, add_help=False)
             continue
-        mod = importlib.import_module(module)
+        mod = _command_module(module)
+        if mod is None:  # registered, not shipped in this build: listed, refused when run
+            sub.add_parser(name, help=f"{summary} (not available in this build)", add_help=False)
+            continue
         cmd = sub.add_parser(name, help=summary, description=summary)
         _global_options(cmd, argparse.SUPPRESS)  # also accepted after the command name
         mod.add_parser(cmd)
     return parser
+
+
+def _command_module(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return None
 
 
 def _global_options(p: argparse.ArgumentParser, default: object) -> None:
@@ -112,19 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = _command_name(args_list)
     parser = build_parser(only=name)
     args, extra = parser.parse_known_args(args_list)
-    module_name = COMMANDS[args.command][0] if args.command else None
-    intermixed = getattr(importlib.import_module(module_name), "INTERMIXED", None) if module_name else None
+    module = _command_module(COMMANDS[args.command][0]) if args.command else None
+    if args.command and module is None:
+        print(f"rempart: error: the {args.command} command is not available in this build", file=sys.stderr)
+        return 2
+    intermixed = getattr(module, "INTERMIXED", None)
     if extra and intermixed and not any(e.startswith("-") for e in extra):
         getattr(args, intermixed).extend(extra)  # positionals given after options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if not args.command:
+    if not args.command or module is None:
         parser.print_help()
         return 2
     from rempart.cli.context import Context
 
     ctx = Context.from_args(args)
-    module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args, ctx) or 0)
     except RempartError as exc:

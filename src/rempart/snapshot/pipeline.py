@@ -4,6 +4,7 @@ backup command starts the read-ahead before the rest of the program is imported.
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 from bisect import bisect_right
@@ -99,49 +100,113 @@ class MetadataReadAhead:
     cache when the archiver gets there. On a cold cache a backup with nothing changed waits
     mostly for these reads; started before the program's imports and the index load, the
     read-ahead overlaps them (restic's progress scanner does the same). It reads only
-    metadata, never file contents, and stops when ``stop`` is called or after ``max_entries``."""
+    metadata, never file contents, and stops when ``stop`` is called or after ``max_entries``.
 
-    def __init__(self, paths: Iterable[Path], max_entries: int = 2_000_000) -> None:
-        self._paths = [os.fspath(p) for p in paths]
+    ``threads`` walkers share one queue of folders ordered as the archiver will visit them
+    (default one: a second walker did not shorten a cold no-change backup of 8,820 files here
+    and cost CPU). ``folders`` are walked first (the repository's pack folders, listed before
+    the walk starts), and ``files`` are whole files wanted soon (databases, the program's
+    modules): ``file_threads`` threads open them, several at once since opening waits for the
+    folder and inode, and ask the kernel to start reading them (``posix_fadvise``); nothing is
+    read into memory here."""
+
+    #: files larger than this are left to be read on demand (a large library is mostly unused)
+    max_file = 4 << 20
+
+    def __init__(self, paths: Iterable[Path], max_entries: int = 2_000_000, *, threads: int = 1,
+                 folders: Iterable[Path] = (), files: Iterable[Path | str] = (), file_threads: int = 4) -> None:
         self._stopped = threading.Event()
         self._left = max_entries
+        self._files = iter(files)  # iterated by the threads: it may read a list itself
+        self._files_lock = threading.Lock()
         self.visited = 0
-        self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+        self._cond = threading.Condition(threading.Lock())
+        self._busy = 0
+        # (rank, path components, path): 0 before 1, then depth-first in sorted name order
+        self._queue: list[tuple[int, tuple[str, ...], str]] = []
+        for rank, roots in ((0, folders), (1, paths)):
+            for p in roots:
+                s = os.fspath(p)
+                self._queue.append((rank, Path(s).parts, s))
+        heapq.heapify(self._queue)
+        self._threads = [threading.Thread(target=self._run, name="read-ahead", daemon=True)
+                         for _ in range(max(1, threads))]
+        # opening a file waits for its folder and inode: several at once keep the disk busy
+        self._threads += [threading.Thread(target=self._advise, name="read-ahead-files", daemon=True)
+                          for _ in range(file_threads if hasattr(os, "posix_fadvise") else 0)]
 
     def start(self) -> MetadataReadAhead:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
     def stop(self) -> None:
         self._stopped.set()
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
 
     def _run(self) -> None:
-        for p in sorted(self._paths):
+        cond, queue = self._cond, self._queue
+        while True:
+            with cond:
+                while not queue and self._busy and not self._stopped.is_set():
+                    cond.wait(0.5)
+                if not queue or self._stopped.is_set():
+                    cond.notify_all()
+                    return
+                rank, key, path = heapq.heappop(queue)
+                self._busy += 1
             try:
-                if os.path.isdir(p) and not os.path.islink(p):
-                    self._walk(p)
-            except OSError:
-                continue
+                self._scan(rank, key, path)
+            finally:
+                with cond:
+                    self._busy -= 1
+                    cond.notify_all()
 
-    def _walk(self, path: str) -> None:
+    def _scan(self, rank: int, key: tuple[str, ...], path: str) -> None:
         try:
+            if os.path.islink(path) or not os.path.isdir(path):
+                return
             with os.scandir(path) as it:
                 entries = sorted(it, key=_entry_name)
         except OSError:
             return
         for e in entries:  # the archiver's order: each folder as soon as it is listed
-            if self._stopped.is_set() or self.visited >= self._left:
-                return
-            self.visited += 1
+            with self._cond:
+                if self._stopped.is_set() or self.visited >= self._left:
+                    return
+                self.visited += 1
             try:
                 e.stat(follow_symlinks=False)
                 if e.is_dir(follow_symlinks=False):
-                    self._walk(e.path)
+                    with self._cond:
+                        heapq.heappush(self._queue, (rank, (*key, e.name), e.path))
+                        self._cond.notify()
             except OSError:
                 continue
+
+    def _advise(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                with self._files_lock:
+                    f = next(self._files, None)
+            except (OSError, ValueError):  # a list that cannot be read, or being read by another
+                return
+            if f is None:
+                return
+            try:
+                fd = os.open(f, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                if os.fstat(fd).st_size <= self.max_file:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
 
 def _entry_name(e: os.DirEntry[str]) -> str:
