@@ -142,6 +142,8 @@ def main() -> int:
                     help="code version to measure (repeatable); default: this checkout's src")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-baseline", action="store_true", help="skip the --no-detect runs")
+    ap.add_argument("--no-detect-of", default="", metavar="LABELS",
+                    help="comma-separated versions whose --no-detect runs are made (default: all)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     ap.add_argument("--in-process", action="store_true", help="time detection's own work only (see above)")
     ap.add_argument("--reps", type=int, default=3, help="--in-process: repetitions per round (best kept)")
@@ -159,7 +161,9 @@ def main() -> int:
     _warm(args.data)
     variants = [(f"{label} detect", Path(src), True) for label, src in versions]
     if not args.no_baseline:
-        variants += [(f"{label} --no-detect", Path(src), False) for label, src in versions]
+        only = set(filter(None, args.no_detect_of.split(",")))
+        variants += [(f"{label} --no-detect", Path(src), False) for label, src in versions
+                     if not only or label in only]
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else list(reversed(variants))
