@@ -61,10 +61,11 @@ _COUNT_TYPES = "SELECT json_extract(features, '$.t'), COUNT(*) FROM main.files W
 class CachedFile:
     """One file of the previous run, as its state-cache row (kept to be written back as is)."""
 
-    __slots__ = ("content", "ctime_ns", "features_raw", "inode", "mtime_ns", "path", "read_at", "row", "size")
+    __slots__ = ("content", "ctime_ns", "dirpath", "features_raw", "inode", "mtime_ns", "name", "read_at", "row", "size")
 
-    def __init__(self, path: str, row: tuple[Any, ...]) -> None:
-        self.path = path
+    def __init__(self, dirpath: str, name: str, row: tuple[Any, ...]) -> None:
+        self.dirpath = dirpath
+        self.name = name
         self.row = row  # (dir, name, size, mtime_ns, ctime_ns, inode, content, features, read_at)
         self.size: int = row[2]
         self.mtime_ns: int = row[3]
@@ -74,6 +75,10 @@ class CachedFile:
         self.content: list[bytes] = [raw[i : i + 32] for i in range(0, len(raw), 32)]
         self.features_raw: str | None = row[7] or None  # canonical JSON, parsed only when needed
         self.read_at: float = row[8] or 0.0
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.dirpath, self.name)  # joined only if asked for (rarely)
 
     @property
     def features(self) -> dict[str, Any] | None:
@@ -144,13 +149,13 @@ class StateCache:
 
     def lookup_dir(self, dirpath: str) -> dict[str, CachedFile]:
         d = os.fsencode(dirpath)
-        join, fsdecode = os.path.join, os.fsdecode
+        fsdecode = os.fsdecode
         out = {}
         for row in self.db.execute(
             "SELECT dir,name,size,mtime_ns,ctime_ns,inode,content,features,read_at FROM main.files WHERE dir=?", (d,)
         ):
             name = fsdecode(row[1])
-            out[name] = CachedFile(join(dirpath, name), row)
+            out[name] = CachedFile(dirpath, name, row)
         with self._batch_lock:
             st = self._dirs.get(d)
             if st is None:
