@@ -161,3 +161,67 @@ def test_detection_features_computed_in_processes_match_the_threads(rig: Rig, sr
     assert node.subtree is not None
     letters = {n.name: n for n in decode_tree(reader.load_blob(node.subtree))}
     assert letters["letter-2.txt"].features, "no features recorded by the reading processes"
+
+
+def _workers_of(pid: int) -> list[int]:
+    """Live reading processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z" and b"worker_main" in cmd:
+            out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_backup_killed_while_processes_read_leaves_no_process_and_a_valid_repository(repo, tmp_path: Path) -> None:
+    import hashlib
+    import subprocess
+    import sys
+    import time
+
+    from tests.engine.conftest import run_subprocess
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(80):
+        (src / f"scan{i:03d}.bin").write_bytes(os.urandom(1_000_000))
+    p = subprocess.Popen([sys.executable, "-m", "rempart.cli.main", "backup", str(src), "--no-detect", "-q"],
+                         env=repo.environ(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline and len(workers) < 2:
+        workers = _workers_of(p.pid)
+        time.sleep(0.02)
+    assert len(workers) == 2, "the backup did not start its two reading processes"
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "reading processes outlived the killed backup"
+    r = run_subprocess(repo, "check")
+    assert r.code == 0, r.out + r.err
+    r = run_subprocess(repo, "backup", str(src), "--no-detect", "--json")
+    assert r.code == 0, r.err
+    r = run_subprocess(repo, "restore", "latest", "--target", str(tmp_path / "out"), "--kit", str(repo.kit))
+    assert r.code == 0, r.err
+    out = tmp_path / "out" / src.relative_to("/")
+    for i in (0, 41, 79):
+        name = f"scan{i:03d}.bin"
+        assert hashlib.sha256((out / name).read_bytes()).digest() == hashlib.sha256((src / name).read_bytes()).digest()

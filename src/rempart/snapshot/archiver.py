@@ -15,7 +15,7 @@ import stat as statmod
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +35,7 @@ from rempart.snapshot.tree import (
     kind_of,
     tree_signature,
 )
-from rempart.snapshot.workers import ReaderPool, ReadOutcome
+from rempart.snapshot.workers import ReaderPool, ReaderStartError, ReadOutcome
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_BINARY = getattr(os, "O_BINARY", 0)
@@ -334,7 +334,12 @@ class Archiver:
         setup = self.session.reader_setup()
         setup["features"] = getattr(self.observer, "worker_features", None) or ""
         store = self.session.add_sealed if setup["ask"] else self.session.offer_sealed
-        self._readers = ReaderPool(self.options.workers, setup, self.session.claim, store, self._read_done)
+        try:
+            self._readers = ReaderPool(self.options.workers, setup, self.session.claim, store, self._read_done)
+        except ReaderStartError as exc:
+            self._warn(str(exc))
+            self.options = replace(self.options, processes=False)
+            return False
         return True
 
     def _read_done(self, context: Any, outcome: ReadOutcome) -> None:

@@ -10,6 +10,7 @@ Wire protocol, over the child's stdin (parent → child) and a private copy of i
 (child → parent; fd 1 itself is pointed at stderr so a stray print cannot corrupt the stream).
 Every message is ``u32 length || 1 kind byte || payload``:
 
+- child → parent first: ``H`` once it has imported what it needs and taken the run's keys.
 - parent → child: ``K`` run keys and parameters (JSON), ``R`` read a file (``encode_request``:
   request id, retries, path, sample plan), ``A`` the answer to the last ``Q`` (one byte per id:
   1 = new, store it; 0 = already stored or claimed), ``S`` stop.
@@ -123,6 +124,7 @@ class _Worker:
             kind, payload = msg
             if kind == b"K":
                 self._setup(json.loads(payload))
+                send(self.out, b"H")  # ready: the parent waits for this before handing out files
             elif kind == b"R":
                 self._request(*decode_request(payload))
 
@@ -217,6 +219,9 @@ class _Worker:
 
 
 def main() -> int:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes the pipes
     out = os.dup(1)
     os.dup2(2, 1)  # print() in this process goes to stderr, never into the message stream
     sys.stdout = sys.stderr

@@ -49,6 +49,10 @@ Store = Callable[[list[Blob]], None]
 Done = Callable[[Any, ReadOutcome], None]
 
 
+class ReaderStartError(OSError):
+    """The reading processes could not start (e.g. an interpreter that cannot run ``-m``)."""
+
+
 class _Proc:
     def __init__(self, index: int, setup: bytes) -> None:
         env = dict(os.environ)  # the same interpreter, and this very copy of the package
@@ -62,6 +66,8 @@ class _Proc:
         self.wlock = threading.Lock()
         self.outstanding: dict[int, tuple[int, Any]] = {}  # request -> (bytes, caller's context)
         self.load = 0
+        self.ready = threading.Event()  # set when the process said hello, or died
+        self.alive = False
         self.write(b"K", setup)
 
     def write(self, kind: bytes, payload: bytes) -> None:
@@ -72,16 +78,28 @@ class _Proc:
 
 
 class ReaderPool:
-    def __init__(self, workers: int, setup: dict[str, Any], claim: Claim, store: Store, done: Done) -> None:
+    def __init__(self, workers: int, setup: dict[str, Any], claim: Claim, store: Store, done: Done,
+                 start_timeout: float = 60.0) -> None:
         payload = json.dumps({k: v.hex() if isinstance(v, bytes) else v for k, v in setup.items()}).encode()
         self._claim, self._store, self._done = claim, store, done
         self._lock = threading.Lock()
-        self._procs = [_Proc(i, payload) for i in range(max(1, workers))]
-        self._threads = [threading.Thread(target=self._receive, args=(p,), name=f"reader-{p.index}", daemon=True)
-                         for p in self._procs]
-        for t in self._threads:
-            t.start()
+        self._procs: list[_Proc] = []
+        self._threads: list[threading.Thread] = []
         self._next = 0
+        try:
+            for i in range(max(1, workers)):
+                proc = _Proc(i, payload)
+                self._procs.append(proc)
+                t = threading.Thread(target=self._receive, args=(proc,), name=f"reader-{i}", daemon=True)
+                self._threads.append(t)
+                t.start()
+            for proc in self._procs:  # each has imported what it needs and taken the run's keys
+                if not proc.ready.wait(start_timeout) or not proc.alive:
+                    raise OSError("a reading process did not start")
+        except OSError as exc:
+            self.kill()
+            self.close()
+            raise ReaderStartError(f"cannot start the reading processes ({exc}); reading in threads") from exc
 
     def submit(self, path: str, size: int, plan: list[tuple[int, int]], retries: int, context: Any) -> None:
         """Hand ``path`` to the least busy process; ``done(context, outcome)`` follows once."""
@@ -138,7 +156,10 @@ class ReaderPool:
                 if msg is None:
                     break
                 kind, payload = msg
-                if kind == b"B":
+                if kind == b"H":
+                    proc.alive = True
+                    proc.ready.set()
+                elif kind == b"B":
                     self._store(_blobs(payload))
                 elif kind == b"Q":
                     ids = [payload[i : i + 32] for i in range(0, len(payload), 32)]
@@ -159,6 +180,8 @@ class ReaderPool:
         except BaseException as exc:  # a failing store/claim (e.g. an upload error): stop the run
             self._abandon(proc, f"{type(exc).__name__}: {exc}", exc)
             return
+        finally:
+            proc.ready.set()
         self._abandon(proc, "a reading process stopped unexpectedly", None)
 
     def _abandon(self, proc: _Proc, message: str, cause: BaseException | None) -> None:
