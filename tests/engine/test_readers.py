@@ -225,3 +225,14 @@ def test_a_backup_killed_while_processes_read_leaves_no_process_and_a_valid_repo
     for i in (0, 41, 79):
         name = f"scan{i:03d}.bin"
         assert hashlib.sha256((out / name).read_bytes()).digest() == hashlib.sha256((src / name).read_bytes()).digest()
+
+
+def test_when_processes_cannot_start_the_run_reads_in_threads(rig: Rig, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rempart.snapshot import workers
+
+    monkeypatch.setattr(workers.sys, "executable", "/bin/false")  # exits at once: no hello
+    root, archiver, _ = rig.archive(src, rig.tmp / "p", **PROCS)
+    assert archiver._readers is None
+    assert any("reading in threads" in w for w in archiver.stats.warnings)
+    listing = rig.listing(root, src)
+    assert listing["db/copy-b.bin"][5] == (src / "db" / "copy-b.bin").read_bytes()
