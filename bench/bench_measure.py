@@ -11,6 +11,11 @@ the larger of
 * and
 * the largest *sum* of RSS over the whole process tree sampled every 20 ms with psutil (catches
   tools that fork worker processes, whose RSS adds up).
+
+The same sampling also sums PSS (proportional set size: a page shared by n processes counts 1/n
+in each) over the tree: for a tool made of several processes (rempart's reading processes) the
+RSS sum counts the shared interpreter and libraries once per process, PSS once in all. Both are
+reported; for single-process tools they are about equal.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Measured:
     wall_s: float
     maxrss_bytes: int  # GNU time %M: largest single process in the tree
     tree_rss_bytes: int  # sampled sum over the tree (0 without psutil)
+    tree_pss_bytes: int = 0  # sampled sum of PSS over the tree (0 without psutil)
     stdout: str = ""
     stderr: str = ""
     cpu_s: float = float("nan")  # user + system CPU seconds of the tool (GNU time)
@@ -60,28 +66,32 @@ class Measured:
         return max(self.maxrss_bytes, self.tree_rss_bytes)
 
 
-def _sample_tree(pid: int, stop: threading.Event, out: list[int]) -> None:
+def _sample_tree(pid: int, stop: threading.Event, out: list[int], out_pss: list[int]) -> None:
     if psutil is None:
         return
     try:
         root = psutil.Process(pid)
     except psutil.Error:
         return
-    peak = 0
+    peak = peak_pss = 0
     while not stop.is_set():
         try:
             procs = [root, *root.children(recursive=True)]
-            total = 0
+            total = total_pss = 0
             for p in procs:
                 try:
-                    total += p.memory_info().rss
+                    info = p.memory_full_info()
+                    total += info.rss
+                    total_pss += getattr(info, "pss", info.rss)
                 except psutil.Error:
                     pass
             peak = max(peak, total)
+            peak_pss = max(peak_pss, total_pss)
         except psutil.Error:
             break
         stop.wait(0.02)
     out.append(peak)
+    out_pss.append(peak_pss)
 
 
 def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
@@ -113,7 +123,8 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, c
             timer.start()
         stop = threading.Event()
         sampled: list[int] = []
-        sampler = threading.Thread(target=_sample_tree, args=(proc.pid, stop, sampled), daemon=True)
+        sampled_pss: list[int] = []
+        sampler = threading.Thread(target=_sample_tree, args=(proc.pid, stop, sampled, sampled_pss), daemon=True)
         sampler.start()
         _, status, _rusage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
@@ -132,8 +143,8 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, c
             if lines and len(lines[-1]) == 3:
                 maxrss = int(lines[-1][0]) * 1024
                 cpu = float(lines[-1][1]) + float(lines[-1][2])
-    m = Measured(list(argv), proc.returncode, wall, maxrss, sampled[0] if sampled else 0, stdout, stderr,
-                 cpu_s=cpu)
+    m = Measured(list(argv), proc.returncode, wall, maxrss, sampled[0] if sampled else 0,
+                 sampled_pss[0] if sampled_pss else 0, stdout, stderr, cpu_s=cpu)
     if timed_out.is_set():
         raise CommandTimedOut(f"{' '.join(argv)} killed after {timeout:.0f}s")
     if m.returncode not in set(ok_codes):

@@ -48,11 +48,16 @@ def _headline(tools: list[str]) -> str | None:
     return None
 
 
+def _pss(result: dict[str, Any], tool: str, phase: str) -> str:
+    vals = [v for v in _vals(result, tool, phase, "tree_pss") if v]
+    return f"{median(vals) / MIB:.0f}" if vals else "-"
+
+
 def phase_table(result: dict[str, Any], phase: str) -> str:
     tools = _tools(result)
     ref = [t for t in ("restic", "borg") if t in tools]
-    head = "| tool | time s, median (min-max) | MB/s | CPU s (user+sys) | peak RSS MiB |"
-    sep = "|---|---:|---:|---:|---:|"
+    head = "| tool | time s, median (min-max) | MB/s | CPU s (user+sys) | peak RSS MiB | peak PSS MiB |"
+    sep = "|---|---:|---:|---:|---:|---:|"
     for r in ref:
         head += f" time x{r} | CPU x{r} | RSS x{r} |"
         sep += "---:|---:|---:|"
@@ -63,7 +68,8 @@ def phase_table(result: dict[str, Any], phase: str) -> str:
         row = (f"| {t} | {_fmt_range(_vals(result, t, phase, 'wall_s'), '.2f')} | "
                f"{median(_vals(result, t, phase, 'mb_s')):.1f} | "
                f"{median(_vals(result, t, phase, 'cpu_s')):.1f} | "
-               f"{median(_vals(result, t, phase, 'peak_rss')) / MIB:.0f} |")
+               f"{median(_vals(result, t, phase, 'peak_rss')) / MIB:.0f} | "
+               f"{_pss(result, t, phase)} |")
         for r in ref:
             if t == r:
                 row += " 1 | 1 | 1 |"
@@ -113,7 +119,10 @@ def targets_table(result: dict[str, Any]) -> str:
     add("restore throughput x", thr("restore"), 1.5, 2.0, True)
     add("no-change backup time x", _ratio(result, me, "restic", "nochange", "wall_s"), 1.0, 0.5, False)
     peak = max(_ratio(result, me, "restic", ph, "peak_rss") for ph in ("initial", "day", "restore"))
-    add("peak memory x (worst of initial/day/restore)", peak, 1.0, 0.75, False)
+    add("peak memory x, RSS summed over processes (worst of initial/day/restore)", peak, 1.0, 0.75, False)
+    if all(_vals(result, t, ph, "tree_pss") for t in (me, "restic") for ph in ("initial", "day", "restore")):
+        peak = max(_ratio(result, me, "restic", ph, "tree_pss") for ph in ("initial", "day", "restore"))
+        add("peak memory x, PSS summed over processes (worst of initial/day/restore)", peak, 1.0, 0.75, False)
     size = _ratio(result, me, "restic", "day", "repo_bytes")
     met = abs(size - 1) <= 0.03
     rows.append(f"| repository size x | 0.97-1.03 | - | {size:.3f} | {'yes' if met or size < 1 else '**no**'} |")

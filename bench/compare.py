@@ -81,7 +81,7 @@ def measure_backup(tool: Tool, data: Path, label: str, cache: str, source_bytes:
     cache_bytes, _ = tree_size(tool.cache_dir)
     rec: dict[str, Any] = {
         "wall_s": m.wall_s, "mb_s": source_bytes / 1e6 / m.wall_s, "cpu_s": m.cpu_s, "peak_rss": m.peak_rss_bytes,
-        "maxrss": m.maxrss_bytes, "tree_rss": m.tree_rss_bytes, "repo_bytes": after,
+        "maxrss": m.maxrss_bytes, "tree_rss": m.tree_rss_bytes, "tree_pss": m.tree_pss_bytes, "repo_bytes": after,
         "added_bytes": after - before, "local_cache_bytes": cache_bytes, "exit": m.returncode,
     }
     if isinstance(tool, Rempart):
@@ -103,7 +103,7 @@ def measure_restore(tool: Tool, target: Path, data: Path, cache: str, source_byt
     m = run_measured(argv, env=tool.env(), cwd=cwd)
     rec: dict[str, Any] = {"wall_s": m.wall_s, "mb_s": source_bytes / 1e6 / m.wall_s, "cpu_s": m.cpu_s,
                            "peak_rss": m.peak_rss_bytes, "maxrss": m.maxrss_bytes,
-                           "tree_rss": m.tree_rss_bytes, "exit": m.returncode}
+                           "tree_rss": m.tree_rss_bytes, "tree_pss": m.tree_pss_bytes, "exit": m.returncode}
     if verify:
         rec["verified"] = compare_trees(data, restored_root(target, data))
     shutil.rmtree(target, ignore_errors=True)
