@@ -189,6 +189,10 @@ def test_a_cache_of_the_previous_layout_is_migrated(runs: Runs, src: Path, tmp_p
     db.execute(f"CREATE TABLE files_new {cache_mod.FILES_COLUMNS}")
     db.execute(f"CREATE TABLE trees_new {cache_mod.TREES_COLUMNS}")
     db.execute("DELETE FROM meta WHERE key IN (?, ?)", (cache_mod.TYPE_COUNTS_KEY, cache_mod.LAYOUT_KEY))
+    db.execute("CREATE TABLE junk (x BLOB)")  # and, like it, many free pages
+    db.executemany("INSERT INTO junk VALUES (?)", ((bytes(4000),) for _ in range(1000)))
+    db.execute("DROP TABLE junk")
+    assert db.execute("PRAGMA freelist_count").fetchone()[0] > 1000
     db.close()
     (src / "patients" / "p02" / "note0.txt").unlink()
     out = runs.run([src], state)
@@ -197,6 +201,10 @@ def test_a_cache_of_the_previous_layout_is_migrated(runs: Runs, src: Path, tmp_p
     runs.run([src], fresh)
     assert rows(state) == rows(fresh)
     assert stored_type_counts(state) == {"txt": 156, "dcm": 144}
+    db = sqlite3.connect(state / "cache.sqlite")
+    assert db.execute("PRAGMA freelist_count").fetchone()[0] < 50  # compacted after the commit
+    db.close()
+    assert (state / "cache.sqlite").stat().st_size < 200_000
 
 
 def test_a_commit_by_another_version_is_noticed(runs: Runs, src: Path, tmp_path: Path) -> None:
