@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run every rempart tool also (or only, see --tools) from this source tree")
     p.add_argument("--max-files", action="append", default=[], metavar="TOOL=N",
                    help="do not run TOOL above N files")
+    p.add_argument("--data-dir", help="reuse DIR/files<N> if present (made by make_small_files with this "
+                   "seed), and keep it")
     p.add_argument("--json", dest="json_out")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
@@ -159,18 +161,21 @@ def main(argv: list[str] | None = None) -> int:
                               "files": counts, "cache": args.cache, "runs": args.runs, "load": os.getloadavg(),
                               "notes": notes, "tools": {t: {} for t in tools}}
     for n in counts:
-        data = work / f"files{n}"
-        shutil.rmtree(data, ignore_errors=True)
-        t0 = time.perf_counter()
-        size = make_small_files(data, n, args.seed)
-        print(f"{n} files, {size / MIB:.0f} MiB, generated in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        data = Path(args.data_dir) / f"files{n}" if args.data_dir else work / f"files{n}"
+        reuse = args.data_dir is not None and data.is_dir()
+        if not reuse:
+            shutil.rmtree(data, ignore_errors=True)
+            t0 = time.perf_counter()
+            size = make_small_files(data, n, args.seed)
+            print(f"{n} files, {size / MIB:.0f} MiB, generated in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         for t in tools:
             if n > max_files.get(t.partition("@")[0], n):
                 result["tools"][t][str(n)] = {ph: {"wall_s": [], "peak_rss": [], "skipped": True}
                                              for ph in ("initial", "nochange")} | {"local_cache_bytes": 0}
                 continue
             result["tools"][t][str(n)] = measure(t, data, work / "homes", args.cache, args.runs, args.timeout, srcs)
-        shutil.rmtree(data, ignore_errors=True)
+        if not args.data_dir:
+            shutil.rmtree(data, ignore_errors=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=1))
     md = render(result)
