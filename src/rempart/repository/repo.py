@@ -124,7 +124,7 @@ class WriteSession:
     of packs in flight, so memory stays bounded.
     """
 
-    def __init__(self, repo: Repository, id_key: IdKey, *, uploaders: int = 2, max_inflight: int = 3) -> None:
+    def __init__(self, repo: Repository, id_key: IdKey, *, uploaders: int = 2, max_inflight: int = 2) -> None:
         self.repo = repo
         self.id_key = id_key
         self.key = DataKey.generate()
