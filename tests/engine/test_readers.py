@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from tests.engine.test_pipeline import Rig, make_practice
 from rempart.core.errors import RempartError
 from rempart.repository.format import BlobType
 from rempart.repository.repo import Repository
-from rempart.storage.base import FileType
+from rempart.storage.base import FileType, Handle
 
 PROCS = {"processes": True, "process_after": 0, "workers": 2}
 
@@ -236,3 +237,41 @@ def test_when_processes_cannot_start_the_run_reads_in_threads(rig: Rig, src: Pat
     assert any("reading in threads" in w for w in archiver.stats.warnings)
     listing = rig.listing(root, src)
     assert listing["db/copy-b.bin"][5] == (src / "db" / "copy-b.bin").read_bytes()
+
+
+def test_packs_built_in_recycled_buffers_hold_exactly_their_blobs() -> None:
+    """Pack buffers are reused from pack to pack: a pack must never carry bytes of the previous,
+    larger one, and every blob must read back."""
+    import hashlib
+    import random
+
+    from rempart.crypto.keys import IdKey, RecoveryPrivateKey
+    from rempart.repository.config import CONFIG, new_config
+    from rempart.repository.reader import ReadSession
+    from rempart.repository.repo import WriteSession
+    from rempart.storage.memory import MemoryBackend
+
+    priv, idk = RecoveryPrivateKey.generate(), IdKey.generate()
+    backend = MemoryBackend()
+    backend.save(CONFIG, new_config("2026-01-01T00:00:00Z", priv, idk, pack_size=300_000).to_bytes())
+    repo = Repository.open(backend)
+    session = WriteSession(repo, idk)
+    rng = random.Random(7)
+    blobs = {}
+    for i in range(400):  # sizes vary a lot, so consecutive packs end at different offsets
+        data = rng.randbytes(rng.choice([10, 5_000, 60_000, 250_000])) + i.to_bytes(4, "little")
+        bid, _ = session.add_blob(BlobType.DATA, data)
+        blobs[bid] = data
+    session.flush()
+    session.close()
+    assert session.stats["packs"] >= 20
+    repo = Repository.open(backend)
+    repo.load_index()
+    reader = ReadSession(repo, priv, idk)
+    for fi in backend.list(FileType.DATA):
+        raw = backend.load(Handle(FileType.DATA, fi.name))
+        assert hashlib.sha256(raw).hexdigest() == fi.name  # named after exactly its bytes
+        entries = repo.read_pack_header(fi.name, fi.size).entries
+        assert entries[0].offset == 0 and all(a.offset + a.length == b.offset for a, b in pairwise(entries))
+    for bid, data in blobs.items():
+        assert reader.load_blob(bid) == data

@@ -11,14 +11,17 @@ from rempart.repository.format import BlobType, PackEntry, encode_header_body, p
 class Packer:
     """Not thread-safe; the write session serialises access.
 
-    Sealed blobs are copied once, into one buffer per pack allocated at ``capacity`` (the pack
-    size plus room for the last blob and the header), which becomes the pack file: no list of
-    parts joined into a second copy at the end."""
+    Sealed blobs are copied once, into a pack-sized buffer (the pack size plus room for the
+    last blob and the header) that becomes the pack file: no list of parts joined into a second
+    copy. Buffers come back through ``recycle`` once their pack is stored, so a run touches the
+    same few buffers again instead of faulting in fresh zeroed pages for every pack."""
 
-    def __init__(self, key: DataKey, envelope: bytes, capacity: int = 0) -> None:
+    def __init__(self, key: DataKey, envelope: bytes, capacity: int = 0, keep: int = 3) -> None:
         self._key = key
         self._envelope = envelope
         self._capacity = capacity
+        self._keep = keep
+        self._free: list[bytearray] = []
         self._buf: bytearray | None = None
         self._entries: list[tuple[int, bytes, int]] = []
         self.size = 0
@@ -29,16 +32,9 @@ class Packer:
     def add(self, btype: BlobType, blob_id: bytes, sealed: bytes | bytearray | memoryview) -> None:
         buf = self._buf
         if buf is None:
-            buf = self._buf = bytearray(self._capacity)
-        n = len(sealed)
-        end = self.size + n
-        if end <= len(buf):
-            buf[self.size : end] = sealed  # same length: a copy, never a resize
-        else:
-            del buf[self.size :]
-            buf += sealed
-        self._entries.append((int(btype), blob_id, n))
-        self.size = end
+            buf = self._buf = self._free.pop() if self._free else bytearray(self._capacity)
+        self.size = _put(buf, self.size, sealed)
+        self._entries.append((int(btype), blob_id, len(sealed)))
 
     def take(self) -> FullPack:
         """Hand over the blobs collected so far and start a new pack (cheap: meant to be
@@ -49,28 +45,43 @@ class Packer:
         self.size = 0
         return full
 
-    def finish(self) -> tuple[str, bytearray, list[PackEntry]]:
+    def recycle(self, buf: bytearray) -> None:
+        """Take back the buffer of a stored pack (the caller holds no view of it any more)."""
+        if len(buf) == self._capacity and len(self._free) < self._keep:
+            self._free.append(buf)
+
+    def finish(self) -> tuple[str, memoryview, list[PackEntry]]:
         """Returns (pack name, pack bytes, entries)."""
         return self.take().build()
+
+
+def _put(buf: bytearray, at: int, data: bytes | bytearray | memoryview) -> int:
+    """Copy ``data`` into ``buf`` at ``at`` (growing it only if it does not fit); returns the end."""
+    end = at + len(data)
+    if end <= len(buf):
+        buf[at:end] = data  # same length: a copy, never a resize
+    else:
+        del buf[at:]
+        buf += data
+    return end
 
 
 class FullPack:
     """The sealed blobs of one pack, laid out in its buffer; the header is not written yet."""
 
-    __slots__ = ("_buf", "_entries", "_envelope", "_key", "_size")
+    __slots__ = ("_entries", "_envelope", "_key", "_size", "buffer")
 
     def __init__(self, key: DataKey, envelope: bytes, buf: bytearray, size: int,
                  entries: list[tuple[int, bytes, int]]) -> None:
-        self._key, self._envelope, self._buf, self._size, self._entries = key, envelope, buf, size, entries
+        self._key, self._envelope, self.buffer, self._size, self._entries = key, envelope, buf, size, entries
 
-    def build(self) -> tuple[str, bytearray, list[PackEntry]]:
-        """(pack name, pack bytes, entries): blobs, then the authenticated plain header."""
+    def build(self) -> tuple[str, memoryview, list[PackEntry]]:
+        """(pack name, pack bytes: a view of ``buffer``, entries): blobs, then the
+        authenticated plain header."""
         body = encode_header_body(self._envelope, self._entries)
         header = body + self._key.seal(b"", body)  # GMAC over the header
-        data = self._buf
-        del data[self._size :]
-        data += pack_trailer(header)
-        self._buf = bytearray()
+        end = _put(self.buffer, self._size, pack_trailer(header))
+        data = memoryview(self.buffer)[:end]
         entries = []
         off = 0
         for t, i, n in self._entries:

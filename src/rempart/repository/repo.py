@@ -130,7 +130,8 @@ class WriteSession:
         self.key = DataKey.generate()
         self.envelope = repo.config.public_key.wrap(self.key)
         cfg = repo.config  # room for the blob that crosses the pack size, and the header
-        self._packer = Packer(self.key, self.envelope, cfg.pack_size + cfg.chunker.max_size + 65536)
+        self._packer = Packer(self.key, self.envelope, cfg.pack_size + cfg.chunker.max_size + 65536,
+                              keep=max_inflight + 1)
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
         self._pool = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="upload")
@@ -226,6 +227,10 @@ class WriteSession:
                     self.repo.backend.save(Handle(FileType.DATA, name), cast(bytes, data))
                 except AlreadyExists:
                     pass  # identical bytes (content-addressed): a harmless no-op
+                size = len(data)
+                data.release()
+                with self._lock:
+                    self._packer.recycle(pack.buffer)
                 pid = bytes.fromhex(name)
                 self.repo.index.add_pack(pid, entries)
                 section = encode_index_pack(pid, entries)
@@ -233,9 +238,9 @@ class WriteSession:
                     self._pending.difference_update(e.id for e in entries)  # now in the index
                     self._unindexed.append(section)
                     self.stats["packs"] += 1
-                    self.stats["bytes_stored"] += len(data)
+                    self.stats["bytes_stored"] += size
                 if self.on_upload:
-                    self.on_upload(len(data))
+                    self.on_upload(size)
             finally:
                 self._slots.release()
 
