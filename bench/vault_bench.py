@@ -5,6 +5,8 @@
 1. Backup and restore of the same generated practice folder (bench/datagen.py) to a local
    folder and through a vault on loopback (HTTPS, pinned certificate, real processes): reports
    seconds, MiB/s and the vault/local throughput ratio (target >= 0.8).
+   Per operation also the CPU seconds (user + sys) of the client process and of the vault server
+   meanwhile, and the client's peak RSS for restores (no whole-pack cache: stays near local's).
 2. N agents (separate ``rempart backup`` processes, each with its own practice and token)
    backing up at once to one vault: reports errors (target 0) and the wall time.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import socket
 import statistics
@@ -37,13 +38,22 @@ def run(args: list[str], env: dict[str, str] | None = None, check: bool = True) 
     return r
 
 
-#: CPU seconds (user + sys) of the last timed client command and of the vault server meanwhile
+#: CPU seconds (user + sys) of the last timed client command and of the vault server meanwhile,
+#: and the client's peak resident memory (MiB)
 CPU: dict[str, float] = {}
 
 
-def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run a command (must succeed); its CPU seconds and peak RSS in MiB (``wait4``: this child
+    only, not the largest child so far)."""
+    with tempfile.TemporaryFile() as out:
+        p = subprocess.Popen(args, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=out)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode not in (0, 30):
+            out.seek(0)
+            raise RuntimeError(f"{' '.join(args[:6])} failed ({p.returncode}): {out.read()[-2000:].decode()}")
+    return ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
 
 
 def _proc_cpu(pid: int | None) -> float:
@@ -60,11 +70,11 @@ SERVER_PID: list[int | None] = [None]
 
 
 def rempart(repo: str, env: dict[str, str], *args: str) -> float:
-    c0, s0 = _children_cpu(), _proc_cpu(SERVER_PID[0])
+    s0 = _proc_cpu(SERVER_PID[0])
     t = time.perf_counter()
-    run([PY, "-m", "rempart.cli.main", "-q", "-r", repo, *args], env)
+    CPU["client"], CPU["maxrss_mib"] = run_measured([PY, "-m", "rempart.cli.main", "-q", "-r", repo, *args], env)
     dt = time.perf_counter() - t
-    CPU["client"], CPU["server"] = _children_cpu() - c0, _proc_cpu(SERVER_PID[0]) - s0
+    CPU["server"] = _proc_cpu(SERVER_PID[0]) - s0
     return dt
 
 
@@ -144,6 +154,7 @@ def throughput(work: Path, vault: Vault, size_mb: int, tag: str = "bench") -> di
         res[f"{kind}_restore_s"] = round(
             rempart(repo, env, "restore", "latest", "--target", str(target), "--kit", str(work / f"kit-{kind}")), 2)
         res[f"{kind}_restore_cpu_client_s"] = round(CPU["client"], 2)
+        res[f"{kind}_restore_maxrss_mib"] = round(CPU["maxrss_mib"], 1)
         if kind == "vault":
             res["vault_restore_cpu_server_s"] = round(CPU["server"], 2)
         shutil.rmtree(target)
