@@ -16,10 +16,10 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import rempart
-from rempart.snapshot.worker_main import BLOB_HEAD, FEATURES, ID, decode_result, encode_request, recv, send
+from rempart.snapshot.worker_main import BLOB_HEAD, FEATURES, HEADER, ID, decode_result, encode_request, send
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(rempart.__file__)))
 
@@ -150,17 +150,26 @@ class ReaderPool:
     def _receive(self, proc: _Proc) -> None:
         stdout = proc.popen.stdout
         assert stdout is not None
+        buf = bytearray(1 << 20)  # reused: blob batches are copied into packs before the next read
         try:
             while True:
-                msg = recv(stdout)
-                if msg is None:
+                head = stdout.read(HEADER.size)
+                if len(head) < HEADER.size:
                     break
-                kind, payload = msg
+                n, k = HEADER.unpack(head)
+                if n > len(buf):
+                    buf = bytearray(n)
+                view = memoryview(buf)[:n]
+                if _read_exactly(stdout, view) < n:
+                    break
+                kind = bytes([k])
+                if kind == b"B":
+                    self._store(_blobs(view))
+                    continue
+                payload = bytes(view)
                 if kind == b"H":
                     proc.alive = True
                     proc.ready.set()
-                elif kind == b"B":
-                    self._store(_blobs(payload))
                 elif kind == b"Q":
                     ids = [payload[i : i + 32] for i in range(0, len(payload), 32)]
                     proc.write(b"A", self._claim(ids))
@@ -194,13 +203,22 @@ class ReaderPool:
             self._finish(proc, req, ReadOutcome("failed", message=message, error=cause))
 
 
-def _blobs(payload: bytes) -> list[Blob]:
-    view = memoryview(payload)
+def _blobs(view: memoryview) -> list[Blob]:
     out: list[Blob] = []
     pos = 0
-    while pos < len(payload):
-        btype, bid, plain, n = BLOB_HEAD.unpack_from(payload, pos)
+    while pos < len(view):
+        btype, bid, plain, n = BLOB_HEAD.unpack_from(view, pos)
         pos += BLOB_HEAD.size
         out.append((btype, bid, view[pos : pos + n], plain))
         pos += n
     return out
+
+
+def _read_exactly(stream: IO[bytes], view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        n = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
