@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import io
 import random
+import sqlite3
 import struct
 import zipfile
 import zlib
+from datetime import UTC, datetime
 
 import pytest
 from detect_helpers import features_of
 
 from detection import formats as fm
+from rempart.detect.assess import assess_run
+from rempart.detect.features import FileFeatures
 from rempart.detect.judge import RunJudge
+from rempart.detect.ledger import DamageLedger
 from rempart.detect.sampling import SampleView, sample_plan
 from rempart.snapshot.pipeline import collect_samples
 
@@ -104,10 +109,6 @@ def test_note_content_scored_only_for_note_extensions() -> None:
 
 
 def test_pairing_indexes_only_with_deletions() -> None:
-    import sqlite3
-
-    from rempart.detect.features import FileFeatures
-
     def indexes(db: sqlite3.Connection) -> set[str]:
         return {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
 
@@ -132,14 +133,7 @@ def test_pairing_indexes_only_with_deletions() -> None:
 def test_run_without_deletions_keeps_plain_rows_out_of_sqlite_and_still_heals() -> None:
     """A run with no deletions writes only damaged and note rows; the others are still counted
     by kind, and a ledger entry whose file changed back to healthy is healed."""
-    import sqlite3
-    from datetime import datetime, timezone
-
-    from rempart.detect.assess import assess_run
-    from rempart.detect.features import FileFeatures
-    from rempart.detect.ledger import DamageLedger
-
-    t0 = datetime(2026, 3, 1, 8, tzinfo=timezone.utc)
+    t0 = datetime(2026, 3, 1, 8, tzinfo=UTC)
     ledger = DamageLedger()
     ledger.add("docs/letter.txt", "became-invalid", t0, "snap-1")
     ledger.add("docs/other.txt", "became-invalid", t0, "snap-1")
