@@ -84,6 +84,7 @@ def forget(vault: Vault, practice: Practice, *, actor: str, report: GcReport) ->
             report.forgotten = gone
             if gone:
                 vault.audit(conn, actor, "retention", p.name, "ok", {"forgotten": len(gone)})
+    vault.stat_cache.clear()
     vault.checkpoint(conn)
 
 
@@ -119,6 +120,7 @@ def _mark(vault: Vault, practice: Practice, *, actor: str, report: GcReport) -> 
             conn.execute(db.blobs.delete().where(db.blobs.c.practice_id == p.id, db.blobs.c.pack.in_(part)))
         if doomed:
             vault.audit(conn, actor, "gc.mark", p.name, "ok", {"packs": len(doomed)})
+    vault.stat_cache.clear()  # packs now "deleting" are no longer served from the size cache
     vault.checkpoint(conn)
     return True
 
@@ -195,4 +197,5 @@ def run_gc(vault: Vault, practice: Practice, *, actor: str) -> GcReport:
         _sweep(vault, practice, ("superseded",), ("index",), report)
         vault.audit_now(actor, "gc", practice.name, "ok",
                         {"deleted_packs": len(report.deleted_packs), "freed_bytes": report.freed_bytes})
+    vault.stat_cache.clear()
     return report

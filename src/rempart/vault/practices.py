@@ -63,6 +63,7 @@ def revoke_token(vault: Vault, token_id: str, *, actor: str) -> None:
         if not tokens.revoke(conn, token_id):
             raise NotFound(f"no token with id {token_id[:20]!r}")
         vault.audit(conn, actor, "token.revoke", None, "ok", {"token_id": token_id[:20]})
+    vault.auth_cache.clear()  # at once in this process (other processes: within the cache's TTL)
     vault.checkpoint(conn)
 
 
@@ -200,6 +201,7 @@ def admin_remove(vault: Vault, practice: Practice, h: Handle, *, actor: str) -> 
     from rempart.vault.gc import referenced_packs
 
     now = vault.now()
+    vault.stat_cache.discard((practice.id, h.type, h.name))
     with db.write(vault.engine) as conn:
         db.lock_practice(conn, practice.id)
         p = vault.practice(practice.name, conn)
@@ -224,4 +226,5 @@ def admin_remove(vault: Vault, practice: Practice, h: Handle, *, actor: str) -> 
             conn.execute(db.snapshots.update().where(db.snapshots.c.practice_id == p.id,
                                                      db.snapshots.c.name == h.name).values(state="forgotten"))
         vault.audit(conn, actor, f"remove.{h.type.value}", p.name, "ok", {"name": h.name})
+    vault.stat_cache.discard((practice.id, h.type, h.name))
     vault.checkpoint(conn)

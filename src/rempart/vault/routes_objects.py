@@ -28,17 +28,19 @@ READ = ("backup", "restore", "admin")
 Auth = tuple[Principal, Practice]
 
 
-def _needs(*scopes: str) -> Any:
-    """Dependency: authenticate before anything else (body validation included)."""
+def _needs(*scopes: str, cached: bool = False) -> Any:
+    """Dependency: authenticate before anything else (body validation included). ``cached``: the
+    hot object routes may take the token and practice from the vault's short-lived cache."""
 
     def dep(request: Request, practice: PracticeName) -> Auth:
-        return require_practice(request, practice, scopes)
+        return require_practice(request, practice, scopes, cached)
 
     return Depends(dep)
 
 
 ReadAuth = Annotated[Auth, _needs(*READ)]
-WriteAuth = Annotated[Auth, _needs("backup", "admin")]
+HotReadAuth = Annotated[Auth, _needs(*READ, cached=True)]
+WriteAuth = Annotated[Auth, _needs("backup", "admin", cached=True)]
 RunAuth = Annotated[Auth, _needs("backup")]
 AdminAuth = Annotated[Auth, _needs("admin")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
@@ -157,7 +159,7 @@ def _range(request: Request, size: int) -> tuple[int, int | None, bool]:
 def _get(request: Request, auth: Auth, h: Handle) -> Response:
     vault = vault_of(request)
     pr = auth[1]
-    size = vault.stat(pr, h).size
+    size = vault.stat(pr, h, cached=True).size
     start, length, partial = _range(request, size)
     if auth[0].scope == "backup" and h.type is FileType.DATA:
         # an agent may read a pack's plain header (to resume after a crash), never the
@@ -180,7 +182,7 @@ def _get(request: Request, auth: Auth, h: Handle) -> Response:
 
 
 def _head(request: Request, auth: Auth, h: Handle) -> Response:
-    size = vault_of(request).stat(auth[1], h).size
+    size = vault_of(request).stat(auth[1], h, cached=True).size
     return Response(status_code=200, headers={"Content-Length": str(size), "Accept-Ranges": "bytes"})
 
 
@@ -200,7 +202,7 @@ BINARY: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-
 
 
 @router.post("/blobs/exists", response_model=ExistsResponse)
-def blobs_exist(request: Request, auth: ReadAuth, body: ExistsRequest) -> ExistsResponse:
+def blobs_exist(request: Request, auth: HotReadAuth, body: ExistsRequest) -> ExistsResponse:
     """Which of these blob ids are stored (marks them "touched": GC keeps them a grace period)."""
     found = vault_of(request).exists(auth[1], [bytes.fromhex(i) for i in body.ids])
     return ExistsResponse(present=sorted(i.hex() for i in found))
@@ -226,12 +228,12 @@ def practice_timeline(request: Request, auth: ReadAuth) -> list[dict[str, Any]]:
 
 
 @router.get("/config", response_class=Response, responses=BINARY)
-def get_config(request: Request, auth: ReadAuth) -> Response:
+def get_config(request: Request, auth: HotReadAuth) -> Response:
     return _get(request, auth, CONFIG)
 
 
 @router.head("/config")
-def head_config(request: Request, auth: ReadAuth) -> Response:
+def head_config(request: Request, auth: HotReadAuth) -> Response:
     return _head(request, auth, CONFIG)
 
 
@@ -248,7 +250,7 @@ def delete_config(request: Request, auth: AdminAuth) -> Response:
 
 
 @router.get("/{type}/", response_model=list[FileEntry])
-def list_files(request: Request, auth: ReadAuth, type: ObjType) -> list[FileEntry]:
+def list_files(request: Request, auth: HotReadAuth, type: ObjType) -> list[FileEntry]:
     return [FileEntry(name=i.name, size=i.size) for i in vault_of(request).list_files(auth[1], FileType(type.value))]
 
 
@@ -258,11 +260,11 @@ async def get_file(request: Request, type: ObjType, name: ObjName, practice: Pra
     # run in ONE worker-thread hop; a sync dependency plus a sync endpoint cost two hops and
     # FastAPI's dependency machinery (about 10 % of the vault's CPU per small ranged read)
     h = Handle(FileType(type.value), name)
-    return await run_in_threadpool(lambda: _get(request, require_practice(request, practice, READ), h))
+    return await run_in_threadpool(lambda: _get(request, require_practice(request, practice, READ, True), h))
 
 
 @router.head("/{type}/{name}")
-def head_file(request: Request, auth: ReadAuth, type: ObjType, name: ObjName) -> Response:
+def head_file(request: Request, auth: HotReadAuth, type: ObjType, name: ObjName) -> Response:
     return _head(request, auth, Handle(FileType(type.value), name))
 
 

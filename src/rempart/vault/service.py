@@ -32,6 +32,7 @@ from rempart.core.errors import (
 from rempart.repository.format import PackEntry, parse_index, parse_pack_header, parse_snapshot
 from rempart.storage.base import Backend, FileInfo, FileType, Handle
 from rempart.vault import audit, db
+from rempart.vault.authcache import TtlCache
 from rempart.vault.config import RetentionPolicy, VaultConfig
 from rempart.vault.store import Store, check_practice_name
 
@@ -57,6 +58,10 @@ class Vault:
         self.store = store
         self.clock = clock
         self._pending = threading.local()
+        # hot-route caches (see authcache): token hash -> (Principal, Practice | None), and
+        # (practice id, type, name) -> size of a live object
+        self.auth_cache: TtlCache[Any] = TtlCache(clock.monotonic)
+        self.stat_cache: TtlCache[int] = TtlCache(clock.monotonic)
 
     def now(self) -> float:
         return self.clock.now().timestamp()
@@ -86,6 +91,9 @@ class Vault:
         self.checkpoint(conn)
 
     # --- practices ---------------------------------------------------------------------
+
+    def practice_from_row(self, row: Any) -> Practice:
+        return self._row_to_practice(row)
 
     def _row_to_practice(self, row: Any) -> Practice:
         policy = RetentionPolicy.from_dict(json.loads(row.policy)) if row.policy else self.config.retention
@@ -121,11 +129,20 @@ class Vault:
             )
         ).first()
 
-    def stat(self, practice: Practice, h: Handle) -> FileInfo:
+    def stat(self, practice: Practice, h: Handle, *, cached: bool = False) -> FileInfo:
+        """The size of a live (or superseded) object. ``cached``: a size looked up in the last
+        few seconds may answer (GC and deletions in this process clear the cache)."""
+        key = (practice.id, h.type, h.name)
+        if cached:
+            size = self.stat_cache.get(key)
+            if size is not None:
+                return FileInfo(h.name, size)
         with self.engine.connect() as conn:
             row = self.object_row(conn, practice.id, h.type, h.name)
         if row is None or row.state not in ("live", "superseded"):
             raise NotFound(f"{h} not found")
+        if cached:
+            self.stat_cache.put(key, int(row.size))
         return FileInfo(h.name, int(row.size))
 
     def load(self, practice: Practice, h: Handle, offset: int = 0, length: int | None = None) -> bytes:
@@ -175,6 +192,8 @@ class Vault:
         """Validate and store one uploaded object; True if created, False if already there."""
         with self.engine.connect() as conn:
             row = self.object_row(conn, practice.id, h.type, h.name)
+            if practice.quota_bytes:
+                practice = self.practice(practice.name, conn)  # the caller's may be a few seconds old
         if row is not None and row.state in ("live", "superseded"):
             if h.type is FileType.CONFIG and self.backend(practice).load(h) != data:
                 raise AlreadyExists("the repository config exists already with different content")
