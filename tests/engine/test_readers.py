@@ -275,3 +275,39 @@ def test_packs_built_in_recycled_buffers_hold_exactly_their_blobs() -> None:
         assert entries[0].offset == 0 and all(a.offset + a.length == b.offset for a, b in pairwise(entries))
     for bid, data in blobs.items():
         assert reader.load_blob(bid) == data
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+def test_reading_processes_do_not_inherit_rempart_secrets(rig: Rig, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMPART_VAULT_TOKEN", "rvt_secret_token_value")
+    monkeypatch.setenv("REMPART_KIT_PASSPHRASE", "a secret passphrase")
+    seen: list[bytes] = []
+
+    class Peek:
+        def sample_plan(self, n: int) -> list[tuple[int, int]]:
+            if not seen:
+                for proc in box["archiver"]._readers._procs:
+                    seen.append(Path(f"/proc/{proc.popen.pid}/environ").read_bytes())
+            return []
+
+        def features(self, name: str, n: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
+            return {}
+
+        def changed(self, path: str, prev: Any, cur: Any, new: bool) -> None:
+            pass
+
+    box: dict[str, Any] = {}
+    from rempart.snapshot import archiver as archiver_mod
+
+    real_init = archiver_mod.Archiver.__init__
+
+    def spy(self: Any, *a: Any, **k: Any) -> None:
+        real_init(self, *a, **k)
+        box["archiver"] = self
+
+    monkeypatch.setattr(archiver_mod.Archiver, "__init__", spy)
+    rig.archive(src, rig.tmp / "p", observer=Peek(), **PROCS)
+    assert len(seen) == 2
+    for env in seen:
+        assert b"rvt_secret_token_value" not in env and b"a secret passphrase" not in env
+        assert b"PATH=" in env  # the environment itself is passed on

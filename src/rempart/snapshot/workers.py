@@ -55,7 +55,9 @@ class ReaderStartError(OSError):
 
 class _Proc:
     def __init__(self, index: int, setup: bytes) -> None:
-        env = dict(os.environ)  # the same interpreter, and this very copy of the package
+        # the same interpreter and this very copy of the package; none of rempart's settings
+        # (tokens, passphrases): the process needs only what arrives down its pipe
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REMPART_")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "rempart.snapshot.worker_main"],
