@@ -69,12 +69,26 @@ def _proc_cpu(pid: int | None) -> float:
 SERVER_PID: list[int | None] = [None]
 
 
+#: --profile-server DIR: py-spy samples of the vault server during each vault backup/restore
+PROFILE: list[Path | None] = [None]
+
+
 def rempart(repo: str, env: dict[str, str], *args: str) -> float:
+    spy = None
+    out = PROFILE[0]
+    if out is not None and repo.startswith("https://") and args[0] in ("backup", "restore"):
+        spy = subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--pid", str(SERVER_PID[0]), "--rate", "200",
+                                "--format", "raw", "--nonblocking", "-o", str(out / f"server-{args[0]}.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
     s0 = _proc_cpu(SERVER_PID[0])
     t = time.perf_counter()
     CPU["client"], CPU["maxrss_mib"] = run_measured([PY, "-m", "rempart.cli.main", "-q", "-r", repo, *args], env)
     dt = time.perf_counter() - t
     CPU["server"] = _proc_cpu(SERVER_PID[0]) - s0
+    if spy is not None:
+        spy.send_signal(2)
+        spy.wait(timeout=60)
     return dt
 
 
@@ -207,7 +221,12 @@ def main() -> int:
     ap.add_argument("--agent-size-mb", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=1, help="throughput runs (medians reported)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--profile-server", type=Path, metavar="DIR",
+                    help="record py-spy samples (raw, flamegraph-collapsed) of the vault during vault backup/restore")
     a = ap.parse_args()
+    if a.profile_server:
+        a.profile_server.mkdir(parents=True, exist_ok=True)
+        PROFILE[0] = a.profile_server.resolve()
     work = Path(tempfile.mkdtemp(prefix="rempart-vault-bench-"))
     vault = Vault(work / "vault")
     vault.start()

@@ -93,23 +93,17 @@ async def _receive(request: Request) -> tuple[bytearray, str]:
     cl = request.headers.get("content-length")
     if cl is not None and (not cl.isdigit() or int(cl) > limit):
         raise RequestTooLarge(f"request body larger than the vault's limit of {limit} bytes")
-    buf = bytearray(int(cl)) if cl is not None else bytearray()
+    # grown by appending, not pre-sized: bytearray(n) zero-fills n bytes first (a 16 MiB pack:
+    # ~6 ms of CPU for buffer + fill vs ~3 ms appending; large reallocs are mremap'd, not copied)
+    buf = bytearray()
     digest = hashlib.sha256()
-    n = 0
     async for chunk in request.stream():
         if not chunk:
             continue
-        end = n + len(chunk)
-        if end > limit:
+        if len(buf) + len(chunk) > limit:
             raise RequestTooLarge(f"request body larger than the vault's limit of {limit} bytes")
-        if end <= len(buf):
-            buf[n:end] = chunk
-        else:
-            del buf[n:]
-            buf += chunk
+        buf += chunk
         digest.update(chunk)
-        n = end
-    del buf[n:]
     return buf, digest.hexdigest()
 
 
