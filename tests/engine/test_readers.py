@@ -262,6 +262,9 @@ def test_packs_built_in_recycled_buffers_hold_exactly_their_blobs() -> None:
         data = rng.randbytes(rng.choice([10, 5_000, 60_000, 250_000])) + i.to_bytes(4, "little")
         bid, _ = session.add_blob(BlobType.DATA, data)
         blobs[bid] = data
+        if i in (150, 151):  # larger than a pack buffer (a huge tree blob): a new, larger buffer
+            big = rng.randbytes(900_000)
+            blobs[session.add_blob(BlobType.DATA, big, compressible=False)[0]] = big
     session.flush()
     session.close()
     assert session.stats["packs"] >= 20

@@ -33,7 +33,7 @@ class Packer:
         buf = self._buf
         if buf is None:
             buf = self._buf = self._free.pop() if self._free else bytearray(self._capacity)
-        self.size = _put(buf, self.size, sealed)
+        self._buf, self.size = _put(buf, self.size, sealed)
         self._entries.append((int(btype), blob_id, len(sealed)))
 
     def take(self) -> FullPack:
@@ -55,15 +55,17 @@ class Packer:
         return self.take().build()
 
 
-def _put(buf: bytearray, at: int, data: bytes | bytearray | memoryview) -> int:
-    """Copy ``data`` into ``buf`` at ``at`` (growing it only if it does not fit); returns the end."""
+def _put(buf: bytearray, at: int, data: bytes | bytearray | memoryview) -> tuple[bytearray, int]:
+    """Copy ``data`` into ``buf`` at ``at``; returns the buffer and the end. A buffer is never
+    resized (a view of it may still be held by whoever stored the previous pack): what does
+    not fit (a huge tree blob) goes into a new, larger buffer, which is then not recycled."""
     end = at + len(data)
     if end <= len(buf):
         buf[at:end] = data  # same length: a copy, never a resize
-    else:
-        del buf[at:]
-        buf += data
-    return end
+        return buf, end
+    grown = bytearray(memoryview(buf)[:at])
+    grown += data
+    return grown, end
 
 
 class FullPack:
@@ -80,7 +82,7 @@ class FullPack:
         authenticated plain header."""
         body = encode_header_body(self._envelope, self._entries)
         header = body + self._key.seal(b"", body)  # GMAC over the header
-        end = _put(self.buffer, self._size, pack_trailer(header))
+        self.buffer, end = _put(self.buffer, self._size, pack_trailer(header))
         data = memoryview(self.buffer)[:end]
         entries = []
         off = 0

@@ -228,7 +228,7 @@ class WriteSession:
                 except AlreadyExists:
                     pass  # identical bytes (content-addressed): a harmless no-op
                 size = len(data)
-                data.release()
+                del data  # the buffer is reused for a later pack (never resized: stale views are harmless)
                 with self._lock:
                     self._packer.recycle(pack.buffer)
                 pid = bytes.fromhex(name)
