@@ -24,9 +24,11 @@ from rempart.detect.features import FileFeatures
 from rempart.detect.stats import NOTE_SCORE, note_name
 
 BATCH = 512
-# Change rows kept in memory before they are written (~0.3 KiB each): writing from the archiver's
-# reader threads hands the GIL back and forth once per row, so small runs write only at the end.
-SPILL = 16384
+# Change rows kept in memory before they are written (~1 KiB each with a new file's features):
+# writing from the archiver's reader threads hands the GIL back and forth once per row, so small
+# runs write only at the end. 16k rows held ~19 MiB in the backup process on the 2 GiB practice
+# set; 4k rows: 12 MiB less at the peak, the same time (docs/benchmarks.md, session 3).
+SPILL = 4096
 SCHEMA = """
 CREATE TABLE chg (seq INTEGER PRIMARY KEY, path TEXT, dir TEXT, new INT, kind TEXT, damaged INT,
   ok INT, db INT, fp BLOB, arch INT, cand_kind INT, cand_inv INT, size INT, enc INT, note INT,
