@@ -27,6 +27,36 @@ def rig(tmp_path: Path) -> Rig:
     return Rig(tmp_path / "rig")
 
 
+class Observer:
+    """An observer that records nothing; tests override ``sample_plan`` (called by the walker
+    for each file it hands to a reading process)."""
+
+    def sample_plan(self, n: int) -> list[tuple[int, int]]:
+        return []
+
+    def features(self, name: str, n: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
+        return {}
+
+    def changed(self, path: str, prev: Any, cur: Any, new: bool) -> None:
+        pass
+
+
+@pytest.fixture
+def archivers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every Archiver created during the test, to reach its reading processes."""
+    from rempart.snapshot import archiver as archiver_mod
+
+    made: list[Any] = []
+    real_init = archiver_mod.Archiver.__init__
+
+    def spy(self: Any, *a: Any, **k: Any) -> None:
+        real_init(self, *a, **k)
+        made.append(self)
+
+    monkeypatch.setattr(archiver_mod.Archiver, "__init__", spy)
+    return made
+
+
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
     s = tmp_path / "data" / "src"
@@ -72,17 +102,11 @@ def test_a_file_that_vanishes_before_its_process_reads_it_is_a_warning(rig: Rig,
     victim = src / "docs" / "letter-3.txt"
     size = victim.stat().st_size
 
-    class Remover:
+    class Remover(Observer):
         def sample_plan(self, n: int) -> list[tuple[int, int]]:
             if n == size and victim.exists():
                 victim.unlink()  # between the walker's stat and the process's open
             return []
-
-        def features(self, name: str, n: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
-            return {}
-
-        def changed(self, path: str, prev: Any, cur: Any, new: bool) -> None:
-            pass
 
     root, archiver, _ = rig.archive(src, rig.tmp / "p", observer=Remover(), **PROCS)
     assert any("letter-3.txt" in w for w in archiver.stats.warnings)
@@ -90,34 +114,20 @@ def test_a_file_that_vanishes_before_its_process_reads_it_is_a_warning(rig: Rig,
     assert "docs/letter-4.txt" in rig.listing(root, src)
 
 
-def test_a_killed_reading_process_stops_the_run_with_an_error_not_a_hang(rig: Rig, src: Path) -> None:
+def test_a_killed_reading_process_stops_the_run_with_an_error_not_a_hang(rig: Rig, src: Path,
+                                                                         archivers: list[Any]) -> None:
     for i in range(40):
         (src / "docs" / f"more-{i}.bin").write_bytes(os.urandom(200_000))
-    box: dict[str, Any] = {}
 
-    class Killer:
+    class Killer(Observer):
         calls = 0
 
         def sample_plan(self, n: int) -> list[tuple[int, int]]:
             Killer.calls += 1
             if Killer.calls == 10:
-                for proc in box["archiver"]._readers._procs:
+                for proc in archivers[-1]._readers._procs:
                     os.kill(proc.popen.pid, signal.SIGKILL)
             return []
-
-        def features(self, name: str, n: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
-            return {}
-
-        def changed(self, path: str, prev: Any, cur: Any, new: bool) -> None:
-            pass
-
-    from rempart.snapshot import archiver as archiver_mod
-
-    real_init = archiver_mod.Archiver.__init__
-
-    def spy(self: Any, *a: Any, **k: Any) -> None:
-        real_init(self, *a, **k)
-        box["archiver"] = self
 
     outcome: list[BaseException | bytes] = []
 
@@ -127,13 +137,9 @@ def test_a_killed_reading_process_stops_the_run_with_an_error_not_a_hang(rig: Ri
         except BaseException as exc:
             outcome.append(exc)
 
-    archiver_mod.Archiver.__init__ = spy  # type: ignore[method-assign]
-    try:
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        t.join(120)
-    finally:
-        archiver_mod.Archiver.__init__ = real_init  # type: ignore[method-assign]
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(120)
     assert not t.is_alive(), "archive() hung after its reading processes died"
     assert isinstance(outcome[0], RempartError), outcome[0]
     assert "reading process" in str(outcome[0])
@@ -281,34 +287,19 @@ def test_packs_built_in_recycled_buffers_hold_exactly_their_blobs() -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
-def test_reading_processes_do_not_inherit_rempart_secrets(rig: Rig, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reading_processes_do_not_inherit_rempart_secrets(rig: Rig, src: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         archivers: list[Any]) -> None:
     monkeypatch.setenv("REMPART_VAULT_TOKEN", "rvt_secret_token_value")
     monkeypatch.setenv("REMPART_KIT_PASSPHRASE", "a secret passphrase")
     seen: list[bytes] = []
 
-    class Peek:
+    class Peek(Observer):
         def sample_plan(self, n: int) -> list[tuple[int, int]]:
             if not seen:
-                for proc in box["archiver"]._readers._procs:
+                for proc in archivers[-1]._readers._procs:
                     seen.append(Path(f"/proc/{proc.popen.pid}/environ").read_bytes())
             return []
 
-        def features(self, name: str, n: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
-            return {}
-
-        def changed(self, path: str, prev: Any, cur: Any, new: bool) -> None:
-            pass
-
-    box: dict[str, Any] = {}
-    from rempart.snapshot import archiver as archiver_mod
-
-    real_init = archiver_mod.Archiver.__init__
-
-    def spy(self: Any, *a: Any, **k: Any) -> None:
-        real_init(self, *a, **k)
-        box["archiver"] = self
-
-    monkeypatch.setattr(archiver_mod.Archiver, "__init__", spy)
     rig.archive(src, rig.tmp / "p", observer=Peek(), **PROCS)
     assert len(seen) == 2
     for env in seen:
