@@ -24,14 +24,22 @@ Every message is ``u32 length || 1 kind byte || payload``:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import signal
 import stat as statmod
 import struct
 import sys
 from collections import deque
 from typing import IO, Any
 
+from rempart.chunking.fastcdc import Chunker, ChunkerParams
+from rempart.crypto.aead import DataKey
+from rempart.crypto.idkey import IdKey
+from rempart.repository.blobs import compress, seal_blob
+from rempart.repository.format import BlobType
+from rempart.snapshot.pipeline import collect_samples
 from rempart.snapshot.tree import canonical_json
 
 HEADER = struct.Struct("<IB")
@@ -129,15 +137,10 @@ class _Worker:
                 self._request(*decode_request(payload))
 
     def _setup(self, p: dict[str, Any]) -> None:
-        from rempart.chunking.fastcdc import Chunker, ChunkerParams
-        from rempart.crypto.aead import DataKey
-        from rempart.crypto.idkey import IdKey
 
         idk = IdKey(bytes.fromhex(p["id_key"]))
         features = None
         if p.get("features"):  # "module:function", given by the layer above (detection)
-            import importlib
-
             module, _, func = p["features"].partition(":")
             features = getattr(importlib.import_module(module), func)
         self.run = {"id": idk, "key": DataKey(bytes.fromhex(p["data_key"])), "level": p["level"], "ask": p["ask"],
@@ -174,9 +177,6 @@ class _Worker:
 
     def _read_once(self, path: str, plan: list[tuple[int, int]]
                    ) -> tuple[bytes, int, os.stat_result, list[tuple[int, bytes]]] | None:
-        from rempart.repository.blobs import compress, seal_blob
-        from rempart.repository.format import BlobType
-        from rempart.snapshot.pipeline import collect_samples
 
         run = self.run
         if run is None:
@@ -219,8 +219,6 @@ class _Worker:
 
 
 def main() -> int:
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes the pipes
     out = os.dup(1)
     os.dup2(2, 1)  # print() in this process goes to stderr, never into the message stream
