@@ -1,4 +1,5 @@
-"""Which snapshots the vault keeps: a pure function of snapshot records, a policy and the time.
+"""Which snapshots the vault keeps: the vault's policy mapped onto the shared, keyless selection
+function (``rempart.repository.retention``, also used by ``rempart forget``).
 
 Rules (restic's forget policy, decided by the vault on its own clock):
 
@@ -15,52 +16,20 @@ Times are the *server* receive times, never the client's clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable
 
+from rempart.repository.retention import KeepPolicy, SnapRecord, keep_reasons
 from rempart.vault.config import RetentionPolicy
 
-
-@dataclass(frozen=True)
-class SnapRecord:
-    name: str
-    received: float  # server time, epoch seconds
-    suspicious: bool = False
+__all__ = ["SnapRecord", "keep_policy", "select_kept"]
 
 
-def _bucket_fns() -> list[tuple[str, Callable[[datetime], tuple[int, ...]]]]:
-    return [
-        ("hourly", lambda d: (d.year, d.month, d.day, d.hour)),
-        ("daily", lambda d: (d.year, d.month, d.day)),
-        ("weekly", lambda d: tuple(d.isocalendar()[:2])),
-        ("monthly", lambda d: (d.year, d.month)),
-        ("yearly", lambda d: (d.year,)),
-    ]
+def keep_policy(policy: RetentionPolicy) -> KeepPolicy:
+    return KeepPolicy(last=policy.keep_last, hourly=policy.hourly, daily=policy.daily, weekly=policy.weekly,
+                      monthly=policy.monthly, yearly=policy.yearly, min_age=policy.min_age_days * 86400.0)
 
 
 def select_kept(records: Iterable[SnapRecord], policy: RetentionPolicy, now: float) -> tuple[set[str], dict[str, str]]:
-    """Return (names to keep, reason per kept name)."""
-    recs = sorted(records, key=lambda r: (r.received, r.name), reverse=True)
-    reasons: dict[str, str] = {}
-    min_age = policy.min_age_days * 86400.0
-    for r in recs:
-        if now - r.received < min_age:
-            reasons.setdefault(r.name, "min-age")
-    clean = [r for r in recs if not r.suspicious]
-    for r in clean[: policy.keep_last]:
-        reasons.setdefault(r.name, "last")
-    for label, fn in _bucket_fns():
-        n = getattr(policy, label)
-        if n <= 0:
-            continue
-        seen: set[tuple[int, ...]] = set()
-        for r in clean:
-            key = fn(datetime.fromtimestamp(r.received, tz=UTC))
-            if key in seen:
-                continue
-            if len(seen) >= n:
-                break
-            seen.add(key)
-            reasons.setdefault(r.name, label)
-    return set(reasons), reasons
+    """Return (names to keep, first reason per kept name)."""
+    reasons = keep_reasons(records, keep_policy(policy), now)
+    return set(reasons), {name: why[0] for name, why in reasons.items()}
