@@ -50,9 +50,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     for b, unit in _BUCKETS.items():
         p.add_argument(f"--keep-{b}", type=_count, default=0, metavar="N",
                        help=f"keep the newest clean snapshot of each of the last N {unit} that have one")
-    p.add_argument("--keep-within", metavar="DURATION", type=Duration.parse, default=Duration(),
+    p.add_argument("--keep-within", metavar="DURATION",
                    help="keep every snapshot within DURATION of the newest one (e.g. 7d, 2w, 1y6m, 36h)")
-    p.add_argument("--min-age", metavar="DURATION", type=Duration.parse, default=Duration(),
+    p.add_argument("--min-age", metavar="DURATION",
                    help="never forget a snapshot younger than DURATION (against this machine's clock)")
     p.add_argument("--prune", action="store_true",
                    help="then delete the packs no remaining snapshot references (alone: only collect garbage)")
@@ -62,8 +62,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _policy(args: argparse.Namespace, now: float) -> KeepPolicy:
-    min_age = now - args.min_age.before(now) if args.min_age else 0.0
-    return KeepPolicy(last=args.keep_last, within=args.keep_within, min_age=min_age,
+    within = Duration.parse(args.keep_within) if args.keep_within else Duration()
+    age = Duration.parse(args.min_age) if args.min_age else Duration()
+    return KeepPolicy(last=args.keep_last, within=within, min_age=now - age.before(now) if age else 0.0,
                       **{b: getattr(args, f"keep_{b}") for b in _BUCKETS})
 
 
