@@ -12,16 +12,34 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from tests.engine.test_detection_restore import encrypt_in_place, make_practice
 
 from rempart.cli.main import main
-from rempart.core.clock import SystemClock
+from rempart.core.clock import FakeClock, SystemClock
+from rempart.core.errors import PermissionDenied
+from rempart.repository.checker import CheckReport, check_structure
+from rempart.repository.prune import (
+    PruneResult,
+    execute_prune,
+    load_snapshots,
+    plan_prune,
+    remove_snapshots,
+)
+from rempart.repository.repo import Repository
+from rempart.repository.retention import KeepPolicy, SnapRecord, keep_reasons
+from rempart.storage.base import FileType, Handle
+from rempart.storage.local import LocalBackend
+from rempart.storage.s3 import S3Backend, S3Config
+from rempart.testing.servers import S3Server, s3_client
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -346,3 +364,99 @@ def test_refusals(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.code == 0 and r.json()["removed"] == [s2]
     assert repo.packs() == set() and repo.run("snapshots", "--json").json() == []
     repo.check()
+
+
+# --- the same keyless forget and prune on real S3 storage (SeaweedFS) --------------------------
+# The command line opens only folders (an s3:// location needs a configuration it has no way to
+# receive yet), so these drive the library functions `rempart forget` is made of.
+
+
+def _to_backend(repo_dir: Path, backend: Any) -> None:
+    for p in sorted(repo_dir.rglob("*")):
+        rel = p.relative_to(repo_dir)
+        if p.is_file() and rel.parts[0] != "tmp":
+            ftype = FileType.CONFIG if rel.parts[0] == "config" else FileType(rel.parts[0])
+            backend.save(Handle(ftype, p.name), p.read_bytes())
+
+
+def _to_folder(backend: Any, dest: Path) -> None:
+    local = LocalBackend(dest, create=True)
+    for t in FileType:
+        for fi in backend.list(t):
+            local.save(Handle(t, fi.name), backend.load(Handle(t, fi.name)))
+
+
+def _s3_forget(s3: Any, keep_last: int) -> tuple[list[str], PruneResult]:
+    r = Repository.open(s3)
+    snaps, damaged = load_snapshots(r)
+    assert not damaged
+    keep = keep_reasons([SnapRecord(s.name, s.time or 0.0, s.suspicious) for s in snaps],
+                        KeepPolicy(last=keep_last), time.time())
+    plan = plan_prune(r, [s for s in snaps if s.name in keep])
+    try:
+        removed = remove_snapshots(r, [s.name for s in snaps if s.name not in keep])
+    except PermissionDenied:
+        removed = []
+    res = execute_prune(r, plan) if removed else PruneResult()
+    report = CheckReport()
+    check_structure(r, report).close()
+    assert report.ok, report.errors
+    r.close()
+    return removed, res
+
+
+@pytest.fixture
+def s3_bucket(seaweed: S3Server) -> str:
+    admin: Any = s3_client(seaweed, seaweed.admin)
+    try:
+        admin.create_bucket(Bucket=seaweed.client_bucket, ObjectLockEnabledForBucket=True)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+            raise
+    return seaweed.client_bucket
+
+
+def _three_backups(repo: Repo) -> tuple[list[str], dict[str, bytes]]:
+    ids = []
+    for day, name in enumerate(["a.bin", "b.bin", "c.bin"], start=1):
+        for p in repo.src.glob("*.bin"):
+            p.unlink()
+        (repo.src / name).write_bytes(os.urandom(150_000))
+        ids.append(repo.backup(utc(2026, 1, day, 8), "--no-detect"))
+    return ids, src_state(repo.src)
+
+
+def test_prune_on_s3_then_the_copied_back_repository_checks_and_restores(repo: Repo, seaweed: S3Server,
+                                                                        s3_bucket: str) -> None:
+    ids, want = _three_backups(repo)
+    cfg = S3Config(seaweed.endpoint, s3_bucket, f"forget/{uuid.uuid4().hex}", seaweed.admin.access_key,
+                   seaweed.admin.secret_key, seaweed.region)
+    s3 = S3Backend(cfg)
+    _to_backend(repo.path, s3)
+    packs = {fi.name for fi in s3.list(FileType.DATA)}
+    removed, res = _s3_forget(s3, keep_last=1)
+    assert sorted(removed) == sorted(ids[:2]) and len(res.removed_packs) == 2 and not res.refused
+    assert {fi.name for fi in s3.list(FileType.DATA)} == packs - set(res.removed_packs)
+    back = repo.tmp / "back"
+    _to_folder(s3, back)
+    r = repo.run("-r", str(back), "check", "--read-data", "--kit", str(repo.kit), "--json")
+    assert r.code == 0 and r.json()["ok"], r.out + r.err
+    r = repo.run("-r", str(back), "restore", ids[2], "--target", str(repo.tmp / "out"), "--kit", str(repo.kit))
+    assert r.code == 0, r.err
+    root = repo.tmp / "out" / repo.src.relative_to("/")
+    assert {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()} == want
+
+
+def test_s3_object_lock_refuses_forget_and_nothing_is_lost(repo: Repo, seaweed: S3Server, s3_bucket: str) -> None:
+    _three_backups(repo)
+    prefix = f"forget-locked/{uuid.uuid4().hex}"
+    locked = S3Backend(S3Config(seaweed.endpoint, s3_bucket, prefix, seaweed.client.access_key,
+                                seaweed.client.secret_key, seaweed.region, object_lock_days=1),
+                       clock=FakeClock(datetime.now(UTC)))
+    _to_backend(repo.path, locked)
+    before = {t: {fi.name for fi in locked.list(t)} for t in FileType}
+    provider = S3Backend(S3Config(seaweed.endpoint, s3_bucket, prefix, seaweed.admin.access_key,
+                                  seaweed.admin.secret_key, seaweed.region))  # full rights: only the lock stops it
+    removed, res = _s3_forget(provider, keep_last=1)
+    assert removed == [] and res.removed_packs == []
+    assert {t: {fi.name for fi in provider.list(t)} for t in FileType} == before
