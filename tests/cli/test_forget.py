@@ -229,13 +229,13 @@ def test_forgetting_the_latest_snapshot_then_backing_up_reuploads_what_was_colle
     assert repo.restored(s1, repo.tmp / "r1").keys() == {"old.bin"}
 
 
-def _spawn_slow_forget(tmp: Path, *args: str) -> subprocess.Popen[bytes]:
-    """A real `rempart forget` process whose deletions take 0.15 s each, so that a SIGKILL can be
-    aimed at a chosen step of the write order."""
+def _spawn_slow_forget(tmp: Path, *args: str, delay: float = 0.15) -> subprocess.Popen[bytes]:
+    """A real `rempart forget` process whose deletions take ``delay`` seconds each, so that a
+    SIGKILL (or a concurrent backup) can be aimed at a chosen step of the write order."""
     code = ("import sys, time\n"
             "from rempart.storage.local import LocalBackend\n"
             "orig = LocalBackend.remove\n"
-            "def slow(self, h):\n    time.sleep(0.15)\n    orig(self, h)\n"
+            f"def slow(self, h):\n    time.sleep({delay})\n    orig(self, h)\n"
             "LocalBackend.remove = slow\n"
             "from rempart.cli.main import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
@@ -295,6 +295,38 @@ def test_a_forget_killed_mid_prune_leaves_a_valid_repository(repo: Repo, stage: 
     repo.check("--read-data", "--kit", str(repo.kit))
     for i, (snap, want) in enumerate(kept):
         assert repo.restored(snap, repo.tmp / f"again{i}") == want
+
+
+def test_a_backup_finishing_during_a_prune_keeps_the_packs_it_deduplicated_against(repo: Repo) -> None:
+    old = os.urandom(200_000)
+    (repo.src / "a.bin").write_bytes(old)
+    repo.backup(utc(2026, 1, 1, 8), "--no-detect")
+    for day, name in ((2, "b.bin"), (3, "c.bin")):
+        for p in repo.src.glob("*.bin"):
+            p.unlink()
+        (repo.src / name).write_bytes(os.urandom(100_000))
+        repo.backup(utc(2026, 1, day, 8), "--no-detect")
+    packs = repo.packs()
+    doomed = set(forget_json(repo, "--keep-last", "1", "--prune", "--dry-run")["prune"]["packs_removed"])
+    assert len(doomed) == 2
+    proc = _spawn_slow_forget(repo.tmp, "forget", "--keep-last", "1", "--prune", delay=1.0)
+    end = time.monotonic() + 30
+    while len(os.listdir(repo.path / "snapshots")) > 2:  # the forget is under way
+        assert time.monotonic() < end and proc.poll() is None
+        time.sleep(0.01)
+    (repo.src / "a.bin").write_bytes(old)  # a.bin is back: the backup finds it in a doomed pack
+    r = repo.run("backup", str(repo.src), "--json", "--no-detect")
+    assert r.code == 0, r.err
+    new = r.json()["snapshot"]
+    assert r.json()["storage"]["bytes_stored"] < 150_000  # deduplicated, not stored again
+    assert proc.wait(60) == 1
+    assert packs <= repo.packs()  # the new snapshot was noticed: no pack deleted
+    repo.check("--read-data", "--kit", str(repo.kit))
+    assert repo.restored(new, repo.tmp / "new")["a.bin"] == old
+    out = forget_json(repo, "--prune")  # later, alone: only the pack nobody needs goes
+    assert len(out["prune"]["packs_removed"]) == 1 and set(out["prune"]["packs_removed"]) < doomed
+    repo.check("--read-data", "--kit", str(repo.kit))
+    assert repo.restored(new, repo.tmp / "again")["a.bin"] == old
 
 
 def test_suspicious_snapshots_never_count_towards_keep_last(repo: Repo) -> None:

@@ -119,6 +119,7 @@ def _prune_dict(plan: PrunePlan, res: PruneResult | None) -> dict[str, Any]:
         "index_to_write": bool(plan.reindex),
         "unreadable_packs": plan.unreadable_packs,
         "refused": res.refused if res else [],
+        "new_snapshots": res.newcomers if res else [],
     }
 
 
@@ -159,7 +160,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                     hint="forget needs a credential allowed to delete (a backup agent's may only add)") from exc
             if plan is not None:
                 with progress_line(ctx, "pruning") as show:
-                    result = execute_prune(repo, plan, lambda n: show(f"{n}/{len(plan.remove_packs)} packs"))
+                    known = {s.name for s in snaps} | set(damaged)
+                    result = execute_prune(repo, plan, known,
+                                           lambda n: show(f"{n}/{len(plan.remove_packs)} packs"))
     finally:
         repo.close()
     by_name = {s.name: s for s in snaps}
@@ -170,7 +173,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                     "removed": removed, "prune": _prune_dict(plan, result) if plan is not None else None})
     else:
         _print_text(ctx, args.dry_run, kept_rows, gone_rows, plan, result)
-    return 1 if result is not None and result.refused else 0
+    return 1 if result is not None and (result.refused or result.newcomers) else 0
 
 
 def _print_text(ctx: Context, dry: bool, kept: list[dict[str, Any]], gone: list[dict[str, Any]],
@@ -195,6 +198,9 @@ def _print_text(ctx: Context, dry: bool, kept: list[dict[str, Any]], gone: list[
             ctx.print(f"prune: removed {len(res.removed_packs)} of {plan.packs_total} packs "
                       f"({human_bytes(res.bytes_freed)}) and {len(res.removed_index)} index file(s)"
                       + (f"; wrote index {res.new_index[:8]}" if res.new_index else ""))
+            if res.newcomers:
+                print(f"warning: {len(res.newcomers)} snapshot(s) appeared while pruning (a backup ran?): no pack "
+                      "was deleted; run 'rempart forget --prune' again when no backup is running", file=sys.stderr)
             for name in res.refused:
                 print(f"warning: the storage refused to delete {name[:20]}; it stays (retention lock?)",
                       file=sys.stderr)

@@ -139,6 +139,8 @@ class PruneResult:
     bytes_freed: int = 0
     #: files the storage refused to delete (S3 Object Lock, file-system flags): left in place
     refused: list[str] = field(default_factory=list)
+    #: snapshots that appeared while pruning (a backup ran meanwhile): no pack was deleted
+    newcomers: list[str] = field(default_factory=list)
 
 
 def remove_snapshots(repo: Repository, names: Iterable[str], done: Callable[[str], None] | None = None) -> list[str]:
@@ -155,8 +157,14 @@ def remove_snapshots(repo: Repository, names: Iterable[str], done: Callable[[str
     return removed
 
 
-def execute_prune(repo: Repository, plan: PrunePlan, progress: Callable[[int], None] | None = None) -> PruneResult:
-    """Steps 2-4 of the module's write order (call after the forgotten snapshots are gone)."""
+def execute_prune(repo: Repository, plan: PrunePlan, known: set[str] | None = None,
+                  progress: Callable[[int], None] | None = None) -> PruneResult:
+    """Steps 2-4 of the module's write order (call after the forgotten snapshots are gone).
+
+    ``known``: every snapshot name seen when planning. Before step 4 the snapshot list is read
+    again; if a snapshot appeared meanwhile (a backup that may have deduplicated against a
+    doomed pack), no pack is deleted. This narrows, but does not close, the race with a backup
+    still running: there is no repository lock."""
     res = PruneResult()
     if plan.reindex:
         data = encode_index(sorted(plan.reindex.items()))
@@ -178,6 +186,10 @@ def execute_prune(repo: Repository, plan: PrunePlan, progress: Callable[[int], N
             protected.update(packs)
             continue
         res.removed_index.append(name)
+    if known is not None:
+        res.newcomers = [fi.name for fi in repo.backend.list(FileType.SNAPSHOT) if fi.name not in known]
+        if res.newcomers:
+            return res
     for fi in plan.remove_packs:
         if bytes.fromhex(fi.name) in protected:
             continue
