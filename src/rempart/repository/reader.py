@@ -34,6 +34,17 @@ def _decompress(plain: bytes) -> bytes:
     return out
 
 
+def open_view(key: DataKey, btype: BlobType, blob_id: bytes, sealed: bytes | memoryview) -> bytes | memoryview:
+    """``open_blob`` without the copy of a stored blob's plaintext (a view past the flag)."""
+    plain = key.open(sealed, aad(btype, blob_id))
+    flag = plain[0] if plain else -1
+    if flag == FLAG_RAW:
+        return memoryview(plain)[1:]
+    if flag == FLAG_ZSTD:
+        return _decompress(plain)
+    raise IntegrityError(f"blob {blob_id.hex()[:12]} has an unknown compression flag")
+
+
 class ReadSession:
     """Decrypts blobs and snapshot metadata: needs the recovery private key (the kit).
 
@@ -175,16 +186,7 @@ class ReadSession:
 
     def _open_view(self, key: DataKey, btype: BlobType, blob_id: bytes, sealed: memoryview,
                    verify: bool) -> bytes | memoryview:
-        """``open_blob`` without the copy of a stored blob's plaintext (a view past the flag)."""
-        plain = key.open(sealed, aad(btype, blob_id))
-        flag = plain[0] if plain else -1
-        out: bytes | memoryview
-        if flag == FLAG_RAW:
-            out = memoryview(plain)[1:]
-        elif flag == FLAG_ZSTD:
-            out = _decompress(plain)
-        else:
-            raise IntegrityError(f"blob {blob_id.hex()[:12]} has an unknown compression flag")
+        out = open_view(key, btype, blob_id, sealed)
         if verify and self.id_key is not None and self.id_key.blob_id(out) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:12]} does not match its id")
         return out

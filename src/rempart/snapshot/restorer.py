@@ -15,19 +15,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from rempart.core.errors import DecryptionError, HostilePathError, IntegrityError, UserError
+from rempart.core.errors import DecryptionError, IntegrityError
 from rempart.repository.reader import ReadSession
+from rempart.snapshot.restore_procs import ProcsStartError, RestoreProcs, default_workers, pack_paths
+from rempart.snapshot.restore_write import O_DIRECTORY, make_dir, remove_existing, set_times, write_file
 from rempart.snapshot.tree import KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, check_name, decode_tree
-
-O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-O_BINARY = getattr(os, "O_BINARY", 0)
-O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-HAVE_DIR_FD = os.open in os.supports_dir_fd
-HAVE_FCHMOD = hasattr(os, "fchmod")
-HAVE_FUTIMES = os.utime in os.supports_fd
-HAVE_PWRITE = hasattr(os, "pwrite")
-HAVE_PWRITEV = hasattr(os, "pwritev")
 
 
 @dataclass
@@ -91,28 +83,34 @@ class TreeReader:
 
 
 class Restorer:
-    """Restores files in batches on a small thread pool.
+    """Restores files in batches, in restore processes or on a small thread pool.
 
     The walk (main thread) creates folders and symlinks and groups consecutive files into
     batches of about ``BATCH_BYTES``; a worker reads a batch's blobs as one stream, so small files
     stored back to back in a pack cost one read, and writes the files one after the other.
-    Decryption, decompression and the file system calls release the GIL, so a few workers keep
-    both cores busy while at most ``workers * 2`` batches are in flight (bounded memory).
+    From a repository in a local folder the workers are processes (``restore_procs``: threads
+    share one interpreter lock and kept only part of two cores busy); from other backends, or if
+    the processes cannot start, ``workers`` threads. At most two batches per worker are in
+    flight (bounded memory).
     """
 
     BATCH_BYTES = 4 * 1024 * 1024
     BATCH_FILES = 256
-    WRITE_BYTES = 1024 * 1024  # gather decoded blobs up to this much per write call
 
-    def __init__(self, session: ReadSession, *, workers: int = 3,
+    def __init__(self, session: ReadSession, *, workers: int = 3, processes: int | None = None,
                  progress: Callable[[RestoreStats], None] | None = None) -> None:
+        """``processes``: how many restore processes for a local repository (None: one per
+        core, 2 to 4; 0: threads only)."""
         self.session = session
         self.reader = TreeReader(session)
         self.stats = RestoreStats()
         self.progress = progress
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore")
         self._futures: list[Future[None]] = []
-        self._slots = threading.BoundedSemaphore(workers * 2)
+        self._nprocs = default_workers() if processes is None else max(0, processes)
+        self._paths = pack_paths(session) if self._nprocs and os.name == "posix" else None
+        self._procs: RestoreProcs | None = None
+        self._slots = threading.BoundedSemaphore(max(workers, self._nprocs) * 2)
         self._lock = threading.Lock()
         self._dir_times: list[tuple[str, Node]] = []
         self._root_fd = -1
@@ -136,6 +134,11 @@ class Restorer:
         target.mkdir(parents=True, exist_ok=True)
         self._root_fd = os.open(target, os.O_RDONLY | O_DIRECTORY)
         self._exclude = exclude or set()
+        if self._paths is not None:
+            try:  # they start while the first trees are read
+                self._procs = RestoreProcs(self.session, self._paths, self._root_fd, self._nprocs)
+            except ProcsStartError:
+                self._procs = None
         try:
             self._restore_tree(tree_id, "", PurePosixPath("/"), include)
             for path, node in sorted((extra or {}).items()):
@@ -143,17 +146,23 @@ class Restorer:
                 rel = ""
                 for part in parts[:-1]:
                     rel = f"{rel}/{check_name(part)}" if rel else check_name(part)
-                    _make_dir(self._root_fd, rel)
+                    make_dir(self._root_fd, rel)
                 check_name(node.name)
                 rel = f"{rel}/{parts[-1]}" if rel else parts[-1]
                 self._add_file(rel, node)
             self._flush()
+            if self._procs is not None:
+                self._procs.close()  # waits for every job's report
             for f in self._futures:
                 f.result()
+            if self._failed is not None:
+                raise self._failed
             # directory modes and mtimes last, deepest first, once their content is written
             for rel, node in reversed(self._dir_times):
-                _set_times(node, rel, self._root_fd)
+                set_times(node, rel, self._root_fd)
         finally:
+            if self._procs is not None:
+                self._procs.close()
             self._pool.shutdown(wait=True)
             os.close(self._root_fd)
         return self.stats
@@ -185,7 +194,7 @@ class Restorer:
                 if not descend or p in self._exclude:
                     continue
             if node.type == KIND_DIR:
-                _make_dir(self._root_fd, child)
+                make_dir(self._root_fd, child)
                 self._dir_times.append((child, node))
                 self.stats.dirs += take
                 if node.subtree is not None:
@@ -195,14 +204,14 @@ class Restorer:
             elif node.type == KIND_FILE:
                 self._add_file(child, node)
             elif node.type == KIND_SYMLINK and node.target is not None:
-                _remove_existing(self._root_fd, child)
+                remove_existing(self._root_fd, child)
                 os.symlink(node.target, child, dir_fd=self._root_fd)
-                _set_times(node, child, self._root_fd)
+                set_times(node, child, self._root_fd)
                 self.stats.symlinks += 1
             elif statmod.S_ISFIFO(node.mode) and hasattr(os, "mkfifo"):
-                _remove_existing(self._root_fd, child)
+                remove_existing(self._root_fd, child)
                 os.mkfifo(child, statmod.S_IMODE(node.mode), dir_fd=self._root_fd)
-                _set_times(node, child, self._root_fd)
+                set_times(node, child, self._root_fd)
 
     def _add_file(self, rel: str, node: Node) -> None:
         if self._batch and self._batch_bytes + node.size > self.batch_bytes:
@@ -221,14 +230,34 @@ class Restorer:
         if self._failed is not None:  # stop early: the restore fails anyway
             self._slots.release()
             raise self._failed
-        self._futures.append(self._pool.submit(self._batch_job, batch))
+        if self._procs is not None:
+            try:
+                self._procs.wait_ready()
+            except ProcsStartError:
+                self._procs = None  # restore in threads instead
+        if self._procs is not None:
+            self._procs.submit(batch, self._job_done, self._job_failed)
+        else:
+            self._futures.append(self._pool.submit(self._batch_job, batch))
+
+    def _job_done(self, files: int, size: int) -> None:
+        with self._lock:
+            self.stats.files += files
+            self.stats.bytes += size
+        self._slots.release()
+        if self.progress:
+            self.progress(self.stats)
+
+    def _job_failed(self, exc: BaseException) -> None:
+        self._failed = self._failed or exc
+        self._slots.release()
 
     def _batch_job(self, batch: list[tuple[str, Node]]) -> None:
         try:
             stream = self._stream(batch)
             size = 0
             for rel, node in batch:
-                self._write_file(rel, node, stream)
+                write_file(self._root_fd, rel, node.size, node.mode, node.mtime_ns, len(node.content), stream)
                 size += node.size
             with self._lock:
                 self.stats.files += len(batch)
@@ -260,136 +289,3 @@ class Restorer:
         batch[:] = [(rel, node) for _, _, _, rel, node in keyed]
         order = [j for _, start, n, _, _ in keyed for j in range(start, start + n)]
         return self.session.load_blobs([ids[j] for j in order], locations=[locs[j] for j in order])
-
-    def _write_file(self, rel: str, node: Node, stream: Iterator[bytes | memoryview]) -> None:
-        """Write ``node``'s content, taken from ``stream``; on failure the file is removed."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_BINARY | O_CLOEXEC
-        try:
-            fd = os.open(rel, flags, 0o600, dir_fd=self._root_fd)
-        except FileExistsError:
-            _remove_existing(self._root_fd, rel)
-            fd = os.open(rel, flags, 0o600, dir_fd=self._root_fd)
-        done = False
-        try:
-            pos = start = pending_bytes = 0
-            pending: list[bytes | memoryview] = []
-            for _ in node.content:
-                try:
-                    data = next(stream)
-                except (IntegrityError, DecryptionError) as exc:
-                    raise IntegrityError(f"{rel}: cannot restore: {exc}") from exc
-                n = len(data)
-                if n and _is_zero(data):  # keep holes sparse: write around zero chunks
-                    if pending:
-                        _pwrite_all(fd, pending, start)
-                        pending, pending_bytes = [], 0
-                    pos += n
-                    start = pos
-                    continue
-                pending.append(data)
-                pending_bytes += n
-                pos += n
-                if pending_bytes >= self.WRITE_BYTES or len(pending) >= 64:
-                    _pwrite_all(fd, pending, start)
-                    pending, pending_bytes, start = [], 0, pos
-            if pending:
-                _pwrite_all(fd, pending, start)
-            if pos != node.size:
-                raise IntegrityError(f"{rel}: restored {pos} bytes, expected {node.size}")
-            if start == pos and pos:  # ends in a hole: give the file its length
-                os.ftruncate(fd, pos)
-            if HAVE_FCHMOD:
-                os.fchmod(fd, statmod.S_IMODE(node.mode))
-            if HAVE_FUTIMES:
-                os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
-            done = True
-        finally:
-            os.close(fd)
-            if not done:
-                try:
-                    os.unlink(rel, dir_fd=self._root_fd)
-                except OSError:
-                    pass
-        if not HAVE_FUTIMES:
-            _set_times(node, rel, self._root_fd)
-
-
-def _is_zero(data: bytes | memoryview) -> bool:
-    """Whether ``data`` is all zero bytes (first and last byte first: most data fails there)."""
-    if data[0] or data[-1]:
-        return False
-    if not isinstance(data, bytes):
-        data = data.tobytes()  # rare: stored blobs are incompressible, hence seldom zero
-    return data == bytes(len(data))
-
-
-def _pwrite_all(fd: int, bufs: list[bytes | memoryview], offset: int) -> None:
-    """Write ``bufs`` back to back at ``offset`` (one system call when possible)."""
-    if HAVE_PWRITEV and len(bufs) > 1:
-        total = sum(len(b) for b in bufs)
-        n = os.pwritev(fd, bufs, offset)
-        if n == total:
-            return
-        # short write (rare): finish buffer by buffer
-        for b in bufs:
-            if n >= len(b):
-                n -= len(b)
-                offset += len(b)
-                continue
-            _pwrite_one(fd, memoryview(b)[n:], offset + n)
-            offset += len(b)
-            n = 0
-        return
-    for b in bufs:
-        _pwrite_one(fd, b, offset)
-        offset += len(b)
-
-
-def _pwrite_one(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    if not HAVE_PWRITE:
-        os.lseek(fd, offset, os.SEEK_SET)
-    while view:
-        n = os.pwrite(fd, view, offset) if HAVE_PWRITE else os.write(fd, view)
-        view = view[n:]
-        offset += n
-
-
-def _make_dir(root_fd: int, rel: str) -> None:
-    """Create ``rel`` as a real folder; refuse to pass through a symlink in the target."""
-    name = rel.rsplit("/", 1)[-1]
-    check_name(name)
-    try:
-        os.mkdir(rel, 0o700, dir_fd=root_fd)
-    except FileExistsError:
-        st = os.stat(rel, dir_fd=root_fd, follow_symlinks=False)
-        if not statmod.S_ISDIR(st.st_mode):
-            _remove_existing(root_fd, rel)
-            os.mkdir(rel, 0o700, dir_fd=root_fd)
-    try:
-        fd = os.open(rel, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW, dir_fd=root_fd)
-    except OSError as exc:
-        raise HostilePathError(f"{rel!r}: not a plain folder in the target (symlink?)") from exc
-    os.close(fd)
-
-
-def _remove_existing(dir_fd: int, name: str) -> None:
-    """Replace what stands at ``name`` (a file or symlink; never follows a symlink)."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if statmod.S_ISDIR(st.st_mode):
-        raise UserError(f"{name!r} exists in the target as a folder; restore into an empty folder")
-    os.unlink(name, dir_fd=dir_fd)
-
-
-def _set_times(node: Node, name: str, dir_fd: int) -> None:
-    try:
-        if node.type == KIND_DIR:
-            os.chmod(name, statmod.S_IMODE(node.mode), dir_fd=dir_fd)
-        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
-    except (NotImplementedError, OSError):
-        if node.type != KIND_SYMLINK:
-            raise
-

@@ -1,0 +1,247 @@
+"""The parent side of the restore processes (see ``restore_child`` for why and the protocol).
+
+``RestoreProcs`` starts N ``python -m rempart.snapshot.restore_child`` processes that inherit
+the target's directory descriptor, turns each batch of files into a job (index lookups, the
+byte ranges of pack files to read, the data keys of packs new to that process) and hands it to
+the process with the fewest bytes outstanding. One thread per process reports finished and
+failed jobs. Used for repositories in a local folder (a process opens the pack files itself);
+other backends restore in threads.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+import rempart
+from rempart.core.errors import HostilePathError, IntegrityError, RempartError, UserError
+from rempart.repository.reader import ReadSession
+from rempart.snapshot.restore_child import DONE, FD, HEADER, JOB, send
+from rempart.snapshot.tree import Node
+from rempart.storage.base import FileType, Handle
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(rempart.__file__)))
+
+#: done(files, bytes) or failed(exception): called once per job, from a receiving thread
+Done = Callable[[int, int], None]
+Failed = Callable[[BaseException], None]
+
+
+class ProcsStartError(OSError):
+    """The restore processes could not start (the restore then runs in threads)."""
+
+
+def pack_paths(session: ReadSession) -> Callable[[bytes], str] | None:
+    """Where a pack's file lies, when the repository is a plain local folder (no wrapper that
+    changes reads, such as fault injection or bandwidth limits); else None."""
+    from rempart.storage.local import LocalBackend
+    from rempart.storage.wrappers import PermissionedBackend, RetryBackend
+
+    backend = session.repo.backend
+    while isinstance(backend, (PermissionedBackend, RetryBackend)):
+        backend = backend.inner
+    if type(backend) is not LocalBackend:
+        return None
+    local = backend
+    return lambda pack: str(local._path(Handle(FileType.DATA, pack.hex())))
+
+
+class _Proc:
+    def __init__(self, root_fd: int) -> None:
+        # the same interpreter and this very copy of the package; none of rempart's settings
+        # (passphrases, tokens): the process needs only what arrives down its pipe
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REMPART_")}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "rempart.snapshot.restore_child"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, pass_fds=(root_fd,),
+        )
+        assert self.popen.stdin is not None and self.popen.stdout is not None
+        self.wlock = threading.Lock()
+        self.packs: set[bytes] = set()  # packs whose key and path this process has
+        self.jobs: dict[int, tuple[int, Done, Failed]] = {}  # job -> (bytes, done, failed)
+        self.load = 0
+        self.ready = threading.Event()
+        self.alive = False
+        self.write(b"K", FD.pack(root_fd))
+
+    def write(self, kind: bytes, *parts: bytes) -> None:
+        stdin = self.popen.stdin
+        assert stdin is not None
+        send(stdin.fileno(), kind, *parts)
+
+
+class RestoreProcs:
+    def __init__(self, session: ReadSession, paths: Callable[[bytes], str], root_fd: int,
+                 workers: int, start_timeout: float = 60.0) -> None:
+        self.session, self._paths = session, paths
+        self._lock = threading.Lock()
+        self._procs: list[_Proc] = []
+        self._threads: list[threading.Thread] = []
+        self._next = 0
+        self._started = False
+        self._closed = False
+        self._start_timeout = start_timeout
+        try:
+            for i in range(max(1, workers)):
+                proc = _Proc(root_fd)
+                self._procs.append(proc)
+                t = threading.Thread(target=self._receive, args=(proc,), name=f"restore-{i}", daemon=True)
+                self._threads.append(t)
+                t.start()
+        except OSError as exc:
+            self.kill()
+            self.close()
+            raise ProcsStartError(f"cannot start the restore processes ({exc})") from exc
+
+    def wait_ready(self) -> None:
+        """Wait for every process's hello (they start while the parent walks the first trees)."""
+        if self._started:
+            return
+        for proc in self._procs:
+            if not proc.ready.wait(self._start_timeout) or not proc.alive:
+                self.kill()
+                self.close()
+                raise ProcsStartError("a restore process did not start")
+        self._started = True
+
+    def submit(self, batch: list[tuple[str, Node]], done: Done, failed: Failed) -> None:
+        """Restore ``batch`` in the least busy process; ``done`` or ``failed`` follows once."""
+        job_runs, files, packs = self._plan(batch)
+        weight = sum(node.size for _, node in batch) + 65536 * len(batch)
+        with self._lock:
+            proc = min(self._procs, key=lambda p: p.load)
+            job = self._next
+            self._next += 1
+            proc.jobs[job] = (weight, done, failed)
+            proc.load += weight
+        try:
+            with proc.wlock:
+                for pack in packs:
+                    if pack not in proc.packs:
+                        key = self.session.pack_key(pack)
+                        proc.write(b"P", pack, key.raw, self._paths(pack).encode())
+                        proc.packs.add(pack)
+                proc.write(b"J", marshal.dumps((job, job_runs, files)))
+        except OSError:
+            pass  # the process died: its receiving thread reports every job it had
+        except BaseException as exc:  # e.g. a pack header that cannot be read or unwrapped
+            self._finish(proc, job, exc)
+
+    def _plan(self, batch: list[tuple[str, Node]]) -> tuple[list[tuple[bytes, int, int]], list[object], list[bytes]]:
+        """Index lookups and read ranges of ``batch``, its files sorted by where their first blob
+        lies (packs hold files in the order they were backed up; folders list them by name)."""
+        ids = [b for _, node in batch for b in node.content]
+        locs = self.session.locate(ids)
+        if len(batch) > 1:
+            keyed = []
+            i = 0
+            for rel, node in batch:
+                n = len(node.content)
+                first = locs[i] if n else None
+                keyed.append(((first.pack, first.offset) if first is not None else (b"", -1), i, n, rel, node))
+                i += n
+            keyed.sort(key=lambda k: (k[0], k[1]))
+            batch = [(rel, node) for _, _, _, rel, node in keyed]
+            order = [j for _, start, n, _, _ in keyed for j in range(start, start + n)]
+            ids, locs = [ids[j] for j in order], [locs[j] for j in order]
+        runs: list[tuple[bytes, int, int]] = []
+        refs: list[tuple[int, int, int, int, bytes]] = []
+        for j, k, pack, start, end in self.session.runs(locs):
+            if start < 0:
+                refs.append((-1, 0, 0, 0, ids[j]))
+                continue
+            r = len(runs)
+            runs.append((pack, start, end))
+            for m in range(j, k):
+                loc = locs[m]
+                assert loc is not None
+                refs.append((r, loc.offset - start, loc.length, int(loc.type), ids[m]))
+        files: list[object] = []
+        i = 0
+        for rel, node in batch:
+            n = len(node.content)
+            files.append((rel, node.size, node.mode, node.mtime_ns, refs[i : i + n]))
+            i += n
+        return runs, files, list(dict.fromkeys(p for p, _, _ in runs))
+
+    def close(self) -> None:
+        """Let the processes finish their jobs and stop; wait for every report."""
+        if self._closed:
+            return
+        self._closed = True
+        for p in self._procs:
+            try:
+                with p.wlock:
+                    p.write(b"S")
+                assert p.popen.stdin is not None
+                p.popen.stdin.close()
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join()
+        for p in self._procs:
+            try:
+                p.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                p.popen.wait()
+
+    def kill(self) -> None:
+        for p in self._procs:
+            if p.popen.poll() is None:
+                p.popen.kill()
+
+    def _finish(self, proc: _Proc, job: int, outcome: tuple[int, int] | BaseException) -> None:
+        with self._lock:
+            entry = proc.jobs.pop(job, None)
+            if entry is None:
+                return
+            proc.load -= entry[0]
+        if isinstance(outcome, BaseException):
+            entry[2](outcome)
+        else:
+            entry[1](*outcome)
+
+    def _receive(self, proc: _Proc) -> None:
+        stdout = proc.popen.stdout
+        assert stdout is not None
+        try:
+            while True:
+                head = stdout.read(HEADER.size)
+                if len(head) < HEADER.size:
+                    break
+                n, k = HEADER.unpack(head)
+                payload = stdout.read(n) if n else b""
+                if len(payload) < n:
+                    break
+                if k == ord("D"):
+                    job, files, size = DONE.unpack(payload)
+                    self._finish(proc, job, (files, size))
+                elif k == ord("E"):
+                    job = JOB.unpack_from(payload)[0]
+                    cls = _ERRORS.get(payload[JOB.size : JOB.size + 1], OSError)
+                    self._finish(proc, job, cls(payload[JOB.size + 1 :].decode("utf-8", "replace")))
+                elif k == ord("H"):
+                    proc.alive = True
+                    proc.ready.set()
+        finally:
+            proc.ready.set()
+            with self._lock:
+                left = list(proc.jobs)
+            for job in left:
+                self._finish(proc, job, RempartError("a restore process stopped unexpectedly"))
+
+
+_ERRORS: dict[bytes, type[BaseException]] = {
+    b"I": IntegrityError, b"U": UserError, b"H": HostilePathError, b"O": OSError,
+}
+
+
+def default_workers() -> int:
+    return max(2, min(4, os.cpu_count() or 2))
+
