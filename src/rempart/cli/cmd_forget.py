@@ -98,7 +98,8 @@ def _decide(args: argparse.Namespace, snaps: list[SnapshotInfo], damaged: list[s
             reasons[s.name] = ["undated"]  # never forget what cannot be placed in time
     for n in damaged:
         reasons[n] = ["unreadable"]
-    return reasons, [n for n in names if n not in reasons]
+    oldest_first = sorted(snaps, key=lambda s: (s.time or 0.0, s.name))
+    return reasons, [s.name for s in oldest_first if s.name not in reasons]
 
 
 def _row(s: SnapshotInfo | None, name: str, reasons: list[str] | None = None) -> dict[str, Any]:
@@ -148,15 +149,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             if damaged:
                 raise IntegrityError(f"{len(damaged)} snapshot file(s) cannot be read, so what they reference is "
                                      "unknown; nothing was removed", hint="run 'rempart check' first")
-            plan = plan_prune(repo, [s for s in snaps if s.name not in set(remove)])
+            gone = set(remove)
+            plan = plan_prune(repo, [s for s in snaps if s.name not in gone])
         result = None
         removed: list[str] = []
         if not args.dry_run:
             try:
-                removed = remove_snapshots(repo, remove)
+                remove_snapshots(repo, remove, removed.append)
             except PermissionDenied as exc:
                 raise PermissionDenied(
-                    f"the storage refused to delete a snapshot ({exc.message}); nothing more was removed",
+                    f"the storage refused to delete a snapshot ({exc.message}); {len(removed)} of "
+                    f"{len(remove)} snapshot(s) were removed before, nothing more was removed",
                     hint="forget needs a credential allowed to delete (a backup agent's may only add)") from exc
             if plan is not None:
                 with progress_line(ctx, "pruning") as show:
