@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from rempart.core.errors import LockedError
 FILES_COLUMNS = """(
   dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
   content BLOB, features TEXT, read_at REAL, PRIMARY KEY (dir, name)) WITHOUT ROWID"""
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 FLUSH_ROWS = 2048
 #: free pages (4 KiB) from which a file at least a quarter free is compacted after a commit
 COMPACT_MIN_PAGES = 256
@@ -74,7 +76,8 @@ class CachedFile:
         self.ctime_ns: int = row[4]
         self.inode: int = row[5]
         raw = row[6] or b""
-        self.content: list[bytes] = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        # most files are one chunk: no loop for them
+        self.content: list[bytes] = [raw] if len(raw) == 32 else [raw[i : i + 32] for i in range(0, len(raw), 32)]
         self.features_raw: str | None = row[7] or None  # canonical JSON, parsed only when needed
         self.read_at: float = row[8] or 0.0
 
@@ -151,12 +154,11 @@ class StateCache:
 
     def lookup_dir(self, dirpath: str) -> dict[str, CachedFile]:
         d = os.fsencode(dirpath)
-        fsdecode = os.fsdecode
         out = {}
         for row in self.db.execute(
             "SELECT dir,name,size,mtime_ns,ctime_ns,inode,content,features,read_at FROM main.files WHERE dir=?", (d,)
         ):
-            name = fsdecode(row[1])
+            name = row[1].decode(_FS_ENCODING, _FS_ERRORS)  # os.fsdecode, without its type checks
             out[name] = CachedFile(dirpath, name, row)
         with self._batch_lock:
             st = self._dirs.get(d)

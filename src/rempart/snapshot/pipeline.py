@@ -103,8 +103,9 @@ class MetadataReadAhead:
     metadata, never file contents, and stops when ``stop`` is called or after ``max_entries``.
 
     ``threads`` walkers share one queue of folders ordered as the archiver will visit them
-    (default one: a second walker did not shorten a cold no-change backup of 8,820 files here
-    and cost CPU). ``folders`` are walked first (the repository's pack folders, listed before
+    (default four: several inode reads waiting at once keep the disk busy; cold, the read-ahead
+    alone over 8,820 files took 0.57 s with one walker, 0.46 s with two, 0.32-0.42 s with four,
+    and the no-change backup's median went 1.37 -> 1.24 s over five interleaved runs, same CPU). ``folders`` are walked first (the repository's pack folders, listed before
     the walk starts), and ``files`` are whole files wanted soon (databases, the program's
     modules): ``file_threads`` threads open them, several at once since opening waits for the
     folder and inode, and ask the kernel to start reading them (``posix_fadvise``); nothing is
@@ -113,7 +114,7 @@ class MetadataReadAhead:
     #: files larger than this are left to be read on demand (a large library is mostly unused)
     max_file = 4 << 20
 
-    def __init__(self, paths: Iterable[Path], max_entries: int = 2_000_000, *, threads: int = 1,
+    def __init__(self, paths: Iterable[Path], max_entries: int = 2_000_000, *, threads: int = 4,
                  folders: Iterable[Path] = (), files: Iterable[Path | str] = (), file_threads: int = 4) -> None:
         self._stopped = threading.Event()
         self._left = max_entries
