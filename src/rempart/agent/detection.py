@@ -15,18 +15,23 @@ import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rempart.agent.credentials import repo_state_dir
 from rempart.core.clock import from_iso
 from rempart.detect.assess import DEFAULT_CONFIG, DetectionConfig, assess_run
 from rempart.detect.canary import canary_files, check_canaries
-from rempart.detect.features import FileFeatures, features_of
 from rempart.detect.judge import SPILL, RunJudge
 from rempart.detect.ledger import DamageLedger
 from rempart.detect.sampling import sample_plan
 from rempart.detect.verdict import family
 from rempart.snapshot.cache import StateCache
+
+if TYPE_CHECKING:
+    from rempart.detect.features import FileFeatures
+
+# rempart.detect.features (and the format checks it loads) is imported when a first file is
+# read or compared: a backup with nothing changed never needs it
 
 LEDGER_KEY = "detection_ledger"
 CANARY_FILE = "canaries.json"
@@ -60,6 +65,8 @@ class AgentDetection:
         return sample_plan(size)
 
     def features(self, name: str, size: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
+        from rempart.detect.features import features_of
+
         feats = features_of(name, size, samples)
         out = feats.to_dict()
         self._local.last = (out, feats)  # ``changed`` follows on this thread: no re-parse
@@ -68,6 +75,8 @@ class AgentDetection:
     def changed(self, path: str, prev: dict[str, Any] | None, cur: dict[str, Any], new: bool) -> None:
         if path in self._canaries:
             return
+        from rempart.detect.features import FileFeatures
+
         last = getattr(self._local, "last", None)
         feats = last[1] if last is not None and last[0] is cur else FileFeatures.from_dict(cur)
         self._run().add_change(path, FileFeatures.from_dict(prev) if prev else None, feats)
@@ -108,7 +117,7 @@ class AgentDetection:
             status = check_canaries(planted, observed)
         try:
             judge = self._run()
-            judge.add_deletions((p, FileFeatures.from_dict(json.loads(f)) if f else None)
+            judge.add_deletions((p, _features_of_json(f) if f else None)
                                 for p, f in cache.iter_deleted() if p not in planted)
             result = assess_run(
                 judge,
@@ -187,4 +196,12 @@ def make_detection(state_dir: Path, repo_id: str, config: DetectionConfig = DEFA
 
 def worker_features(name: str, size: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
     """``AgentDetection.features`` for a reading process (no state: a pure function)."""
+    from rempart.detect.features import features_of
+
     return features_of(name, size, samples).to_dict()
+
+
+def _features_of_json(raw: str) -> FileFeatures:
+    from rempart.detect.features import FileFeatures
+
+    return FileFeatures.from_dict(json.loads(raw))

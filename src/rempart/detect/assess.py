@@ -11,13 +11,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rempart.detect import verdict as v
-from rempart.detect.canary import CanaryStatus
-from rempart.detect.features import FileFeatures
 from rempart.detect.judge import RunJudge
 from rempart.detect.ledger import DamageLedger
+
+if TYPE_CHECKING:  # annotations only
+    from rempart.detect.canary import CanaryStatus
+    from rempart.detect.features import FileFeatures
 
 CLEAN = "clean"
 SUSPICIOUS = "suspicious"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
-import zipfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -58,6 +56,9 @@ def _text_body(rnd: bytes, title: str) -> bytes:
 
 
 def _docx(body: bytes, kind: str) -> bytes:
+    import io  # only to plant canaries (first run), not to check them
+    import zipfile
+
     buf = io.BytesIO()
     main = "word/document.xml" if kind == ".docx" else "xl/workbook.xml"
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:

@@ -17,11 +17,13 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rempart.detect import verdict as v
-from rempart.detect.features import FileFeatures
 from rempart.detect.stats import NOTE_SCORE, note_name
+
+if TYPE_CHECKING:  # annotations only
+    from rempart.detect.features import FileFeatures
 
 BATCH = 512
 # Change rows kept in memory before they are written (~1 KiB each with a new file's features):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rempart.detect.features import FileFeatures
 from rempart.detect.sampling import WHOLE_FILE_LIMIT
+
+if TYPE_CHECKING:  # annotations only: a run with nothing read never loads the format checks
+    from rempart.detect.features import FileFeatures
 
 # Verdict kinds. The damaged ones mean "this file's content was probably destroyed".
 OK = "ok"
