@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from rempart.core.errors import IntegrityError
 from rempart.crypto.aead import DataKey
 from rempart.crypto.keys import IdKey, RecoveryPrivateKey
 from rempart.repository.blobs import FLAG_RAW, FLAG_ZSTD, aad, open_blob
-from rempart.repository.format import BlobType, SnapshotPlain
+from rempart.repository.format import ENVELOPE_LEN, HEADER_MAGIC, PACK_MAGIC, VERSION, BlobType, SnapshotPlain
 from rempart.repository.index import BlobLocation
 from rempart.repository.repo import Repository
 from rempart.storage.base import FileType, Handle
@@ -83,9 +84,26 @@ class ReadSession:
         with fetch:  # read once even when several readers meet a new pack at the same time
             key = self._keys.get(pack)
             if key is None:
-                key = self.private_key.unwrap(self.repo.read_pack_header(pack.hex()).envelope)
+                key = self.private_key.unwrap(self._envelope(pack.hex()))
                 self._keys[pack] = key
         return key
+
+    def _envelope(self, name: str) -> bytes:
+        """The key envelope of pack ``name``: its trailer, then only the header's first bytes
+        (parsing every entry of the header, as the index does, is not needed to decrypt)."""
+        h = Handle(FileType.DATA, name)
+        size = self.repo.backend.stat(h).size
+        fixed = len(HEADER_MAGIC) + 1 + ENVELOPE_LEN
+        if size < 8 + fixed:
+            raise IntegrityError(f"pack {name[:12]} is too short to be a pack")
+        trailer = self.repo.backend.load(h, offset=size - 8, length=8)
+        (hlen,) = struct.unpack("<I", trailer[:4])
+        if trailer[4:] != PACK_MAGIC or hlen + 8 > size or hlen < fixed:
+            raise IntegrityError(f"pack {name[:12]} has no valid trailer")
+        head = self.repo.backend.load(h, offset=size - 8 - hlen, length=fixed)
+        if head[:4] != HEADER_MAGIC or head[4] != VERSION:
+            raise IntegrityError(f"pack {name[:12]}: pack header is malformed")
+        return bytes(head[5:fixed])
 
     def locate(self, ids: list[bytes]) -> list[BlobLocation | None]:
         """Index lookups for ``ids`` in order (batched queries)."""

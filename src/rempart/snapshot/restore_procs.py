@@ -67,6 +67,7 @@ class _Proc:
         self.load = 0
         self.ready = threading.Event()
         self.alive = False
+        self.gone = False  # its receiving thread has ended: no job may be given to it any more
         self.write(b"K", FD.pack(root_fd))
 
     def write(self, kind: bytes, *parts: bytes) -> None:
@@ -114,7 +115,11 @@ class RestoreProcs:
         job_runs, files, packs = self._plan(batch)
         weight = sum(node.size for _, node in batch) + 65536 * len(batch)
         with self._lock:
-            proc = min(self._procs, key=lambda p: p.load)
+            live = [p for p in self._procs if not p.gone]
+            if not live:
+                failed(RempartError("a restore process stopped unexpectedly"))
+                return
+            proc = min(live, key=lambda p: p.load)
             job = self._next
             self._next += 1
             proc.jobs[job] = (weight, done, failed)
@@ -233,6 +238,7 @@ class RestoreProcs:
             proc.ready.set()
             with self._lock:
                 left = list(proc.jobs)
+                proc.gone = True
             for job in left:
                 self._finish(proc, job, RempartError("a restore process stopped unexpectedly"))
 

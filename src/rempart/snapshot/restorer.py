@@ -29,6 +29,8 @@ class RestoreStats:
     symlinks: int = 0
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
+    #: how many restore processes wrote the files (0: threads of this process)
+    processes: int = 0
 
 
 class TreeReader:
@@ -139,6 +141,8 @@ class Restorer:
                 self._procs = RestoreProcs(self.session, self._paths, self._root_fd, self._nprocs)
             except ProcsStartError:
                 self._procs = None
+            else:
+                self.stats.processes = self._nprocs
         try:
             self._restore_tree(tree_id, "", PurePosixPath("/"), include)
             for path, node in sorted((extra or {}).items()):
@@ -235,6 +239,7 @@ class Restorer:
                 self._procs.wait_ready()
             except ProcsStartError:
                 self._procs = None  # restore in threads instead
+                self.stats.processes = 0
         if self._procs is not None:
             self._procs.submit(batch, self._job_done, self._job_failed)
         else:
