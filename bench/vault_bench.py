@@ -9,6 +9,11 @@
    meanwhile, and the client's peak RSS for restores (no whole-pack cache: stays near local's).
 2. N agents (separate ``rempart backup`` processes, each with its own practice and token)
    backing up at once to one vault: reports errors (target 0) and the wall time.
+
+Before/after on a shared machine: ``--src before=/tmp/base --src after=/work/main`` (checkouts;
+their ``src`` goes first on PYTHONPATH for the client and for that source's own vault process)
+runs each repeat for every source in turn, alternating the order, and reports medians per
+source; ``--data-dir`` keeps the generated folder between invocations.
 """
 
 from __future__ import annotations
@@ -31,8 +36,12 @@ PY = sys.executable
 PASS = "benchmark passphrase, not secret"
 
 
+#: extra environment of every rempart process of the source being measured (its PYTHONPATH)
+SRC_ENV: dict[str, str] = {}
+
+
 def run(args: list[str], env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(args, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    r = subprocess.run(args, env={**os.environ, **SRC_ENV, **(env or {})}, capture_output=True, text=True)
     if check and r.returncode not in (0, 30):  # 30: detection alert, still a completed backup
         raise RuntimeError(f"{' '.join(args[:6])} failed ({r.returncode}): {r.stderr[-2000:]}")
     return r
@@ -47,7 +56,7 @@ def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Run a command (must succeed); its CPU seconds and peak RSS in MiB (``wait4``: this child
     only, not the largest child so far)."""
     with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen(args, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=out)
+        p = subprocess.Popen(args, env={**os.environ, **SRC_ENV, **env}, stdout=subprocess.DEVNULL, stderr=out)
         _, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
         if p.returncode not in (0, 30):
@@ -71,6 +80,8 @@ SERVER_PID: list[int | None] = [None]
 
 #: --profile-server DIR: py-spy samples of the vault server during each vault backup/restore
 PROFILE: list[Path | None] = [None]
+#: file name prefix of the profiles (the source's name)
+TAG: list[str] = [""]
 
 
 def rempart(repo: str, env: dict[str, str], *args: str) -> float:
@@ -78,7 +89,7 @@ def rempart(repo: str, env: dict[str, str], *args: str) -> float:
     out = PROFILE[0]
     if out is not None and repo.startswith("https://") and args[0] in ("backup", "restore"):
         spy = subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--pid", str(SERVER_PID[0]), "--rate", "200",
-                                "--format", "raw", "--nonblocking", "-o", str(out / f"server-{args[0]}.txt")],
+                                "--format", "raw", "--nonblocking", "-o", str(out / f"server-{TAG[0]}{args[0]}.txt")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
     s0 = _proc_cpu(SERVER_PID[0])
@@ -122,8 +133,9 @@ class Vault:
 
     def start(self) -> None:
         log = open(self.root / "vault.log", "ab")
+        self.env = dict(SRC_ENV)
         self.proc = subprocess.Popen([PY, "-m", "rempart.cli.main", "vault", "serve", "--config", str(self.cfg)],
-                                     stdout=log, stderr=subprocess.STDOUT)
+                                     stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         SERVER_PID[0] = self.proc.pid
         for _ in range(300):
             try:
@@ -142,10 +154,7 @@ class Vault:
         return f"https://127.0.0.1:{self.port}/{practice}"
 
 
-def throughput(work: Path, vault: Vault, size_mb: int, tag: str = "bench") -> dict[str, float]:
-    data = work / "data"
-    if not data.exists():
-        run([PY, str(HERE / "datagen.py"), "generate", str(data), "--size-mb", str(size_mb), "--seed", "1"])
+def throughput(work: Path, vault: Vault, data: Path, tag: str = "bench") -> dict[str, float]:
     mib = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 2**20
     res: dict[str, float] = {"mib": round(mib, 1)}
     toks = vault.add(tag)
@@ -155,8 +164,10 @@ def throughput(work: Path, vault: Vault, size_mb: int, tag: str = "bench") -> di
         env = {"REMPART_KIT_PASSPHRASE": PASS, "REMPART_STATE_DIR": str(work / f"state-{kind}")}
         if kind == "local":
             repo = str(work / "repo-local")
+            SERVER_PID[0] = None
         else:
             repo = vault.url(tag)
+            SERVER_PID[0] = vault.proc.pid if vault.proc else None
             env.update({"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": vault.pin})
         rempart(repo, env, "init", "--kit", str(work / f"kit-{kind}"))
         res[f"{kind}_backup_s"] = round(rempart(repo, env, "backup", str(data)), 2)
@@ -182,6 +193,7 @@ def throughput(work: Path, vault: Vault, size_mb: int, tag: str = "bench") -> di
 def many_agents(work: Path, vault: Vault, agents: int, size_mb: int) -> dict[str, float]:
     data = work / "agent-data"
     run([PY, str(HERE / "datagen.py"), "generate", str(data), "--size-mb", str(size_mb), "--seed", "2"])
+    SERVER_PID[0] = vault.proc.pid if vault.proc else None
     envs = []
     for i in range(agents):
         toks = vault.add(f"agent-{i:02d}")
@@ -214,12 +226,30 @@ def server_stack() -> str:
     return "+".join(names)
 
 
+def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"runs": len(runs)}
+
+
+def _source(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, folder = spec.partition("=")
+    if not name or not folder:
+        raise SystemExit(f"--src NAME=DIR, got {spec!r}")
+    root = Path(folder).resolve()
+    src = root / "src" if (root / "src" / "rempart").is_dir() else root
+    if not (src / "rempart").is_dir():
+        raise SystemExit(f"{folder}: no rempart package (neither DIR/src/rempart nor DIR/rempart)")
+    return name, {"PYTHONPATH": str(src)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=100)
     ap.add_argument("--agents", type=int, default=20)
     ap.add_argument("--agent-size-mb", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=1, help="throughput runs (medians reported)")
+    ap.add_argument("--src", action="append", default=[], metavar="NAME=DIR",
+                    help="measure this checkout (repeatable: sources interleaved, order alternating per repeat)")
+    ap.add_argument("--data-dir", type=Path, help="the generated practice folder (made if missing, kept)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--profile-server", type=Path, metavar="DIR",
                     help="record py-spy samples (raw, flamegraph-collapsed) of the vault during vault backup/restore")
@@ -227,28 +257,56 @@ def main() -> int:
     if a.profile_server:
         a.profile_server.mkdir(parents=True, exist_ok=True)
         PROFILE[0] = a.profile_server.resolve()
+    sources = [_source(s) for s in a.src] or [("current", {})]
     work = Path(tempfile.mkdtemp(prefix="rempart-vault-bench-"))
-    vault = Vault(work / "vault")
-    vault.start()
+    data = a.data_dir.resolve() if a.data_dir else work / "data"
+    if not data.exists():
+        run([PY, str(HERE / "datagen.py"), "generate", str(data), "--size-mb", str(a.size_mb), "--seed", "1"])
+    vaults: dict[str, Vault] = {}
+    result: dict[str, object] = {"cpus": os.cpu_count(), "load_avg_1m_start": os.getloadavg()[0],
+                                 "server_stack": server_stack()}
     try:
-        runs = [throughput(work, vault, a.size_mb, f"bench-{i}") for i in range(max(1, a.repeat))]
-        result: dict[str, object] = {
-            "throughput": runs[0] if len(runs) == 1 else
-            {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"runs": len(runs)},
-            "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "server_stack": server_stack()}
-        if len(runs) > 1:
-            result["each_run"] = runs
-        if a.agents:
-            result["concurrency"] = many_agents(work, vault, a.agents, a.agent_size_mb)
+        for name, env in sources:
+            SRC_ENV.clear()
+            SRC_ENV.update(env)
+            vaults[name] = Vault(work / f"vault-{name}")
+            vaults[name].start()
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in sources}
+        for i in range(max(1, a.repeat)):
+            for name, env in (sources if i % 2 == 0 else sources[::-1]):
+                SRC_ENV.clear()
+                SRC_ENV.update(env)
+                TAG[0] = f"{name}-{i}-" if len(sources) > 1 or a.repeat > 1 else ""
+                (work / name).mkdir(exist_ok=True)
+                r = throughput(work / name, vaults[name], data, f"bench-{i}")
+                r["load_avg_1m"] = round(os.getloadavg()[0], 2)
+                runs[name].append(r)
+                print(json.dumps({"source": name, "run": i, **r}), file=sys.stderr, flush=True)
+        for name, env in sources:
+            SRC_ENV.clear()
+            SRC_ENV.update(env)
+            rs = runs[name]
+            entry: dict[str, object] = {"throughput": rs[0] if len(rs) == 1 else _median_of(rs)}
+            if len(rs) > 1:
+                entry["each_run"] = rs
+            if a.agents:
+                entry["concurrency"] = many_agents(work / name, vaults[name], a.agents, a.agent_size_mb)
+            if len(sources) == 1:
+                result.update(entry)
+            else:
+                result[name] = entry | {"pythonpath": env.get("PYTHONPATH", "")}
+        result["load_avg_1m_end"] = os.getloadavg()[0]
     finally:
-        vault.stop()
+        for v in vaults.values():
+            v.stop()
         shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:
         a.out.write_text(text + "\n")
-    conc = result.get("concurrency")
-    return 0 if not isinstance(conc, dict) or conc["errors"] == 0 else 1
+    errors = [e["concurrency"]["errors"] for e in ([result] if len(sources) == 1 else [result[n] for n, _ in sources])
+              if isinstance(e, dict) and isinstance(e.get("concurrency"), dict)]
+    return 0 if not any(errors) else 1
 
 
 if __name__ == "__main__":

@@ -122,10 +122,25 @@ class _CountRequests:
             self.metrics.requests.labels(scope["method"], path, str(status[0])).inc()
 
 
-def create_app(config: VaultConfig, clock: Clock | None = None, *, vault: Vault | None = None) -> FastAPI:
+class VaultAPI(FastAPI):
+    """The FastAPI app, with the hot object routes answered first by ``fast`` (see
+    :mod:`rempart.vault.fastpath`) when it is set; everything else goes through FastAPI."""
+
+    fast: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast
+        if fast is not None and scope["type"] == "http" and await fast(scope, receive, send):
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(config: VaultConfig, clock: Clock | None = None, *, vault: Vault | None = None,
+               fast_objects: bool = True) -> VaultAPI:
+    """``fast_objects=False`` serves every route through FastAPI (tests compare both paths)."""
     clock = clock or SystemClock()
     vault = vault or open_vault(config, clock)
-    app = FastAPI(
+    app = VaultAPI(
         title="Rempart vault API",
         version=__version__,
         description="Append-only, multi-practice backup vault. See docs/vault-api.md.",
@@ -168,6 +183,10 @@ def create_app(config: VaultConfig, clock: Clock | None = None, *, vault: Vault 
 
     include_watch(app)
     _include_gc_schedule(app, config, vault)
+    if fast_objects:
+        from rempart.vault.fastpath import FastObjects
+
+        app.fast = FastObjects(app)
     return app
 
 
