@@ -305,3 +305,60 @@ def test_reading_processes_do_not_inherit_rempart_secrets(rig: Rig, src: Path, m
     for env in seen:
         assert b"rvt_secret_token_value" not in env and b"a secret passphrase" not in env
         assert b"PATH=" in env  # the environment itself is passed on
+
+
+def test_processes_build_many_packs_in_their_shared_buffers(rig: Rig, src: Path) -> None:
+    """Small packs: each process fills, hands over and gets back its two buffers many times.
+    Every pack is named after exactly its bytes, every blob is stored once, every file reads back."""
+    import hashlib
+
+    from rempart.repository.config import CONFIG, new_config
+    from rempart.storage.memory import MemoryBackend
+
+    rig.backend = MemoryBackend()
+    rig.backend.save(CONFIG, new_config("2026-01-01T00:00:00Z", rig.priv, rig.idk, pack_size=100_000).to_bytes())
+    for i in range(30):
+        (src / "docs" / f"scan-{i}.bin").write_bytes(os.urandom(150_000 + 7_919 * i))
+    root, archiver, session = rig.archive(src, rig.tmp / "p", **PROCS)
+    assert archiver._readers is not None
+    assert session.stats["packs"] >= 40, session.stats
+    for fi in rig.backend.list(FileType.DATA):
+        assert hashlib.sha256(rig.backend.load(Handle(FileType.DATA, fi.name))).hexdigest() == fi.name
+    ids = stored_ids(rig)
+    assert len(ids) == len(set(ids)), "a blob was stored twice"
+    listing = rig.listing(root, src)
+    for i in (0, 13, 29):
+        rel = f"docs/scan-{i}.bin"
+        assert listing[rel][5] == (src / rel).read_bytes(), rel
+    assert listing["db/copy-b.bin"][5] == (src / "db" / "copy-b.bin").read_bytes()
+
+
+def test_a_process_lost_after_its_files_fails_the_run(rig: Rig, src: Path) -> None:
+    """A process that read its files but died before handing over its last pack took blobs it
+    never stored: closing the pool must fail, so no snapshot can reference them."""
+    from rempart.snapshot.workers import ReaderLost, ReaderPool
+
+    repo = Repository.open(rig.backend)
+    repo.load_index()
+    from rempart.repository.repo import WriteSession
+
+    session = WriteSession(repo, rig.idk)
+    done = threading.Event()
+    outcomes: list[Any] = []
+
+    def finished(ctx: Any, outcome: Any) -> None:
+        outcomes.append(outcome)
+        done.set()
+
+    pool = ReaderPool(1, session.reader_setup(), session.claim, session.add_pack, finished)
+    try:
+        path = src / "db" / "copy-a.bin"
+        pool.submit(str(path), path.stat().st_size, [], 0, None)
+        assert done.wait(60)
+        assert outcomes[0].kind == "ok" and outcomes[0].content
+        os.kill(pool._procs[0].popen.pid, signal.SIGKILL)  # its partly filled pack dies with it
+        with pytest.raises(ReaderLost):
+            pool.close()
+        assert session.stats["packs"] == 0
+    finally:
+        session.close()

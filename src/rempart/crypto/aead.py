@@ -42,15 +42,23 @@ class DataKey:
         """The same bytes as ``seal(bytes([prefix]) + payload, aad)``, copying ``payload`` once
         instead of three times: the plaintext is laid out in the output buffer and encrypted in
         place (OpenSSL supports exactly overlapping input and output)."""
-        n = len(payload)
-        out = bytearray(NONCE_LEN + 1 + n + TAG_LEN)
-        view = memoryview(out)
-        nonce = os.urandom(NONCE_LEN)
-        view[:NONCE_LEN] = nonce
-        out[NONCE_LEN] = prefix
-        view[NONCE_LEN + 1 : NONCE_LEN + 1 + n] = payload
-        self._aead.encrypt_into(nonce, view[NONCE_LEN : NONCE_LEN + 1 + n], aad, view[NONCE_LEN:])
+        out = bytearray(NONCE_LEN + 1 + len(payload) + TAG_LEN)
+        self.seal_prefixed_into(prefix, payload, aad, memoryview(out))
         return out
+
+    def seal_prefixed_into(self, prefix: int, payload: bytes | memoryview, aad: bytes, out: memoryview) -> int:
+        """``seal_prefixed`` written at the start of ``out`` (e.g. straight into a pack buffer);
+        returns the number of bytes written: ``len(payload) + 1 + OVERHEAD``."""
+        n = len(payload)
+        end = NONCE_LEN + 1 + n + TAG_LEN
+        if len(out) < end:
+            raise ValueError("output buffer too small for the sealed blob")
+        nonce = os.urandom(NONCE_LEN)
+        out[:NONCE_LEN] = nonce
+        out[NONCE_LEN] = prefix
+        out[NONCE_LEN + 1 : NONCE_LEN + 1 + n] = payload
+        self._aead.encrypt_into(nonce, out[NONCE_LEN : NONCE_LEN + 1 + n], aad, out[NONCE_LEN:end])
+        return end
 
     def open(self, sealed: bytes | memoryview, aad: bytes) -> bytes:
         sealed = memoryview(sealed)

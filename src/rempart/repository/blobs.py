@@ -49,6 +49,12 @@ def seal_blob(key: DataKey, btype: BlobType, blob_id: bytes, flag: int, payload:
     return key.seal_prefixed(flag, payload, aad(btype, blob_id))
 
 
+def seal_blob_into(key: DataKey, btype: BlobType, blob_id: bytes, flag: int, payload: bytes | memoryview,
+                   out: memoryview) -> int:
+    """``seal_blob`` written at the start of ``out``; returns its length."""
+    return key.seal_prefixed_into(flag, payload, aad(btype, blob_id), out)
+
+
 def open_blob(key: DataKey, btype: BlobType, blob_id: bytes, sealed: bytes | memoryview) -> bytes:
     plain = key.open(sealed, aad(btype, blob_id))
     flag = plain[0] if plain else -1

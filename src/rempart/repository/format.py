@@ -71,6 +71,11 @@ def encode_header_body(envelope: bytes, entries: Iterable[tuple[int, bytes, int]
     return b"".join(out)
 
 
+def pack_tail_size(entries: int) -> int:
+    """Bytes a pack's header and trailer take after its blobs, for ``entries`` blobs."""
+    return len(HEADER_MAGIC) + 1 + ENVELOPE_LEN + 4 + _ENTRY.size * entries + GMAC_LEN + 4 + len(PACK_MAGIC)
+
+
 def pack_trailer(header: bytes) -> bytes:
     return header + struct.pack("<I", len(header)) + PACK_MAGIC
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 
 from rempart.crypto.aead import DataKey
 from rempart.repository.format import BlobType, PackEntry, encode_header_body, pack_trailer
@@ -22,7 +23,7 @@ class Packer:
         self._capacity = capacity
         self._keep = keep
         self._free: list[bytearray] = []
-        self._buf: bytearray | None = None
+        self._buf: bytearray | mmap.mmap | None = None
         self._entries: list[tuple[int, bytes, int]] = []
         self.size = 0
 
@@ -45,9 +46,9 @@ class Packer:
         self.size = 0
         return full
 
-    def recycle(self, buf: bytearray) -> None:
+    def recycle(self, buf: bytearray | mmap.mmap) -> None:
         """Take back the buffer of a stored pack (the caller holds no view of it any more)."""
-        if len(buf) == self._capacity and len(self._free) < self._keep:
+        if isinstance(buf, bytearray) and len(buf) == self._capacity and len(self._free) < self._keep:
             self._free.append(buf)
 
     def finish(self) -> tuple[str, memoryview, list[PackEntry]]:
@@ -55,7 +56,7 @@ class Packer:
         return self.take().build()
 
 
-def _put(buf: bytearray, at: int, data: bytes | bytearray | memoryview) -> tuple[bytearray, int]:
+def _put(buf: bytearray | mmap.mmap, at: int, data: bytes | bytearray | memoryview) -> tuple[bytearray | mmap.mmap, int]:
     """Copy ``data`` into ``buf`` at ``at``; returns the buffer and the end. A buffer is never
     resized (a view of it may still be held by whoever stored the previous pack): what does
     not fit (a huge tree blob) goes into a new, larger buffer, which is then not recycled."""
@@ -69,11 +70,13 @@ def _put(buf: bytearray, at: int, data: bytes | bytearray | memoryview) -> tuple
 
 
 class FullPack:
-    """The sealed blobs of one pack, laid out in its buffer; the header is not written yet."""
+    """The sealed blobs of one pack, laid out in its buffer; the header is not written yet.
+    The buffer may be shared memory (a reading process's pack): it then must have room for
+    the header (``format.pack_tail_size``), or the pack would land in a private copy."""
 
     __slots__ = ("_entries", "_envelope", "_key", "_size", "buffer")
 
-    def __init__(self, key: DataKey, envelope: bytes, buf: bytearray, size: int,
+    def __init__(self, key: DataKey, envelope: bytes, buf: bytearray | mmap.mmap, size: int,
                  entries: list[tuple[int, bytes, int]]) -> None:
         self._key, self._envelope, self.buffer, self._size, self._entries = key, envelope, buf, size, entries
 

@@ -12,18 +12,20 @@ from pathlib import Path
 from typing import cast
 
 from rempart.core.errors import AlreadyExists, IntegrityError, NotFound
-from rempart.crypto.aead import DataKey
+from rempart.crypto.aead import OVERHEAD, DataKey
 from rempart.crypto.keys import IdKey
 from rempart.repository.blobs import compress, seal_blob
 from rempart.repository.config import RepoConfig, load_config
 from rempart.repository.format import (
     PACK_MAGIC,
     BlobType,
+    PackEntry,
     PackHeader,
     SnapshotPlain,
     encode_index_pack,
     encode_snapshot_prefix,
     join_index,
+    pack_tail_size,
     parse_pack_header,
     parse_snapshot,
 )
@@ -163,15 +165,18 @@ class WriteSession:
         self.add_sealed([(btype, bid, seal_blob(self.key, btype, bid, flag, payload), len(data))])
         return bid, flag != 0
 
-    # --- blobs sealed elsewhere (the archiver's reading processes) ---------------------------
+    # --- packs built elsewhere (the archiver's reading processes) -----------------------------
 
     def reader_setup(self) -> dict[str, object]:
-        """What a reading process needs to cut, name and seal blobs for this run (key material:
-        only ever sent down a pipe to a child process, never written anywhere). ``ask``: whether
-        it must ask which blobs are new; not when the index was empty (a first backup): it then
-        sends every blob to ``offer_sealed``, which drops the few that are stored already."""
-        return {"id_key": self.id_key.raw, "data_key": self.key.raw, "ask": len(self.repo.index) > 0,
-                "chunker": self.repo.config.chunker.to_dict(), "level": self.repo.config.compression}
+        """What a reading process needs to cut, name and seal blobs and to build packs for this
+        run (key material: only ever sent down a pipe to a child process, never written
+        anywhere). ``capacity``: the size of each shared pack buffer, with room for the blob
+        that crosses ``pack_size`` and for the header of the most blobs a pack can hold."""
+        cfg = self.repo.config
+        most = cfg.pack_size // cfg.chunker.min_size + 2
+        return {"id_key": self.id_key.raw, "data_key": self.key.raw, "envelope": self.envelope,
+                "chunker": cfg.chunker.to_dict(), "level": cfg.compression, "pack_size": cfg.pack_size,
+                "capacity": cfg.pack_size + cfg.chunker.max_size + OVERHEAD + 1 + pack_tail_size(most)}
 
     def claim(self, ids: list[bytes]) -> bytes:
         """One byte per id: 1 if the caller must store that blob (it is now pending), else 0."""
@@ -185,34 +190,45 @@ class WriteSession:
                     out[i] = 1
         return bytes(out)
 
+    def add_pack(self, name: str, data: memoryview, blobs: list[tuple[int, bytes, int, int]],
+                 done: Callable[[], None]) -> None:
+        """Store a pack built elsewhere from blobs claimed here: ``data`` is the whole pack,
+        ``name`` the SHA-256 of it, ``blobs`` its (type, id, sealed length, plain length) in
+        order. ``done()`` is called once the pack is stored and ``data`` no longer used."""
+        entries = []
+        off = 0
+        for t, bid, n, _plain in blobs:
+            entries.append(PackEntry(BlobType(t), bid, off, n))
+            off += n
+        with self._lock:
+            self.stats["blobs_new"] += len(blobs)
+            self.stats["bytes_new"] += sum(b[3] for b in blobs)
+        self._upload(lambda: (name, data, entries), done)
+
     def add_sealed(self, blobs: list[tuple[int, bytes, bytes | bytearray | memoryview, int]]) -> None:
         """Put sealed blobs (type, id, sealed bytes, plain length) that the caller checked or
         claimed as new into the current pack."""
-        self._add_sealed(blobs, False)
-
-    def offer_sealed(self, blobs: list[tuple[int, bytes, bytes | bytearray | memoryview, int]]) -> None:
-        """Like ``add_sealed`` for blobs nobody claimed: those stored or pending already are dropped."""
-        self._add_sealed(blobs, True)
-
-    def _add_sealed(self, blobs: list[tuple[int, bytes, bytes | bytearray | memoryview, int]], check: bool) -> None:
         full = []
         with self._lock:
             packer, limit, stats = self._packer, self.repo.config.pack_size, self.stats
             for btype, bid, sealed, plain_len in blobs:
-                if check:
-                    if self.known(bid):
-                        stats["blobs_known"] += 1
-                        continue
-                    self._pending.add(bid)
                 packer.add(BlobType(btype), bid, sealed)
                 stats["blobs_new"] += 1
                 stats["bytes_new"] += plain_len
                 if packer.size >= limit:
                     full.append(packer.take())  # laid out and hashed by the upload thread
         for pack in full:
-            self._upload(pack)
+            self._upload_full(pack)
 
-    def _upload(self, pack: FullPack) -> None:
+    def _upload_full(self, pack: FullPack) -> None:
+        def done() -> None:
+            with self._lock:
+                self._packer.recycle(pack.buffer)
+        self._upload(pack.build, done)
+
+    def _upload(self, build: Callable[[], tuple[str, memoryview, list[PackEntry]]], done: Callable[[], None]) -> None:
+        """Store the pack ``build()`` gives in an upload thread (at most ``max_inflight`` at
+        once: this waits for a slot), then index it; ``done()`` once its bytes are no longer used."""
         self._slots.acquire()
         try:
             self._check_failures()
@@ -222,15 +238,14 @@ class WriteSession:
 
         def work() -> None:
             try:
-                name, data, entries = pack.build()
+                name, data, entries = build()
                 try:
                     self.repo.backend.save(Handle(FileType.DATA, name), cast(bytes, data))
                 except AlreadyExists:
                     pass  # identical bytes (content-addressed): a harmless no-op
                 size = len(data)
                 del data  # the buffer is reused for a later pack (never resized: stale views are harmless)
-                with self._lock:
-                    self._packer.recycle(pack.buffer)
+                done()
                 pid = bytes.fromhex(name)
                 self.repo.index.add_pack(pid, entries)
                 section = encode_index_pack(pid, entries)
@@ -266,7 +281,7 @@ class WriteSession:
         with self._lock:
             full = self._packer.take() if len(self._packer) else None
         if full:
-            self._upload(full)
+            self._upload_full(full)
         with self._lock:
             futures, self._futures = self._futures, []
         for f in futures:

@@ -333,9 +333,9 @@ class Archiver:
             return False
         setup = self.session.reader_setup()
         setup["features"] = getattr(self.observer, "worker_features", None) or ""
-        store = self.session.add_sealed if setup["ask"] else self.session.offer_sealed
         try:
-            self._readers = ReaderPool(self.options.workers, setup, self.session.claim, store, self._read_done)
+            self._readers = ReaderPool(self.options.workers, setup, self.session.claim, self.session.add_pack,
+                                       self._read_done)
         except ReaderStartError as exc:
             self._warn(str(exc))
             self.options = replace(self.options, processes=False)

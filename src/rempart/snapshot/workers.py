@@ -1,25 +1,40 @@
 """The parent side of the reading processes (see ``worker_main`` for why and for the protocol).
 
-``ReaderPool`` starts N ``python -m rempart.snapshot.worker_main`` processes, hands each file to
-the one with the fewest bytes outstanding, and runs one thread per process that answers its
-dedup questions, passes its sealed blobs to the write session and reports each finished file.
+``ReaderPool`` starts N ``python -m rempart.snapshot.worker_main`` processes, each with two pack
+buffers of shared memory, hands each file to the one with the fewest bytes outstanding, and runs
+one thread per process that answers its dedup questions, passes the packs it built to the write
+session (which gives the buffer back once the pack is stored) and reports each finished file.
 If a process dies, every file it still had is reported as failed and the backup stops with an
-error: nothing it claimed is referenced by a snapshot.
+error (also when it had no file left: it may have taken blobs it never stored), so nothing it
+claimed is referenced by a snapshot.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import rempart
-from rempart.snapshot.worker_main import BLOB_HEAD, FEATURES, HEADER, ID, decode_result, encode_request, send
+from rempart.core.errors import RempartError
+from rempart.snapshot.worker_main import (
+    FEATURES,
+    HEADER,
+    ID,
+    ID32,
+    PACK,
+    PBLOB,
+    decode_result,
+    encode_request,
+    send,
+)
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(rempart.__file__)))
 
@@ -41,28 +56,57 @@ class ReadOutcome:
     features_raw: str | None = None  # computed by the reading process (then no samples)
 
 
-#: claim(ids) -> one byte per id (1: new, the caller must store it); store([(type, id, sealed,
-#: plain length)]) keeps those not stored yet; done(caller's context, outcome)
-Blob = tuple[int, bytes, bytes | bytearray | memoryview, int]
+#: claim(ids) -> one byte per id (1: new, the caller must store it); store(pack name, pack bytes,
+#: [(type, id, sealed length, plain length)], release) stores a pack and calls release() once the
+#: bytes are no longer needed; done(caller's context, outcome)
 Claim = Callable[[list[bytes]], bytes]
-Store = Callable[[list[Blob]], None]
+Store = Callable[[str, memoryview, list[tuple[int, bytes, int, int]], Callable[[], None]], None]
 Done = Callable[[Any, ReadOutcome], None]
+BUFFERS_PER_PROCESS = 2  # one filling while the other is stored
+
+
+class ReaderLost(RempartError):
+    """A reading process ended without handing over every pack it built."""
 
 
 class ReaderStartError(OSError):
     """The reading processes could not start (e.g. an interpreter that cannot run ``-m``)."""
 
 
+def _shared_buffer(size: int) -> int:
+    """A file descriptor of ``size`` bytes of memory a child process can map (pages are only
+    allocated when written)."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("rempart-pack", 0)
+    else:  # other POSIX systems: an unlinked temporary file (its pages mostly stay in memory)
+        fd = os.dup(tempfile.TemporaryFile().fileno())
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 class _Proc:
-    def __init__(self, index: int, setup: bytes) -> None:
-        # the same interpreter and this very copy of the package; none of rempart's settings
-        # (tokens, passphrases): the process needs only what arrives down its pipe
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REMPART_")}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "rempart.snapshot.worker_main"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=1 << 20,
-        )
+    def __init__(self, index: int, setup: dict[str, Any]) -> None:
+        if os.name != "posix":
+            raise OSError("shared pack buffers need a POSIX system")
+        capacity = int(setup["capacity"])
+        fds = [_shared_buffer(capacity) for _ in range(BUFFERS_PER_PROCESS)]
+        try:
+            self.maps = [mmap.mmap(fd, capacity) for fd in fds]
+            # the same interpreter and this very copy of the package; none of rempart's settings
+            # (tokens, passphrases): the process needs only what arrives down its pipe
+            env = {k: v for k, v in os.environ.items() if not k.startswith("REMPART_")}
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "rempart.snapshot.worker_main"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=1 << 20, pass_fds=fds,
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
         assert self.popen.stdin is not None and self.popen.stdout is not None
         self.index = index
         self.wlock = threading.Lock()
@@ -70,7 +114,9 @@ class _Proc:
         self.load = 0
         self.ready = threading.Event()  # set when the process said hello, or died
         self.alive = False
-        self.write(b"K", setup)
+        self.closed = False  # said Z: every pack it built was handed over
+        payload = {k: v.hex() if isinstance(v, bytes) else v for k, v in setup.items()}
+        self.write(b"K", json.dumps({**payload, "buffers": fds}).encode())
 
     def write(self, kind: bytes, payload: bytes) -> None:
         with self.wlock:
@@ -78,19 +124,26 @@ class _Proc:
             assert stdin is not None
             send(stdin.fileno(), kind, payload)
 
+    def give_back(self, buffer: int) -> None:
+        """The pack in ``buffer`` is stored: the process may fill it again."""
+        try:
+            self.write(b"D", ID32.pack(buffer))
+        except (OSError, ValueError):
+            pass  # the process has ended (or its pipe is closed): nothing will fill it again
+
 
 class ReaderPool:
     def __init__(self, workers: int, setup: dict[str, Any], claim: Claim, store: Store, done: Done,
                  start_timeout: float = 60.0) -> None:
-        payload = json.dumps({k: v.hex() if isinstance(v, bytes) else v for k, v in setup.items()}).encode()
         self._claim, self._store, self._done = claim, store, done
+        self._killed = False
         self._lock = threading.Lock()
         self._procs: list[_Proc] = []
         self._threads: list[threading.Thread] = []
         self._next = 0
         try:
             for i in range(max(1, workers)):
-                proc = _Proc(i, payload)
+                proc = _Proc(i, setup)
                 self._procs.append(proc)
                 t = threading.Thread(target=self._receive, args=(proc,), name=f"reader-{i}", daemon=True)
                 self._threads.append(t)
@@ -118,23 +171,34 @@ class ReaderPool:
             pass  # the process died: its receiving thread reports every outstanding file
 
     def close(self) -> None:
+        """Stop the processes once they have handed over their last packs. Raises
+        ``ReaderLost`` if one ended before that (unless ``kill`` was called): blobs it was
+        told to store may be missing."""
         for p in self._procs:
             try:
                 p.write(b"S", b"")
-                assert p.popen.stdin is not None
-                p.popen.stdin.close()
             except OSError:
                 pass
         for t in self._threads:
             t.join()
         for p in self._procs:
             try:
+                assert p.popen.stdin is not None
+                p.popen.stdin.close()
+            except OSError:
+                pass
+            try:
                 p.popen.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.popen.kill()
                 p.popen.wait()
+        lost = [p for p in self._procs if not p.closed]
+        if lost and not self._killed:
+            raise ReaderLost("a reading process stopped before storing what it had read; nothing of this "
+                             "run is kept, the next backup starts over")
 
     def kill(self) -> None:
+        self._killed = True
         for p in self._procs:
             if p.popen.poll() is None:
                 p.popen.kill()
@@ -152,29 +216,20 @@ class ReaderPool:
     def _receive(self, proc: _Proc) -> None:
         stdout = proc.popen.stdout
         assert stdout is not None
-        buf = bytearray(1 << 20)  # reused: blob batches are copied into packs before the next read
         try:
             while True:
                 head = stdout.read(HEADER.size)
                 if len(head) < HEADER.size:
                     break
                 n, k = HEADER.unpack(head)
-                if n > len(buf):
-                    buf = bytearray(n)
-                view = memoryview(buf)[:n]
-                if _read_exactly(stdout, view) < n:
+                payload = stdout.read(n) if n else b""
+                if len(payload) < n:
                     break
                 kind = bytes([k])
-                if kind == b"B":
-                    self._store(_blobs(view))
-                    continue
-                payload = bytes(view)
-                if kind == b"H":
-                    proc.alive = True
-                    proc.ready.set()
-                elif kind == b"Q":
-                    ids = [payload[i : i + 32] for i in range(0, len(payload), 32)]
-                    proc.write(b"A", self._claim(ids))
+                if kind == b"Q":
+                    proc.write(b"A", self._claim([payload[i : i + 32] for i in range(0, n, 32)]))
+                elif kind == b"P":
+                    self._pack(proc, payload)
                 elif kind == b"F":
                     req, ids, size, mtime, ctime, ino, mode, samples = decode_result(payload)
                     raw = None
@@ -188,12 +243,22 @@ class ReaderPool:
                     req = ID.unpack_from(payload)[0]
                     message = payload[ID.size :].decode("utf-8", "replace")
                     self._finish(proc, req, ReadOutcome("oserror" if kind == b"E" else "failed", message=message))
+                elif kind == b"H":
+                    proc.alive = True
+                    proc.ready.set()
+                elif kind == b"Z":
+                    proc.closed = True
         except BaseException as exc:  # a failing store/claim (e.g. an upload error): stop the run
             self._abandon(proc, f"{type(exc).__name__}: {exc}", exc)
             return
         finally:
             proc.ready.set()
         self._abandon(proc, "a reading process stopped unexpectedly", None)
+
+    def _pack(self, proc: _Proc, payload: bytes) -> None:
+        buffer, length, digest = PACK.unpack_from(payload)
+        blobs = [PBLOB.unpack_from(payload, i) for i in range(PACK.size, len(payload), PBLOB.size)]
+        self._store(digest.hex(), memoryview(proc.maps[buffer])[:length], blobs, lambda: proc.give_back(buffer))
 
     def _abandon(self, proc: _Proc, message: str, cause: BaseException | None) -> None:
         """Report every file ``proc`` still had as failed (the backup stops with an error)."""
@@ -203,24 +268,3 @@ class ReaderPool:
             proc.popen.kill()
         for req in left:
             self._finish(proc, req, ReadOutcome("failed", message=message, error=cause))
-
-
-def _blobs(view: memoryview) -> list[Blob]:
-    out: list[Blob] = []
-    pos = 0
-    while pos < len(view):
-        btype, bid, plain, n = BLOB_HEAD.unpack_from(view, pos)
-        pos += BLOB_HEAD.size
-        out.append((btype, bid, view[pos : pos + n], plain))
-        pos += n
-    return out
-
-
-def _read_exactly(stream: IO[bytes], view: memoryview) -> int:
-    got = 0
-    while got < len(view):
-        n = stream.readinto(view[got:])  # type: ignore[attr-defined]
-        if not n:
-            break
-        got += n
-    return got
