@@ -21,6 +21,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -62,32 +63,55 @@ _DELETED = ("FROM main.dirs g CROSS JOIN main.files f ON f.dir = g.dir "  # g dr
 _COUNT_TYPES = "SELECT json_extract(features, '$.t'), COUNT(*) FROM main.files WHERE features IS NOT NULL GROUP BY 1"
 
 
-class CachedFile:
-    """One file of the previous run, as its state-cache row (kept to be written back as is)."""
+class CachedFile(tuple):  # type: ignore[type-arg]
+    """One file of the previous run: its state-cache row itself (a tuple, written back as is
+    when unchanged), (dir, name, size, mtime_ns, ctime_ns, inode, content, features, read_at)
+    with the fields as properties. Nothing is copied or decoded per file until asked for: a
+    backup with nothing changed looks at every file's row."""
 
-    __slots__ = ("content", "ctime_ns", "dirpath", "features_raw", "inode", "mtime_ns", "name", "read_at", "row", "size")
+    __slots__ = ()
 
-    def __init__(self, dirpath: str, name: str, row: tuple[Any, ...]) -> None:
-        self.dirpath = dirpath
-        self.name = name
-        self.row = row  # (dir, name, size, mtime_ns, ctime_ns, inode, content, features, read_at)
-        self.size: int = row[2]
-        self.mtime_ns: int = row[3]
-        self.ctime_ns: int = row[4]
-        self.inode: int = row[5]
-        raw = row[6] or b""
-        # most files are one chunk: no loop for them
-        self.content: list[bytes] = [raw] if len(raw) == 32 else [raw[i : i + 32] for i in range(0, len(raw), 32)]
-        self.features_raw: str | None = row[7] or None  # canonical JSON, parsed only when needed
-        self.read_at: float = row[8] or 0.0
+    size: int = property(itemgetter(2))  # type: ignore[assignment]
+    mtime_ns: int = property(itemgetter(3))  # type: ignore[assignment]
+    ctime_ns: int = property(itemgetter(4))  # type: ignore[assignment]
+    inode: int = property(itemgetter(5))  # type: ignore[assignment]
+
+    @property
+    def row(self) -> tuple[Any, ...]:
+        return self
+
+    @property
+    def dirpath(self) -> str:
+        return os.fsdecode(self[0])
+
+    @property
+    def name(self) -> str:
+        return os.fsdecode(self[1])
 
     @property
     def path(self) -> str:
-        return os.path.join(self.dirpath, self.name)  # joined only if asked for (rarely)
+        return os.path.join(self.dirpath, self.name)
+
+    @property
+    def content(self) -> list[bytes]:
+        """The content blob ids (a new list each time)."""
+        raw = self[6] or b""
+        # most files are one chunk: no loop for them
+        return [raw] if len(raw) == 32 else [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+    @property
+    def features_raw(self) -> str | None:
+        """Canonical JSON of the detection features, parsed only when needed."""
+        return self[7] or None
+
+    @property
+    def read_at(self) -> float:
+        return self[8] or 0.0
 
     @property
     def features(self) -> dict[str, Any] | None:
-        return json.loads(self.features_raw) if self.features_raw else None
+        raw = self[7]
+        return json.loads(raw) if raw else None
 
 
 class _Dir:
@@ -158,8 +182,7 @@ class StateCache:
         for row in self.db.execute(
             "SELECT dir,name,size,mtime_ns,ctime_ns,inode,content,features,read_at FROM main.files WHERE dir=?", (d,)
         ):
-            name = row[1].decode(_FS_ENCODING, _FS_ERRORS)  # os.fsdecode, without its type checks
-            out[name] = CachedFile(dirpath, name, row)
+            out[row[1].decode(_FS_ENCODING, _FS_ERRORS)] = CachedFile(row)  # (os.fsdecode, unchecked)
         with self._batch_lock:
             st = self._dirs.get(d)
             if st is None:
