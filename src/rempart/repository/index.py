@@ -17,11 +17,11 @@ Both are safe to use from several threads (one connection, one lock).
 
 from __future__ import annotations
 
-import heapq
 import os
 import sqlite3
 import tempfile
 import threading
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -299,7 +299,8 @@ class RefSet:
     nothing changed adds every id of the snapshot again). Every ``run_ids`` ids the buffer is
     sorted, deduplicated and written to an anonymous temporary file as one sorted run; every
     ``fan_in`` runs of one size are merged into one run of the next size (an external merge
-    sort: each id is merged about log32(ids / run_ids) times). Iteration merges what is left.
+    sort: each id is merged about log32(ids / run_ids) times; a merge sorts batches bounded by
+    the runs' current blocks, see ``_merge``). Iteration merges what is left.
     Memory stays at a few hundred KiB whatever the number of blobs, and a crash leaves no file
     behind (the runs are unlinked from the start). Not to be updated while iterated."""
 
@@ -331,21 +332,17 @@ class RefSet:
             if len(self._buf) >= 32 * self.run_ids:
                 ids_sorted = _sorted(self._buf)
                 self._buf = bytearray()
-                self._push(0, _unique(ids_sorted))
+                self._push(0, [_unique(ids_sorted)])
 
-    def _push(self, level: int, ids: Iterable[bytes]) -> None:
-        """Write a sorted unique run at ``level``; merge the level once it is full."""
+    def _push(self, level: int, batches: Iterable[list[bytes]]) -> None:
+        """Write a sorted unique run (given as consecutive sorted batches) at ``level``; merge
+        the level once it is full."""
         f = tempfile.TemporaryFile(prefix="rempart-refs-")
         size = 0
-        out = bytearray()
-        for bid in ids:
-            out += bid
-            if len(out) >= 32 * self.read_ids * 4:
-                f.write(out)
-                size += len(out)
-                out = bytearray()
-        f.write(out)
-        size += len(out)
+        for batch in batches:
+            data = b"".join(batch)
+            f.write(data)
+            size += len(data)
         f.flush()
         if level == len(self._levels):
             self._levels.append([])
@@ -354,7 +351,7 @@ class RefSet:
         if len(runs) >= self.fan_in:
             self._levels[level] = []
             try:
-                self._push(level + 1, _unique_stream(heapq.merge(*(self._read(g, n) for g, n in runs))))
+                self._push(level + 1, _merge([self._blocks(g, n) for g, n in runs], []))
             finally:
                 for g, _ in runs:
                     g.close()
@@ -369,20 +366,18 @@ class RefSet:
                 raise ValueError("the reference set is closed")
             tail = _sorted(self._buf)
             runs = [r for level in self._levels for r in level]
-        if not runs:
-            yield from _unique_stream(tail)
-        else:
-            yield from _unique_stream(heapq.merge(tail, *(self._read(f, n) for f, n in runs)))
+        for batch in _merge([self._blocks(f, n) for f, n in runs], tail):
+            yield from batch
 
-    def _read(self, f: IO[bytes], size: int) -> Iterator[bytes]:
+    def _blocks(self, f: IO[bytes], size: int) -> Iterator[list[bytes]]:
+        """A run's ids, ``read_ids`` at a time."""
         fd = f.fileno()
         step = 32 * self.read_ids
         for pos in range(0, size, step):
             block = os.pread(fd, min(step, size - pos), pos)
             if len(block) != min(step, size - pos):
                 raise RepositoryError("a temporary file of blob references was cut short")
-            for k in range(0, len(block), 32):
-                yield block[k : k + 32]
+            yield [block[k : k + 32] for k in range(0, len(block), 32)]
 
     def close(self) -> None:
         with self._lock:
@@ -406,10 +401,36 @@ def _unique(ids: list[bytes]) -> list[bytes]:
     return [b for k, b in enumerate(ids) if k == 0 or b != ids[k - 1]]
 
 
-def _unique_stream(ids: Iterable[bytes]) -> Iterator[bytes]:
-    """``ids`` sorted: each once."""
-    prev = None
-    for bid in ids:
-        if bid != prev:
-            yield bid
-            prev = bid
+def _merge(runs: list[Iterator[list[bytes]]], tail: list[bytes]) -> Iterator[list[bytes]]:
+    """Merge sorted runs (each given block by block) and the sorted list ``tail`` into
+    consecutive sorted batches, each id once. Every step takes, from each run's current block
+    and from ``tail``, the ids up to the smallest last id of the runs' current blocks (no later
+    block holds a smaller one) and sorts them together, so the work per id is C code (bisect,
+    sort), not a Python-level heap; a batch holds at most one block per run plus ``tail``."""
+    cursors: list[tuple[list[bytes], int, Iterator[list[bytes]]]] = []
+    for blocks in runs:
+        first = next(blocks, None)
+        if first:
+            cursors.append((first, 0, blocks))
+    t = 0
+    while cursors:
+        bound = min(block[-1] for block, _, _ in cursors)
+        batch: list[bytes] = []
+        kept = []
+        for block, pos, blocks in cursors:
+            cut = bisect_right(block, bound, pos)
+            batch += block[pos:cut]
+            if cut == len(block):
+                nxt = next(blocks, None)
+                if nxt:
+                    kept.append((nxt, 0, blocks))
+            else:
+                kept.append((block, cut, blocks))
+        cursors = kept
+        cut = bisect_right(tail, bound, t)
+        batch += tail[t:cut]
+        t = cut
+        batch.sort()
+        yield _unique(batch)
+    if t < len(tail):
+        yield _unique(tail[t:])
