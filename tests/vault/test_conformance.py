@@ -85,7 +85,7 @@ class TestVaultBackend(BackendSuite):
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        token = backend._client.headers["authorization"]
+        token = backend.headers["Authorization"]
         path = f"/v1/p/{backend.practice}/{h.type.value}/{h.name}"
         with socket.create_connection((host, int(port))) as raw, ctx.wrap_socket(raw) as s:
             s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {token}\r\n"

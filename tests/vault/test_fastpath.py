@@ -20,10 +20,10 @@ from rempart.vault.config import parse_config
 
 from .objects import make_index, make_pack, make_snapshot, sha
 
-LIMIT = 200_000
+LIMIT = 1_000_000
 
 
-def _script(app: Any, pk: Any, ids: list[bytes], big: Any, idx: Any, snap: Any) -> list[tuple[Any, ...]]:
+def _script(app: Any, pk: Any, ids: list[bytes], big: Any, idx: Any, snap: Any, large: Any) -> list[tuple[Any, ...]]:
     v = app.state.vault
     toks = ops.add_practice(v, "doc", actor="t")
     other = ops.add_practice(v, "other", actor="t")
@@ -56,6 +56,10 @@ def _script(app: Any, pk: Any, ids: list[bytes], big: Any, idx: Any, snap: Any) 
         c.get(f"/v1/p/doc/index/{idx.name}", headers=h(toks["restore"])),
         c.head(data, headers=h(toks["restore"])),
         c.head(data, headers=h(None)),
+        # bodies larger than the fast path's send slices
+        c.post(f"/v1/p/doc/data/{large.name}", content=large.data, headers=h(toks["backup"])),
+        c.get(f"/v1/p/doc/data/{large.name}", headers=h(toks["restore"])),
+        c.get(f"/v1/p/doc/data/{large.name}", headers=h(toks["restore"], Range="bytes=100-650099")),
         c.get("/v1/p/doc/data/NOT-HEX", headers=h(toks["restore"])),  # left to FastAPI: 422
         c.get(f"/v1/p/doc/locks/{pk.name}", headers=h(toks["restore"])),  # not an object type: 422
     ]
@@ -82,6 +86,7 @@ def test_fast_path_answers_as_fastapi_does(tmp_path: Path) -> None:
     big, _ = make_pack([LIMIT])
     idx = make_index([(pk.name, ids, [1000, 3000])])
     snap = make_snapshot(ids)
+    large, _ = make_pack([400_000, 300_000])
     results = []
     apps = []
     for fast in (True, False):
@@ -89,19 +94,21 @@ def test_fast_path_answers_as_fastapi_does(tmp_path: Path) -> None:
                            tmp_path / str(fast))
         app = create_app(cfg, FakeClock(), fast_objects=fast)
         apps.append(app)
-        results.append(_script(app, pk, ids, big, idx, snap))
+        results.append(_script(app, pk, ids, big, idx, snap, large))
     fast_r, slow_r = results
     for i, (a, b) in enumerate(zip(fast_r, slow_r)):
         assert a == b, f"step {i}: fast path {a!r} != FastAPI {b!r}"
-    statuses = [r[0] for r in fast_r[:23]]
+    statuses = [r[0] for r in fast_r[:26]]
     assert statuses == [201, 200, 422, 413, 403, 403, 401, 401, 201, 201, 422, 206, 200, 416, 403, 206,
-                        403, 404, 200, 200, 401, 422, 422]
+                        403, 404, 200, 200, 401, 201, 200, 206, 422, 422]
+    assert fast_r[22][1] == large.data and fast_r[23][1] == large.data[100:650_100]
+    assert fast_r[23][2]["content-length"] == "650000"
     assert fast_r[11][1] == pk.data[1000:4000] and fast_r[11][2]["content-range"] == f"bytes 1000-3999/{len(pk.data)}"
     assert fast_r[19][2]["content-length"] == str(len(pk.data))
     # the refusals are in the audit trail (same entries both ways, checked above)
-    outcomes = [e[2] for e in fast_r[23][1] if not e[0].startswith(("practice", "token"))]
+    outcomes = [e[2] for e in fast_r[26][1] if not e[0].startswith(("practice", "token"))]
     assert outcomes.count("ok") >= 3 and "permission-denied" in outcomes and "integrity-error" in outcomes
     assert "request-too-large" in outcomes and "authentication-failed" in outcomes
     # the fast app answered every well-formed object request itself, the other one none
-    assert apps[0].fast is not None and apps[0].fast.handled == 21
+    assert apps[0].fast is not None and apps[0].fast.handled == 24
     assert apps[1].fast is None

@@ -65,3 +65,33 @@ def test_uploads_use_keepalive_connections_and_survive_a_restart(own_vault: Any)
     assert sorted(i.name for i in r.list(FileType.DATA)) == sorted(pk.name for pk in packs)
     b.close()
     r.close()
+
+
+def test_every_backend_request_on_keepalive_connections_without_httpx(vault: Any) -> None:
+    """The backend's JSON calls (list, exists, status, runs) and HEAD go over the same keep-alive
+    http.client connections as the object transfers, and a backup/restore process never imports
+    httpx (a fifth of a second of CPU per command)."""
+    import subprocess
+    import sys
+
+    name, toks = vault.add_practice()
+    pk, ids = make_pack([1000, 2000])
+    code = f"""
+import sys
+from rempart.storage.base import FileType, Handle
+from rempart.storage.vaultclient import VaultBackend
+b = VaultBackend({f"{vault.url}/{name}"!r}, token=sys.stdin.readline().strip(), pin={vault.pin!r})
+h = Handle(FileType.DATA, {pk.name!r})
+b.save(h, bytes.fromhex({pk.data.hex()!r}))
+assert b.stat(h).size == {len(pk.data)}
+assert [f.name for f in b.list(FileType.DATA)] == [{pk.name!r}]
+assert b.exists([bytes.fromhex({ids[0].hex()!r}), b"x" * 32]) == {{{ids[0].hex()!r}}}
+b.report_run("ok", counts={{"files": 1}})
+assert b.status()["last_run"]["outcome"] == "ok"
+assert b.requests == 6 and len(b._bulk._idle) == 1
+print("httpx" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], input=toks["backup"] + "\n", capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
