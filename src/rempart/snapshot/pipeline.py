@@ -9,6 +9,7 @@ import os
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
+from operator import attrgetter
 from pathlib import Path
 
 from rempart.snapshot.tree import Node
@@ -125,10 +126,12 @@ class MetadataReadAhead:
         self._busy = 0
         # (rank, path components, path): 0 before 1, then depth-first in sorted name order
         self._queue: list[tuple[int, tuple[str, ...], str]] = []
+        self._roots: set[str] = set()  # checked before they are listed (found folders are folders)
         for rank, roots in ((0, folders), (1, paths)):
             for p in roots:
                 s = os.fspath(p)
                 self._queue.append((rank, Path(s).parts, s))
+                self._roots.add(s)
         heapq.heapify(self._queue)
         self._threads = [threading.Thread(target=self._run, name="read-ahead", daemon=True)
                          for _ in range(max(1, threads))]
@@ -168,17 +171,21 @@ class MetadataReadAhead:
 
     def _scan(self, rank: int, key: tuple[str, ...], path: str) -> None:
         try:
-            if os.path.islink(path) or not os.path.isdir(path):
-                return
+            if path in self._roots and (os.path.islink(path) or not os.path.isdir(path)):
+                return  # a backup path (folders found by the walk are known to be folders)
             with os.scandir(path) as it:
-                entries = sorted(it, key=_entry_name)
+                entries = sorted(it, key=_ENTRY_NAME)
         except OSError:
             return
-        for e in entries:  # the archiver's order: each folder as soon as it is listed
-            with self._cond:
-                if self._stopped.is_set() or self.visited >= self._left:
-                    return
-                self.visited += 1
+        with self._cond:  # counted per folder, not per entry: one lock, not one per file
+            if self._stopped.is_set():
+                return
+            n = min(len(entries), self._left - self.visited)
+            self.visited += n
+        stopped = self._stopped.is_set
+        for i, e in enumerate(entries[:n]):  # the archiver's order: each folder as soon as it is listed
+            if not i & 255 and i and stopped():
+                return
             try:
                 e.stat(follow_symlinks=False)
                 if e.is_dir(follow_symlinks=False):
@@ -210,5 +217,4 @@ class MetadataReadAhead:
                 os.close(fd)
 
 
-def _entry_name(e: os.DirEntry[str]) -> str:
-    return e.name
+_ENTRY_NAME = attrgetter("name")
