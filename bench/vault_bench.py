@@ -38,10 +38,14 @@ PASS = "benchmark passphrase, not secret"
 
 #: extra environment of every rempart process of the source being measured (its PYTHONPATH)
 SRC_ENV: dict[str, str] = {}
+#: the environment of the measured processes: without PYTHONDONTWRITEBYTECODE (each source is
+#: byte-compiled once before measuring, so that no process compiles its modules: local and vault
+#: alike, every source alike)
+BASE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def run(args: list[str], env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(args, env={**os.environ, **SRC_ENV, **(env or {})}, capture_output=True, text=True)
+    r = subprocess.run(args, env={**BASE_ENV, **SRC_ENV, **(env or {})}, capture_output=True, text=True)
     if check and r.returncode not in (0, 30):  # 30: detection alert, still a completed backup
         raise RuntimeError(f"{' '.join(args[:6])} failed ({r.returncode}): {r.stderr[-2000:]}")
     return r
@@ -56,7 +60,7 @@ def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Run a command (must succeed); its CPU seconds and peak RSS in MiB (``wait4``: this child
     only, not the largest child so far)."""
     with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen(args, env={**os.environ, **SRC_ENV, **env}, stdout=subprocess.DEVNULL, stderr=out)
+        p = subprocess.Popen(args, env={**BASE_ENV, **SRC_ENV, **env}, stdout=subprocess.DEVNULL, stderr=out)
         _, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
         if p.returncode not in (0, 30):
@@ -135,7 +139,7 @@ class Vault:
         log = open(self.root / "vault.log", "ab")
         self.env = dict(SRC_ENV)
         self.proc = subprocess.Popen([PY, "-m", "rempart.cli.main", "vault", "serve", "--config", str(self.cfg)],
-                                     stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+                                     stdout=log, stderr=subprocess.STDOUT, env={**BASE_ENV, **self.env})
         SERVER_PID[0] = self.proc.pid
         for _ in range(300):
             try:
@@ -226,6 +230,17 @@ def server_stack() -> str:
     return "+".join(names)
 
 
+def compile_source(env: dict[str, str]) -> None:
+    """Byte-compile the rempart package the measured processes will import (warm, like an
+    installed package), and the venv's site-packages once."""
+    import rempart
+
+    folder = env.get("PYTHONPATH") or str(Path(rempart.__file__).resolve().parent.parent)
+    run([PY, "-m", "compileall", "-q", "-j", "0", str(Path(folder) / "rempart")])
+    for sp in {p for p in sys.path if p.endswith("site-packages")}:
+        run([PY, "-m", "compileall", "-q", "-j", "0", sp], check=False)
+
+
 def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"runs": len(runs)}
 
@@ -269,6 +284,7 @@ def main() -> int:
         for name, env in sources:
             SRC_ENV.clear()
             SRC_ENV.update(env)
+            compile_source(env)
             vaults[name] = Vault(work / f"vault-{name}")
             vaults[name].start()
         runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in sources}
