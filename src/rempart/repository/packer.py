@@ -12,9 +12,9 @@ from rempart.repository.format import BlobType, PackEntry, encode_header_body, p
 class Packer:
     """Not thread-safe; the write session serialises access.
 
-    Sealed blobs are copied once, into a pack-sized buffer (the pack size plus room for the
-    last blob and the header) that becomes the pack file: no list of parts joined into a second
-    copy. Buffers come back through ``recycle`` once their pack is stored, so a run touches the
+    Sealed blobs are copied once, into a pack-sized buffer of anonymous memory (the pack size
+    plus room for the last blob and the header) that becomes the pack file: no list of parts
+    joined into a second copy. Buffers come back through ``recycle`` once their pack is stored, so a run touches the
     same few buffers again instead of faulting in fresh zeroed pages for every pack."""
 
     def __init__(self, key: DataKey, envelope: bytes, capacity: int = 0, keep: int = 3) -> None:
@@ -22,7 +22,7 @@ class Packer:
         self._envelope = envelope
         self._capacity = capacity
         self._keep = keep
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
         self._buf: bytearray | mmap.mmap | None = None
         self._entries: list[tuple[int, bytes, int]] = []
         self.size = 0
@@ -33,7 +33,7 @@ class Packer:
     def add(self, btype: BlobType, blob_id: bytes, sealed: bytes | bytearray | memoryview) -> None:
         buf = self._buf
         if buf is None:
-            buf = self._buf = self._free.pop() if self._free else bytearray(self._capacity)
+            buf = self._buf = self._free.pop() if self._free else _new_buffer(self._capacity)
         self._buf, self.size = _put(buf, self.size, sealed)
         self._entries.append((int(btype), blob_id, len(sealed)))
 
@@ -48,12 +48,18 @@ class Packer:
 
     def recycle(self, buf: bytearray | mmap.mmap) -> None:
         """Take back the buffer of a stored pack (the caller holds no view of it any more)."""
-        if isinstance(buf, bytearray) and len(buf) == self._capacity and len(self._free) < self._keep:
+        if isinstance(buf, mmap.mmap) and len(buf) == self._capacity and len(self._free) < self._keep:
             self._free.append(buf)
 
     def finish(self) -> tuple[str, memoryview, list[PackEntry]]:
         """Returns (pack name, pack bytes, entries)."""
         return self.take().build()
+
+
+def _new_buffer(size: int) -> mmap.mmap | bytearray:
+    """Anonymous memory: a page takes RAM only once written (``bytearray(n)`` writes zeros to
+    all of it), so a pack buffer that only ever holds a few tree blobs stays small."""
+    return mmap.mmap(-1, size) if size else bytearray()
 
 
 def _put(buf: bytearray | mmap.mmap, at: int, data: bytes | bytearray | memoryview) -> tuple[bytearray | mmap.mmap, int]:

@@ -7,9 +7,11 @@ the parent says are new, compress and seal them; the parent process keeps everyt
 shared (walk, dedup decisions, packs, uploads, index, state cache, trees, detection verdicts).
 
 New blobs go straight into packs the process builds itself, in buffers of shared memory the
-parent created (two per process): when one is full, the process writes the pack's header, hashes
-it and tells the parent, which stores it from the same memory (no copy of blob bytes through the
-pipe, no hashing in the parent) and hands the buffer back once it is stored.
+parent created (one per process and a spare, mapped by all): when one is full, the process
+writes the pack's header, hashes it and tells the parent, which stores it from the same memory
+(no copy of blob bytes through the pipe, no hashing in the parent). The parent gives each
+process a buffer at the start and another for each pack it hands over: the spare, or the buffer
+of the next pack stored.
 
 Wire protocol, over the child's stdin (parent → child) and a private copy of its stdout
 (child → parent; fd 1 itself is pointed at stderr so a stray print cannot corrupt the stream).
@@ -19,7 +21,7 @@ Every message is ``u32 length || 1 kind byte || payload``:
 - parent → child: ``K`` run keys and parameters (JSON, with the file descriptors of the shared
   buffers), ``R`` read a file (``encode_request``: request id, retries, path, sample plan),
   ``A`` the answer to the last ``Q`` (one byte per id: 1 = new, store it; 0 = already stored or
-  claimed), ``D`` a buffer is free again (u32 index), ``S`` stop: the process sends its last,
+  claimed), ``D`` a buffer this process may fill (u32 index), ``S`` stop: the process sends its last,
   partly filled pack, then ``Z``, and exits.
 - child → parent: ``Q`` the ids of one block's chunks (32 bytes each; the parent claims the new
   ones), ``P`` a pack is ready (``PACK``: buffer index, length, SHA-256; then per blob
@@ -143,7 +145,7 @@ class _Packs:
             self.maps.append(mmap.mmap(fd, capacity))
             os.close(fd)  # the mapping keeps the memory
         self.views = [memoryview(m) for m in self.maps]
-        self.free = list(range(len(fds)))
+        self.free: list[int] = []  # buffers the parent gave this process (``D``)
         self.current = -1
         self.pos = 0
         self.blobs: list[tuple[int, bytes, int, int]] = []

@@ -1,9 +1,9 @@
 """The parent side of the reading processes (see ``worker_main`` for why and for the protocol).
 
-``ReaderPool`` starts N ``python -m rempart.snapshot.worker_main`` processes, each with two pack
-buffers of shared memory, hands each file to the one with the fewest bytes outstanding, and runs
+``ReaderPool`` starts N ``python -m rempart.snapshot.worker_main`` processes that share N + 1
+pack buffers of shared memory, hands each file to the one with the fewest bytes outstanding, and runs
 one thread per process that answers its dedup questions, passes the packs it built to the write
-session (which gives the buffer back once the pack is stored) and reports each finished file.
+session (a stored pack's buffer goes to the next process that needs one) and reports each finished file.
 If a process dies, every file it still had is reported as failed and the backup stops with an
 error (also when it had no file left: it may have taken blobs it never stored), so nothing it
 claimed is referenced by a snapshot.
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +63,9 @@ class ReadOutcome:
 Claim = Callable[[list[bytes]], bytes]
 Store = Callable[[str, memoryview, list[tuple[int, bytes, int, int]], Callable[[], None]], None]
 Done = Callable[[Any, ReadOutcome], None]
-BUFFERS_PER_PROCESS = 2  # one filling while the other is stored
+#: shared pack buffers beyond one per process: a process that hands over a full pack takes a
+#: spare one and goes on while its pack is stored; with none left it waits for a stored pack's
+SPARE_BUFFERS = 1
 
 
 class ReaderLost(RempartError):
@@ -89,24 +92,15 @@ def _shared_buffer(size: int) -> int:
 
 
 class _Proc:
-    def __init__(self, index: int, setup: dict[str, Any]) -> None:
-        if os.name != "posix":
-            raise OSError("shared pack buffers need a POSIX system")
-        capacity = int(setup["capacity"])
-        fds = [_shared_buffer(capacity) for _ in range(BUFFERS_PER_PROCESS)]
-        try:
-            self.maps = [mmap.mmap(fd, capacity) for fd in fds]
-            # the same interpreter and this very copy of the package; none of rempart's settings
-            # (tokens, passphrases): the process needs only what arrives down its pipe
-            env = {k: v for k, v in os.environ.items() if not k.startswith("REMPART_")}
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "rempart.snapshot.worker_main"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=1 << 20, pass_fds=fds,
-            )
-        finally:
-            for fd in fds:
-                os.close(fd)
+    def __init__(self, index: int, setup: dict[str, Any], fds: list[int]) -> None:
+        # the same interpreter and this very copy of the package; none of rempart's settings
+        # (tokens, passphrases): the process needs only what arrives down its pipe
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REMPART_")}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "rempart.snapshot.worker_main"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=1 << 16, pass_fds=fds,
+        )
         assert self.popen.stdin is not None and self.popen.stdout is not None
         self.index = index
         self.wlock = threading.Lock()
@@ -124,8 +118,8 @@ class _Proc:
             assert stdin is not None
             send(stdin.fileno(), kind, payload)
 
-    def give_back(self, buffer: int) -> None:
-        """The pack in ``buffer`` is stored: the process may fill it again."""
+    def give(self, buffer: int) -> None:
+        """The process may fill ``buffer``."""
         try:
             self.write(b"D", ID32.pack(buffer))
         except (OSError, ValueError):
@@ -141,13 +135,30 @@ class ReaderPool:
         self._procs: list[_Proc] = []
         self._threads: list[threading.Thread] = []
         self._next = 0
+        self._maps: list[mmap.mmap] = []
+        self._free: list[int] = []  # spare buffers
+        self._waiting: deque[_Proc] = deque()  # processes that handed over a pack and have no buffer
         try:
-            for i in range(max(1, workers)):
-                proc = _Proc(i, setup)
-                self._procs.append(proc)
-                t = threading.Thread(target=self._receive, args=(proc,), name=f"reader-{i}", daemon=True)
-                self._threads.append(t)
-                t.start()
+            if os.name != "posix":
+                raise OSError("shared pack buffers need a POSIX system")
+            workers = max(1, workers)
+            capacity = int(setup["capacity"])
+            fds: list[int] = []
+            try:
+                for _ in range(workers + SPARE_BUFFERS):
+                    fds.append(_shared_buffer(capacity))
+                    self._maps.append(mmap.mmap(fds[-1], capacity))
+                for i in range(workers):
+                    proc = _Proc(i, setup, fds)
+                    self._procs.append(proc)
+                    proc.give(i)
+                    t = threading.Thread(target=self._receive, args=(proc,), name=f"reader-{i}", daemon=True)
+                    self._threads.append(t)
+                    t.start()
+            finally:
+                for fd in fds:
+                    os.close(fd)  # the processes have their own copies; the maps keep the memory
+            self._free = list(range(workers, len(self._maps)))
             for proc in self._procs:  # each has imported what it needs and taken the run's keys
                 if not proc.ready.wait(start_timeout) or not proc.alive:
                     raise OSError("a reading process did not start")
@@ -258,7 +269,22 @@ class ReaderPool:
     def _pack(self, proc: _Proc, payload: bytes) -> None:
         buffer, length, digest = PACK.unpack_from(payload)
         blobs = [PBLOB.unpack_from(payload, i) for i in range(PACK.size, len(payload), PBLOB.size)]
-        self._store(digest.hex(), memoryview(proc.maps[buffer])[:length], blobs, lambda: proc.give_back(buffer))
+        with self._lock:  # a spare buffer lets the process go on while its pack is stored
+            spare = self._free.pop() if self._free else None
+            if spare is None:
+                self._waiting.append(proc)
+        if spare is not None:
+            proc.give(spare)
+        self._store(digest.hex(), memoryview(self._maps[buffer])[:length], blobs, lambda: self._stored(buffer))
+
+    def _stored(self, buffer: int) -> None:
+        """The pack in ``buffer`` is stored: to the first process waiting for a buffer, or spare."""
+        with self._lock:
+            proc = self._waiting.popleft() if self._waiting else None
+            if proc is None:
+                self._free.append(buffer)
+        if proc is not None:
+            proc.give(buffer)
 
     def _abandon(self, proc: _Proc, message: str, cause: BaseException | None) -> None:
         """Report every file ``proc`` still had as failed (the backup stops with an error)."""
