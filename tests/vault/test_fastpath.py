@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
@@ -112,3 +113,35 @@ def test_fast_path_answers_as_fastapi_does(tmp_path: Path) -> None:
     # the fast app answered every well-formed object request itself, the other one none
     assert apps[0].fast is not None and apps[0].fast.handled == 24
     assert apps[1].fast is None
+
+
+def test_upload_cut_off_stores_nothing_and_logs_no_error(own_vault: Any) -> None:
+    """A client that drops the connection half-way through a pack upload (real vault process):
+    nothing becomes visible, the vault keeps serving, and no traceback goes to its log."""
+    import socket
+    import ssl
+
+    from rempart.core.errors import NotFound
+    from rempart.storage.base import FileType, Handle
+
+    own_vault.start()
+    name, toks = own_vault.add_practice()
+    pk, _ = make_pack([300_000, 300_000])
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", own_vault.port)) as raw, ctx.wrap_socket(raw) as s:
+        s.sendall(f"POST /v1/p/{name}/data/{pk.name} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {toks['backup']}"
+                  f"\r\nContent-Length: {len(pk.data)}\r\n\r\n".encode())
+        s.sendall(pk.data[: len(pk.data) // 2])
+    b = own_vault.backend(name, toks["backup"])
+    h = Handle(FileType.DATA, pk.name)
+    try:
+        with pytest.raises(NotFound):
+            b.stat(h)
+        b.save(h, pk.data)  # the retry completes
+        assert b.stat(h).size == len(pk.data)
+    finally:
+        b.close()
+    log = own_vault.log.read_text()
+    assert "ClientDisconnect" not in log and "Traceback" not in log

@@ -18,7 +18,7 @@ actions and the request counter's ``route`` label are identical; a :class:`Rempa
 becomes the same JSON answer as through the app's exception handler. Anything else (another
 method, a path that does not match, e.g. an invalid name, which FastAPI answers with 422) goes
 to FastAPI unchanged. An unexpected exception propagates to uvicorn (500, logged), as an
-unhandled one did through FastAPI.
+unhandled one did through FastAPI; an upload cut off by the client ends quietly (nothing stored).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -88,6 +88,8 @@ class FastObjects:
                     lambda: serve_object(request, _require(request, practice, READ), h, head=method == "HEAD"))
         except RempartError as exc:
             response = error_response(exc)
+        except ClientDisconnect:  # the upload was cut off: nothing was stored, nobody to answer
+            return True
         self.handled += 1
         body = response.body
         if len(body) <= SLICE:
