@@ -13,24 +13,12 @@ writes the pack's header, hashes it and tells the parent, which stores it from t
 process a buffer at the start and another for each pack it hands over: the spare, or the buffer
 of the next pack stored.
 
-Wire protocol, over the child's stdin (parent → child) and a private copy of its stdout
-(child → parent; fd 1 itself is pointed at stderr so a stray print cannot corrupt the stream).
-Every message is ``u32 length || 1 kind byte || payload``:
+Small files are read in groups: a process takes every small-file request already waiting in its
+pipe (up to ``GROUP_FILES`` files, ``GROUP_BYTES`` bytes) and asks about all their chunks at
+once, so an initial backup asks about once per 2 MiB instead of once per file.
 
-- child → parent first: ``H`` once it has imported what it needs and taken the run's keys.
-- parent → child: ``K`` run keys and parameters (JSON, with the file descriptors of the shared
-  buffers), ``R`` read a file (``encode_request``: request id, retries, path, sample plan),
-  ``A`` the answer to the last ``Q`` (one byte per id: 1 = new, store it; 0 = already stored or
-  claimed), ``D`` a buffer this process may fill (u32 index), ``S`` stop: the process sends its last,
-  partly filled pack, then ``Z``, and exits.
-- child → parent: ``Q`` the ids of one block's chunks (32 bytes each; the parent claims the new
-  ones), ``P`` a pack is ready (``PACK``: buffer index, length, SHA-256; then per blob
-  ``PBLOB``: type, id, sealed length, plain length), then one of ``F`` file read
-  (``encode_result``), ``C`` changed while read (request id), ``E`` an OS error and ``X`` a
-  failure that must stop the backup (request id, then the message in UTF-8); ``Z`` last.
-
-A process that ends without ``Z`` may have taken blobs it never stored: the parent then fails
-the backup, whatever files were outstanding.
+The pipe protocol is in ``rempart.snapshot.wire``. A process that ends without ``Z`` may have
+taken blobs it never stored: the parent then fails the backup, whatever files were outstanding.
 """
 
 from __future__ import annotations
@@ -41,11 +29,10 @@ import mmap
 import os
 import signal
 import stat as statmod
-import struct
 import sys
 from collections import deque
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 from rempart.chunking.fastcdc import Chunker, ChunkerParams
 from rempart.crypto.aead import DataKey
@@ -55,83 +42,25 @@ from rempart.repository.format import BlobType
 from rempart.repository.packer import FullPack
 from rempart.snapshot.pipeline import collect_samples
 from rempart.snapshot.tree import canonical_json
-
-HEADER = struct.Struct("<IB")
-PACK = struct.Struct("<II32s")  # buffer index, pack length, SHA-256 of the pack
-PBLOB = struct.Struct("<B32sII")  # type, id, sealed length, plain length
-REQ = struct.Struct("<QII")  # request id, retries, path length; then path, then plan pairs
-PAIR = struct.Struct("<QI")  # offset, length (plan ranges and samples)
-RESULT = struct.Struct("<QQqqQII")  # request, size, mtime, ctime, inode, mode, number of ids
-ID = struct.Struct("<Q")
-ID32 = struct.Struct("<I")
-FEATURES = 2**64 - 1  # in place of a sample's offset: the file's features, as canonical JSON
+from rempart.snapshot.wire import (
+    FEATURES,
+    ID,
+    ID32,
+    PACK,
+    PBLOB,
+    Inbox,
+    Request,
+    decode_request,
+    encode_result,
+    send,
+)
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_BINARY = getattr(os, "O_BINARY", 0)
-
-
-def send(fd: int, kind: bytes, *parts: bytes | bytearray | memoryview) -> None:
-    """Write one message (header and parts, without joining them)."""
-    bufs: list[Any] = [HEADER.pack(sum(len(p) for p in parts), kind[0]), *parts]
-    if not hasattr(os, "writev"):  # Windows
-        data = memoryview(b"".join(bufs))
-        while data:
-            data = data[os.write(fd, data):]
-        return
-    while bufs:
-        n = os.writev(fd, bufs)
-        while bufs and n >= len(bufs[0]):
-            n -= len(bufs[0])
-            bufs.pop(0)
-        if n:
-            bufs[0] = memoryview(bufs[0])[n:]
-
-
-def encode_request(req: int, path: str, plan: list[tuple[int, int]], retries: int) -> bytes:
-    raw = os.fsencode(path)
-    return b"".join([REQ.pack(req, retries, len(raw)), raw, *(PAIR.pack(o, n) for o, n in plan)])
-
-
-def decode_request(b: bytes) -> tuple[int, str, list[tuple[int, int]], int]:
-    req, retries, n = REQ.unpack_from(b)
-    pos = REQ.size + n
-    plan = [PAIR.unpack_from(b, i) for i in range(pos, len(b), PAIR.size)]
-    return req, os.fsdecode(b[REQ.size : pos]), plan, retries
-
-
-def encode_result(req: int, content: bytes, size: int, st: os.stat_result,
-                  samples: list[tuple[int, bytes]]) -> list[bytes]:
-    parts = [RESULT.pack(req, size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode, len(content) // 32),
-             content]
-    for off, data in samples:
-        parts += (PAIR.pack(off, len(data)), data)
-    return parts
-
-
-def decode_result(b: bytes) -> tuple[int, list[bytes], int, int, int, int, int, list[tuple[int, bytes]]]:
-    req, size, mtime, ctime, ino, mode, nids = RESULT.unpack_from(b)
-    pos = RESULT.size
-    ids = [b[i : i + 32] for i in range(pos, pos + 32 * nids, 32)]
-    pos += 32 * nids
-    samples = []
-    while pos < len(b):
-        off, n = PAIR.unpack_from(b, pos)
-        pos += PAIR.size
-        samples.append((off, b[pos : pos + n]))
-        pos += n
-    return req, ids, size, mtime, ctime, ino, mode, samples
-
-
-def recv(stream: IO[bytes]) -> tuple[bytes, bytes] | None:
-    """Read one message: (kind, payload), or None at end of stream."""
-    head = stream.read(HEADER.size)
-    if len(head) < HEADER.size:
-        return None
-    n, kind = HEADER.unpack(head)
-    payload = stream.read(n) if n else b""
-    if len(payload) < n:
-        return None
-    return bytes([kind]), payload
+SMALL = 512 * 1024  # files up to this size (at the walk) are read in groups
+GROUP_FILES = 64
+GROUP_BYTES = 4 * 1024 * 1024
+Read = tuple[bytes, int, os.stat_result, list[tuple[int, bytes]]]  # ids, size, stat, samples
 
 
 class _Packs:
@@ -176,16 +105,30 @@ class _Packs:
         self.current, self.pos, self.blobs = -1, 0, []
 
 
+class _Seal:
+    """Compress-and-seal state along one file: stop trying to compress data that does not
+    compress (JPEG, DICOM pixels), but try again every 16 chunks."""
+
+    __slots__ = ("compressible", "content", "misses", "offset", "plan", "samples")
+
+    def __init__(self, plan: list[tuple[int, int]]) -> None:
+        self.plan = plan
+        self.samples: list[tuple[int, bytes]] = []
+        self.content: list[bytes] = []
+        self.offset = self.misses = 0
+        self.compressible = True
+
+
 class _Worker:
-    def __init__(self, inp: IO[bytes], out: int) -> None:
-        self.inp, self.out = inp, out
-        self.queued: deque[tuple[bytes, bytes]] = deque()  # requests that arrived while waiting
+    def __init__(self, inbox: Inbox, out: int) -> None:
+        self.inbox, self.out = inbox, out
+        self.queued: deque[tuple[bytes, bytes]] = deque()  # messages that arrived while waiting
         self.run: dict[str, Any] | None = None
         self.packs: _Packs | None = None
 
     def serve(self) -> None:
         while True:
-            msg = self.queued.popleft() if self.queued else self._next()
+            msg = self._take()
             if msg is None:
                 return  # the parent went away: no Z, it knows the run is lost
             kind, payload = msg
@@ -198,20 +141,39 @@ class _Worker:
                 self._setup(json.loads(payload))
                 send(self.out, b"H")  # ready: the parent waits for this before handing out files
             elif kind == b"R":
-                self._request(*decode_request(payload))
+                first = decode_request(payload)
+                if first.size > SMALL:
+                    self._request(first)
+                else:
+                    self._group(self._gather(first))
 
-    def _next(self) -> tuple[bytes, bytes] | None:
-        """The next message that is not a returned buffer (those are taken here, at once)."""
+    def _take(self, wait: bool = True) -> tuple[bytes, bytes] | None:
+        """The next message that is not a buffer given (those are taken here, at once)."""
         while True:
-            msg = recv(self.inp)
+            msg = self.queued.popleft() if self.queued else self.inbox.get(wait)
             if msg is None or msg[0] != b"D":
                 return msg
             if self.packs is not None:
                 self.packs.free.append(ID32.unpack(msg[1])[0])
 
+    def _gather(self, first: Request) -> list[Request]:
+        """``first`` and the small-file requests already waiting right behind it."""
+        group, total = [first], first.size
+        while len(group) < GROUP_FILES and total < GROUP_BYTES:
+            msg = self._take(wait=False)
+            if msg is None:
+                break
+            r = decode_request(msg[1]) if msg[0] == b"R" else None
+            if r is None or r.size > SMALL:
+                self.queued.appendleft(msg)  # served next, in order
+                break
+            group.append(r)
+            total += r.size
+        return group
+
     def _wait_buffer(self) -> None:
-        """Read one message: a returned buffer is taken, anything else served later."""
-        msg = recv(self.inp)
+        """Read one message: a buffer given is taken, anything else served later."""
+        msg = self.inbox.get()
         if msg is None:
             raise EOFError("the backup process went away")
         if msg[0] == b"D" and self.packs is not None:
@@ -234,69 +196,130 @@ class _Worker:
     def _ask(self, ids: list[bytes]) -> bytes:
         send(self.out, b"Q", b"".join(ids))
         while True:
-            msg = self._next()
+            msg = self.inbox.get()
             if msg is None:
                 raise EOFError("the backup process went away")
             if msg[0] == b"A":
                 return msg[1]
-            self.queued.append(msg)  # a read request sent meanwhile: served next
+            if msg[0] == b"D" and self.packs is not None:
+                self.packs.free.append(ID32.unpack(msg[1])[0])
+            else:
+                self.queued.append(msg)  # a read request sent meanwhile: served next
 
-    def _request(self, req: int, path: str, plan: list[tuple[int, int]], retries: int) -> None:
+    def _seal(self, state: _Seal, chunks: list[memoryview], ids: list[bytes], new: bytes | memoryview) -> None:
+        """Store the chunks the parent said are new (every one of them: it counts on it)."""
+        assert self.run is not None and self.packs is not None
+        level, packs = self.run["level"], self.packs
+        for c, bid, is_new in zip(chunks, ids, new, strict=True):
+            if state.plan:
+                collect_samples(state.plan, state.samples, state.offset, c)
+            ok = True
+            if is_new:
+                flag, payload = compress(c, level if state.compressible else 0)
+                packs.add(bid, len(c), flag, payload)
+                ok = flag != 0
+            state.misses = 0 if ok else state.misses + 1
+            state.compressible = state.misses < 2 or len(state.content) % 16 == 0
+            state.content.append(bid)
+            state.offset += len(c)
+
+    def _report(self, r: Request, result: Read) -> None:
+        content, size, st, samples = result
+        fn = self.run["features"] if self.run else None
+        if fn is not None:  # computed here: the parent gets the features, not the samples
+            feats = fn(os.path.basename(r.path), size, samples)
+            samples = [(FEATURES, canonical_json(feats).encode() if feats else b"")]
+        send(self.out, b"F", *encode_result(r.req, content, size, st, samples))
+
+    def _failed(self, r: Request, exc: Exception) -> None:
+        if isinstance(exc, OSError):
+            send(self.out, b"E", ID.pack(r.req), str(exc.strerror or exc).encode("utf-8", "replace"))
+        else:  # reported to the parent, which stops the backup
+            send(self.out, b"X", ID.pack(r.req), f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
+
+    def _request(self, r: Request) -> None:
         try:
-            for _attempt in range(retries + 1):
-                result = self._read_once(path, plan)
+            for _attempt in range(r.retries + 1):
+                result = self._read_once(r)
                 if result is not None:
-                    content, size, st, samples = result
-                    fn = self.run["features"] if self.run else None
-                    if fn is not None:  # computed here: the parent gets the features, not the samples
-                        feats = fn(os.path.basename(path), size, samples)
-                        samples = [(FEATURES, canonical_json(feats).encode() if feats else b"")]
-                    send(self.out, b"F", *encode_result(req, content, size, st, samples))
+                    self._report(r, result)
                     return
-            send(self.out, b"C", ID.pack(req))
-        except OSError as exc:
-            send(self.out, b"E", ID.pack(req), str(exc.strerror or exc).encode("utf-8", "replace"))
+            send(self.out, b"C", ID.pack(r.req))
         except EOFError:
             raise
-        except Exception as exc:  # reported to the parent, which stops the backup
-            send(self.out, b"X", ID.pack(req), f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
+        except Exception as exc:
+            self._failed(r, exc)
 
-    def _read_once(self, path: str, plan: list[tuple[int, int]]
-                   ) -> tuple[bytes, int, os.stat_result, list[tuple[int, bytes]]] | None:
-        run, packs = self.run, self.packs
-        if run is None or packs is None:
+    def _read_once(self, r: Request) -> Read | None:
+        run = self.run
+        if run is None:
             raise RuntimeError("read request before the run's keys")
-        idk, level = run["id"], run["level"]
-        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
+        idk = run["id"]
+        fd = os.open(r.path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
         with os.fdopen(fd, "rb", buffering=0) as f:
             st1 = os.fstat(fd)
             if not statmod.S_ISREG(st1.st_mode):
                 raise OSError(0, "no longer a regular file")
-            samples: list[tuple[int, bytes]] = []
-            content: list[bytes] = []
-            offset = 0
-            misses = 0
-            compressible = True
+            state = _Seal(r.plan)
             for batch in run["chunker"].batches(f):
                 ids = [idk.blob_id(c) for c in batch]
-                new = self._ask(ids)
-                for c, bid, is_new in zip(batch, ids, new, strict=True):
-                    if plan:
-                        collect_samples(plan, samples, offset, c)
-                    ok = True
-                    if is_new:
-                        flag, payload = compress(c, level if compressible else 0)
-                        packs.add(bid, len(c), flag, payload)
-                        ok = flag != 0
-                    # stop trying to compress data that does not compress (JPEG, DICOM pixels)
-                    misses = 0 if ok else misses + 1
-                    compressible = misses < 2 or len(content) % 16 == 0
-                    content.append(bid)
-                    offset += len(c)
+                self._seal(state, batch, ids, self._ask(ids))
             st2 = os.fstat(fd)
-        if offset != st2.st_size or (st1.st_mtime_ns, st1.st_size) != (st2.st_mtime_ns, st2.st_size):
-            return None
-        return b"".join(content), offset, st2, samples
+        return _settled(state, st1, st2)
+
+    def _group(self, group: list[Request]) -> None:
+        """Read small files whole, ask about all their chunks at once, then store and report
+        each; one that changed meanwhile (or grew large) is read again on its own."""
+        run = self.run
+        again: list[Request] = []
+        read: list[tuple[Request, bytes, list[memoryview], list[bytes], os.stat_result, os.stat_result]] = []
+        try:
+            if run is None:
+                raise RuntimeError("read request before the run's keys")
+            idk, chunker = run["id"], run["chunker"]
+            for r in group:
+                try:
+                    fd = os.open(r.path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
+                    with os.fdopen(fd, "rb", buffering=0) as f:
+                        st1 = os.fstat(fd)
+                        if not statmod.S_ISREG(st1.st_mode):
+                            raise OSError(0, "no longer a regular file")
+                        data = f.read(SMALL + 1)
+                        st2 = os.fstat(fd)
+                except OSError as exc:
+                    self._failed(r, exc)
+                    continue
+                if len(data) > SMALL:
+                    again.append(r)
+                    continue
+                chunks = list(chunker.chunks_of(data))
+                read.append((r, data, chunks, [idk.blob_id(c) for c in chunks], st1, st2))
+            new = memoryview(self._ask([i for item in read for i in item[3]])) if read else memoryview(b"")
+            at = 0
+            for r, _data, chunks, ids, st1, st2 in read:
+                state = _Seal(r.plan)
+                self._seal(state, chunks, ids, new[at : at + len(ids)])
+                at += len(ids)
+                result = _settled(state, st1, st2)
+                if result is None:
+                    again.append(r)
+                else:
+                    self._report(r, result)
+        except EOFError:
+            raise
+        except Exception as exc:
+            for r in group:
+                self._failed(r, exc)  # the parent takes the first report of each file
+            return
+        for r in again:
+            self._request(r)
+
+
+def _settled(state: _Seal, st1: os.stat_result, st2: os.stat_result) -> Read | None:
+    """The file's read, or None if it changed while being read."""
+    if state.offset != st2.st_size or (st1.st_mtime_ns, st1.st_size) != (st2.st_mtime_ns, st2.st_size):
+        return None
+    return b"".join(state.content), state.offset, st2, state.samples
 
 
 def main() -> int:
@@ -305,7 +328,7 @@ def main() -> int:
     os.dup2(2, 1)  # print() in this process goes to stderr, never into the message stream
     sys.stdout = sys.stderr
     try:
-        _Worker(sys.stdin.buffer, out).serve()
+        _Worker(Inbox(0), out).serve()
     except (EOFError, BrokenPipeError):
         pass  # the parent stopped (or was killed): nothing to clean up
     return 0

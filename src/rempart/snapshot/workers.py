@@ -25,13 +25,14 @@ from typing import Any
 
 import rempart
 from rempart.core.errors import RempartError
-from rempart.snapshot.worker_main import (
+from rempart.snapshot.wire import (
     FEATURES,
     HEADER,
     ID,
     ID32,
     PACK,
     PBLOB,
+    Request,
     decode_result,
     encode_request,
     send,
@@ -177,7 +178,7 @@ class ReaderPool:
             proc.outstanding[req] = (weight, context)
             proc.load += weight
         try:
-            proc.write(b"R", encode_request(req, path, plan, retries))
+            proc.write(b"R", encode_request(Request(req, path, size, plan, retries)))
         except OSError:
             pass  # the process died: its receiving thread reports every outstanding file
 
