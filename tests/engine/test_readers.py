@@ -362,3 +362,34 @@ def test_a_process_lost_after_its_files_fails_the_run(rig: Rig, src: Path) -> No
         assert session.stats["packs"] == 0
     finally:
         session.close()
+
+
+def test_small_files_are_asked_about_in_groups(rig: Rig, src: Path) -> None:
+    many = src / "many"
+    many.mkdir()
+    for i in range(300):
+        (many / f"note-{i:03d}.txt").write_bytes(os.urandom(3_000 + i))
+    root, archiver, _ = rig.archive(src, rig.tmp / "p", **PROCS)
+    files = archiver.stats.files_read
+    assert files > 300
+    assert archiver._readers.queries < files / 3, (archiver._readers.queries, files)
+    listing = rig.listing(root, src)
+    for i in (0, 150, 299):
+        rel = f"many/note-{i:03d}.txt"
+        assert listing[rel][5] == (many / f"note-{i:03d}.txt").read_bytes()
+
+
+def test_a_small_file_that_grew_before_its_group_was_read_is_read_whole(rig: Rig, src: Path) -> None:
+    victim = src / "docs" / "letter-5.txt"
+    size = victim.stat().st_size
+    grown = victim.read_bytes() + os.urandom(600_000)  # past the group limit (512 KiB)
+
+    class Grower(Observer):
+        def sample_plan(self, n: int) -> list[tuple[int, int]]:
+            if n == size:  # after the walker's stat, before the process opens it
+                victim.write_bytes(grown)
+            return []
+
+    root, archiver, _ = rig.archive(src, rig.tmp / "p", observer=Grower(), **PROCS)
+    assert archiver._readers is not None
+    assert rig.listing(root, src)["docs/letter-5.txt"][5] == grown

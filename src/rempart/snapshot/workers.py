@@ -110,6 +110,7 @@ class _Proc:
         self.ready = threading.Event()  # set when the process said hello, or died
         self.alive = False
         self.closed = False  # said Z: every pack it built was handed over
+        self.queries = 0  # Q messages answered
         payload = {k: v.hex() if isinstance(v, bytes) else v for k, v in setup.items()}
         self.write(b"K", json.dumps({**payload, "buffers": fds}).encode())
 
@@ -209,6 +210,11 @@ class ReaderPool:
             raise ReaderLost("a reading process stopped before storing what it had read; nothing of this "
                              "run is kept, the next backup starts over")
 
+    @property
+    def queries(self) -> int:
+        """Dedup questions the processes asked so far (one per block or group of small files)."""
+        return sum(p.queries for p in self._procs)
+
     def kill(self) -> None:
         self._killed = True
         for p in self._procs:
@@ -239,6 +245,7 @@ class ReaderPool:
                     break
                 kind = bytes([k])
                 if kind == b"Q":
+                    proc.queries += 1
                     proc.write(b"A", self._claim([payload[i : i + 32] for i in range(0, n, 32)]))
                 elif kind == b"P":
                     self._pack(proc, payload)
