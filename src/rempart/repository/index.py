@@ -17,7 +17,6 @@ Both are safe to use from several threads (one connection, one lock).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import tempfile
 import threading
@@ -139,6 +138,10 @@ class BlobIndex:
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM blobs").fetchone()[0])
+
+    def build_filter(self) -> None:
+        """Build the Bloom filter now (else it is built after ``DIRECT_LOOKUPS`` lookups)."""
+        self._filter()
 
     def _filter(self) -> _Bloom:
         bloom = self._bloom
@@ -313,6 +316,7 @@ class RefSet:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._io_lock = threading.Lock()  # one seek + read of a run at a time
         self._buf = bytearray()
         #: per level, the sorted unique runs (file, bytes) not merged yet
         self._levels: list[list[tuple[IO[bytes], int]]] = []
@@ -371,10 +375,11 @@ class RefSet:
 
     def _blocks(self, f: IO[bytes], size: int) -> Iterator[list[bytes]]:
         """A run's ids, ``read_ids`` at a time."""
-        fd = f.fileno()
         step = 32 * self.read_ids
         for pos in range(0, size, step):
-            block = os.pread(fd, min(step, size - pos), pos)
+            with self._io_lock:  # (os.pread would do, but not on Windows)
+                f.seek(pos)
+                block = f.read(min(step, size - pos))
             if len(block) != min(step, size - pos):
                 raise RepositoryError("a temporary file of blob references was cut short")
             yield [block[k : k + 32] for k in range(0, len(block), 32)]
