@@ -65,7 +65,8 @@ Claim = Callable[[list[bytes]], bytes]
 Store = Callable[[str, memoryview, list[tuple[int, bytes, int, int]], Callable[[], None]], None]
 Done = Callable[[Any, ReadOutcome], None]
 #: shared pack buffers beyond one per process: a process that hands over a full pack takes a
-#: spare one and goes on while its pack is stored; with none left it waits for a stored pack's
+#: spare one and goes on while its pack is stored; with none left, it waits for the buffer of
+#: the next pack stored
 SPARE_BUFFERS = 1
 
 
