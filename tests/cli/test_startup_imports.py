@@ -51,3 +51,30 @@ def test_a_no_change_backup_loads_no_format_check_and_is_still_judged(tmp_path: 
     assert second["detection"]["verdict"] == "clean"  # type: ignore[index]  # judged, not skipped
     assert "rempart.detect.assess" in loaded and "rempart.detect.judge" in loaded
     assert not loaded & set(NOT_LOADED), sorted(loaded & set(NOT_LOADED))
+
+
+def test_the_backup_program_ends_without_teardown_yet_complete_and_closed(tmp_path: Path) -> None:
+    """``rempart backup`` as its own process skips the interpreter's teardown (FAST_EXIT): its
+    output is complete, its exit code kept, and the databases were closed before (SQLite
+    removes a WAL file on the last close; a process merely killed leaves it)."""
+    env = dict(os.environ, REMPART_KIT_PASSPHRASE="correct horse battery staple", REMPART_KDF_TEST="1",
+               REMPART_STATE_DIR=str(tmp_path / "state"), REMPART_REPOSITORY=str(tmp_path / "repo"))
+    subprocess.run([sys.executable, "-m", "rempart.cli.main", "-q", "init", "--kit", str(tmp_path / "kit.json")],
+                   env=env, check=True, timeout=120)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(300):
+        (src / f"f{i:03d}.txt").write_text(f"record {i}\n" * (i + 1))
+    for run in range(2):
+        proc = subprocess.run([sys.executable, "-m", "rempart.cli.main", "--json", "backup", str(src)], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)  # all of it was flushed
+        assert out["stats"]["files"] == 300 and out["detection"]["verdict"] == "clean"
+        assert out["stats"]["files_unchanged"] == (300 if run else 0)
+        state = next((tmp_path / "state" / "repos").iterdir())
+        assert (state / "index.sqlite").is_file() and (state / "cache.sqlite").is_file()
+        assert not list(state.glob("*-wal")), sorted(p.name for p in state.iterdir())
+    missing = subprocess.run([sys.executable, "-m", "rempart.cli.main", "--json", "backup", str(tmp_path / "nope")],
+                             env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode != 0 and "no such file" in missing.stderr  # errors reported as before

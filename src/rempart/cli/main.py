@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,6 +121,35 @@ def _return_large_buffers_to_the_system() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None and module_wants_fast_exit(sys.argv[1:]):
+        _exit_now(code)
+    return code
+
+
+def module_wants_fast_exit(argv: Sequence[str]) -> bool:
+    """Whether the command run as this process (``argv`` None: the ``rempart`` program, not a
+    caller in the same process) asks to skip the interpreter's teardown (``FAST_EXIT`` in
+    its module): tearing down ~250 modules costs ~45 ms CPU after a backup has finished."""
+    name = _command_name(_hoist_flags(list(argv)))
+    module = sys.modules.get(COMMANDS[name][0]) if name else None
+    return bool(getattr(module, "FAST_EXIT", False))
+
+
+def _exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown, once the output is flushed, and
+    only when no other non-daemon thread runs (the teardown would wait for it)."""
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return  # let the normal exit report it
+    os._exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     _return_large_buffers_to_the_system()
     args_list = _hoist_flags(list(sys.argv[1:] if argv is None else argv))
     name = _command_name(args_list)
