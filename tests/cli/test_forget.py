@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from tests.engine.conftest import PASSPHRASE, Result
 from tests.engine.test_detection_restore import encrypt_in_place, make_practice
 
 from rempart.cli.main import main
@@ -39,19 +39,7 @@ from rempart.repository.retention import KeepPolicy, SnapRecord, keep_reasons
 from rempart.storage.base import FileType, Handle
 from rempart.storage.local import LocalBackend
 from rempart.storage.s3 import S3Backend, S3Config
-from rempart.testing.servers import S3Server, s3_client
-
-PASSPHRASE = "correct horse battery staple"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self):  # type: ignore[no-untyped-def]
-        return json.loads(self.out)
+from rempart.testing.servers import S3Server, locked_bucket
 
 
 @dataclass
@@ -439,13 +427,7 @@ def _s3_forget(s3: Any, keep_last: int) -> tuple[list[str], PruneResult]:
 
 @pytest.fixture
 def s3_bucket(seaweed: S3Server) -> str:
-    admin: Any = s3_client(seaweed, seaweed.admin)
-    try:
-        admin.create_bucket(Bucket=seaweed.client_bucket, ObjectLockEnabledForBucket=True)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
-            raise
-    return seaweed.client_bucket
+    return locked_bucket(seaweed)
 
 
 def _three_backups(repo: Repo) -> tuple[list[str], dict[str, bytes]]:

@@ -18,6 +18,7 @@ from rempart.storage.base import Backend, Handle
 from rempart.storage.local import LocalBackend
 from rempart.storage.memory import MemoryBackend
 from rempart.storage.s3 import S3Backend, S3Config
+from rempart.testing import servers
 from rempart.testing.backend_suite import BackendSuite, SimulatedCrash
 from rempart.testing.servers import S3Server, s3_client
 
@@ -109,13 +110,7 @@ def plain_bucket(seaweed: S3Server) -> str:
 
 @pytest.fixture(scope="module")
 def locked_bucket(seaweed: S3Server) -> str:
-    admin = s3_client(seaweed, seaweed.admin)
-    try:
-        admin.create_bucket(Bucket=seaweed.client_bucket, ObjectLockEnabledForBucket=True)  # type: ignore[attr-defined]
-    except Exception as exc:
-        if "BucketAlreadyOwnedByYou" not in str(exc):
-            raise
-    return seaweed.client_bucket
+    return servers.locked_bucket(seaweed)
 
 
 class TestS3Backend(_S3Suite):

@@ -20,18 +20,12 @@ from rempart.core.clock import FakeClock, SystemClock
 from rempart.core.errors import AlreadyExists, PermissionDenied
 from rempart.storage.base import FileType, Handle
 from rempart.storage.s3 import S3Backend, S3Config
-from rempart.testing.servers import S3Server, s3_client
+from rempart.testing.servers import S3Server, locked_bucket, s3_client
 
 
 @pytest.fixture(scope="module")
 def bucket(seaweed: S3Server) -> str:
-    admin: Any = s3_client(seaweed, seaweed.admin)
-    try:
-        admin.create_bucket(Bucket=seaweed.client_bucket, ObjectLockEnabledForBucket=True)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
-            raise
-    return seaweed.client_bucket
+    return locked_bucket(seaweed)
 
 
 @pytest.fixture

@@ -158,6 +158,17 @@ def s3_client(server: S3Server, creds: S3Credentials) -> object:
     )
 
 
+def locked_bucket(server: S3Server) -> str:
+    """The client bucket of ``server``, created with Object Lock enabled if it is not there yet."""
+    try:
+        s3_client(server, server.admin).create_bucket(  # type: ignore[attr-defined]
+            Bucket=server.client_bucket, ObjectLockEnabledForBucket=True)
+    except Exception as exc:  # botocore's ClientError: not imported here
+        if "BucketAlreadyOwnedByYou" not in str(exc):
+            raise
+    return server.client_bucket
+
+
 def _wait_s3_ready(server: S3Server, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     """Ready when an object can be written and read back (volumes allocated), not just listed."""
     client = s3_client(server, server.admin)
