@@ -66,8 +66,9 @@ class BackupOptions:
     excludes: tuple[str, ...] = ()
     read_retries: int = 2
     #: read files in ``workers`` separate processes (all cores busy; see snapshot/worker_main)
-    #: once this run has more than ``process_after`` bytes to read; threads until then
-    processes: bool = True
+    #: once this run has more than ``process_after`` bytes to read; threads until then. Not on
+    #: Windows: the processes build packs in shared memory passed as file descriptors
+    processes: bool = os.name == "posix"
     process_after: int = 32 * 1024 * 1024
 
 
