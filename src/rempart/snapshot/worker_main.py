@@ -57,9 +57,9 @@ from rempart.snapshot.wire import (
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_BINARY = getattr(os, "O_BINARY", 0)
-SMALL = 512 * 1024  # files up to this size (at the walk) are read in groups
+SMALL = 256 * 1024  # files up to this size (at the walk) are read in groups
 GROUP_FILES = 64
-GROUP_BYTES = 4 * 1024 * 1024
+GROUP_BYTES = 1024 * 1024
 Read = tuple[bytes, int, os.stat_result, list[tuple[int, bytes]]]  # ids, size, stat, samples
 
 
