@@ -382,7 +382,7 @@ def test_small_files_are_asked_about_in_groups(rig: Rig, src: Path) -> None:
 def test_a_small_file_that_grew_before_its_group_was_read_is_read_whole(rig: Rig, src: Path) -> None:
     victim = src / "docs" / "letter-5.txt"
     size = victim.stat().st_size
-    grown = victim.read_bytes() + os.urandom(600_000)  # past the group limit (512 KiB)
+    grown = victim.read_bytes() + os.urandom(600_000)  # past the group limit (256 KiB)
 
     class Grower(Observer):
         def sample_plan(self, n: int) -> list[tuple[int, int]]:
