@@ -7,18 +7,23 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import zstandard
 
 from rempart.core.errors import IntegrityError
 from rempart.crypto.aead import DataKey
-from rempart.crypto.keys import IdKey, RecoveryPrivateKey
 from rempart.repository.blobs import FLAG_RAW, FLAG_ZSTD, aad, open_blob
-from rempart.repository.format import ENVELOPE_LEN, HEADER_MAGIC, PACK_MAGIC, VERSION, BlobType, SnapshotPlain
-from rempart.repository.index import BlobLocation
-from rempart.repository.repo import Repository
+from rempart.repository.format import ENVELOPE_LEN, HEADER_MAGIC, PACK_MAGIC, VERSION, BlobType
 from rempart.storage.base import FileType, Handle
+
+if TYPE_CHECKING:  # a restore process imports this module for open_view: keep its start light
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from rempart.crypto.keys import IdKey, RecoveryPrivateKey
+    from rempart.repository.format import SnapshotPlain
+    from rempart.repository.index import BlobLocation
+    from rempart.repository.repo import Repository
 
 _local = threading.local()
 
@@ -157,6 +162,8 @@ class ReadSession:
             return
         with self._lock:
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readahead")
             pool = self._pool
         pending: deque[tuple[int, int, bytes, int, Future[memoryview]]] = deque()

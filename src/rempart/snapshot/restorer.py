@@ -98,6 +98,7 @@ class Restorer:
 
     BATCH_BYTES = 4 * 1024 * 1024
     BATCH_FILES = 256
+    JOBS_PER_PROCESS = 2
 
     def __init__(self, session: ReadSession, *, workers: int = 3, processes: int | None = None,
                  progress: Callable[[RestoreStats], None] | None = None) -> None:
@@ -112,7 +113,9 @@ class Restorer:
         self._nprocs = default_workers() if processes is None else max(0, processes)
         self._paths = pack_paths(session) if self._nprocs and os.name == "posix" else None
         self._procs: RestoreProcs | None = None
-        self._slots = threading.BoundedSemaphore(max(workers, self._nprocs) * 2)
+        # batches in flight: a process's jobs wait in its pipe, their bytes being read ahead
+        ahead = self.JOBS_PER_PROCESS * self._nprocs if self._paths is not None else 0
+        self._slots = threading.BoundedSemaphore(max(workers * 2, ahead))
         self._lock = threading.Lock()
         self._dir_times: list[tuple[str, Node]] = []
         self._root_fd = -1
