@@ -393,3 +393,42 @@ def test_a_small_file_that_grew_before_its_group_was_read_is_read_whole(rig: Rig
     root, archiver, _ = rig.archive(src, rig.tmp / "p", observer=Grower(), **PROCS)
     assert archiver._readers is not None
     assert rig.listing(root, src)["docs/letter-5.txt"][5] == grown
+
+
+def test_a_failed_upload_stops_a_run_in_processes_with_an_error_not_a_hang(rig: Rig, src: Path,
+                                                                            archivers: list[Any]) -> None:
+    """The storage refuses the 4th pack: the backup must end with that error (no process left
+    waiting forever for the buffer of the pack that failed), and no snapshot is possible."""
+    from rempart.core.errors import BackendError
+    from rempart.repository.config import CONFIG, new_config
+    from rempart.storage.memory import MemoryBackend
+
+    class Refusing(MemoryBackend):
+        packs = 0
+
+        def save(self, h: Handle, data: Any) -> None:
+            if h.type == FileType.DATA:
+                Refusing.packs += 1
+                if Refusing.packs == 4:
+                    raise BackendError("disk full")
+            super().save(h, data)
+
+    rig.backend = Refusing()
+    rig.backend.save(CONFIG, new_config("2026-01-01T00:00:00Z", rig.priv, rig.idk, pack_size=100_000).to_bytes())
+    for i in range(40):
+        (src / "docs" / f"scan-{i}.bin").write_bytes(os.urandom(120_000))
+    outcome: list[BaseException | bytes] = []
+
+    def run() -> None:
+        try:
+            outcome.append(rig.archive(src, rig.tmp / "p", **PROCS)[0])
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "archive() hung after an upload failed"
+    assert isinstance(outcome[0], BackendError), outcome[0]
+    assert "disk full" in str(outcome[0])
+    assert all(p.popen.poll() is not None for p in archivers[-1]._readers._procs)

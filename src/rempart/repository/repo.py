@@ -239,13 +239,14 @@ class WriteSession:
         def work() -> None:
             try:
                 name, data, entries = build()
+                size = len(data)
                 try:
                     self.repo.backend.save(Handle(FileType.DATA, name), cast(bytes, data))
                 except AlreadyExists:
                     pass  # identical bytes (content-addressed): a harmless no-op
-                size = len(data)
-                del data  # the buffer is reused for a later pack (never resized: stale views are harmless)
-                done()
+                finally:
+                    del data  # the buffer is reused for a later pack (never resized: stale views are harmless)
+                    done()  # also after a failed upload (the run fails): nobody waits for it forever
                 pid = bytes.fromhex(name)
                 self.repo.index.add_pack(pid, entries)
                 section = encode_index_pack(pid, entries)

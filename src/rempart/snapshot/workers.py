@@ -112,6 +112,7 @@ class _Proc:
         self.alive = False
         self.closed = False  # said Z: every pack it built was handed over
         self.queries = 0  # Q messages answered
+        self.dead = False  # its receiving thread has stopped: no more files for it
         payload = {k: v.hex() if isinstance(v, bytes) else v for k, v in setup.items()}
         self.write(b"K", json.dumps({**payload, "buffers": fds}).encode())
 
@@ -173,12 +174,17 @@ class ReaderPool:
     def submit(self, path: str, size: int, plan: list[tuple[int, int]], retries: int, context: Any) -> None:
         """Hand ``path`` to the least busy process; ``done(context, outcome)`` follows once."""
         with self._lock:
-            proc = min(self._procs, key=lambda p: p.load)
-            req = self._next
-            self._next += 1
-            weight = size + 65536  # a file costs something even when empty
-            proc.outstanding[req] = (weight, context)
-            proc.load += weight
+            live = [p for p in self._procs if not p.dead]
+            if live:
+                proc = min(live, key=lambda p: p.load)
+                req = self._next
+                self._next += 1
+                weight = size + 65536  # a file costs something even when empty
+                proc.outstanding[req] = (weight, context)
+                proc.load += weight
+        if not live:  # nobody would ever report it
+            self._done(context, ReadOutcome("failed", message="the reading processes have stopped"))
+            return
         try:
             proc.write(b"R", encode_request(Request(req, path, size, plan, retries)))
         except OSError:
@@ -269,7 +275,7 @@ class ReaderPool:
                 elif kind == b"Z":
                     proc.closed = True
         except BaseException as exc:  # a failing store/claim (e.g. an upload error): stop the run
-            self._abandon(proc, f"{type(exc).__name__}: {exc}", exc)
+            self._abandon(proc, f"{type(exc).__name__}: {exc}", exc, kill=True)
             return
         finally:
             proc.ready.set()
@@ -295,11 +301,13 @@ class ReaderPool:
         if proc is not None:
             proc.give(buffer)
 
-    def _abandon(self, proc: _Proc, message: str, cause: BaseException | None) -> None:
-        """Report every file ``proc`` still had as failed (the backup stops with an error)."""
+    def _abandon(self, proc: _Proc, message: str, cause: BaseException | None, kill: bool = False) -> None:
+        """No more messages from ``proc``: report every file it still had as failed (the
+        backup stops with an error) and give it no more."""
         with self._lock:
+            proc.dead = True
             left = list(proc.outstanding)
-        if proc.popen.poll() is None and left:
+        if proc.popen.poll() is None and (left or kill):
             proc.popen.kill()
         for req in left:
             self._finish(proc, req, ReadOutcome("failed", message=message, error=cause))
