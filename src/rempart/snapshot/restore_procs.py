@@ -129,17 +129,18 @@ class RestoreProcs:
             proc.jobs[job] = (weight, done, failed)
             proc.load += weight
         try:
+            keys = [(pack, self.session.pack_key(pack).raw) for pack in packs if pack not in proc.packs]
+        except (RempartError, OSError) as exc:  # a pack whose header cannot be read or unwrapped
+            self._finish(proc, job, _naming(exc, batch[0][0]))
+            return
+        try:
             with proc.wlock:
-                for pack in packs:
-                    if pack not in proc.packs:
-                        key = self.session.pack_key(pack)
-                        proc.write(b"P", pack, key.raw, self._paths(pack).encode())
-                        proc.packs.add(pack)
+                for pack, raw in keys:
+                    proc.write(b"P", pack, raw, self._paths(pack).encode())
+                    proc.packs.add(pack)
                 proc.write(b"J", marshal.dumps((job, job_runs, files)))
         except OSError:
             pass  # the process died: its receiving thread reports every job it had
-        except BaseException as exc:  # e.g. a pack header that cannot be read or unwrapped
-            self._finish(proc, job, exc)
 
     def _plan(self, batch: list[tuple[str, Node]]) -> tuple[list[tuple[bytes, int, int]], list[object], list[bytes]]:
         """Index lookups and read ranges of ``batch``, its files sorted by where their first blob
@@ -263,6 +264,19 @@ class RestoreProcs:
                 proc.gone = True
             for job in left:
                 self._finish(proc, job, RempartError("a restore process stopped unexpectedly"))
+
+
+def _naming(exc: BaseException, rel: str) -> BaseException:
+    """``exc`` with the file it stopped (same class when it can be built from a message)."""
+    message = f"{rel}: cannot restore: {exc}"
+    if isinstance(exc, RempartError):
+        try:
+            named = type(exc)(message)
+        except TypeError:
+            return exc
+        named.__cause__ = exc
+        return named
+    return IntegrityError(message)
 
 
 _ERRORS: dict[bytes, type[BaseException]] = {
