@@ -66,12 +66,14 @@ def read_session(ctx: Context, repo: Repository, kit_path: str | None) -> ReadSe
     kit = load_kit(ctx, kit_path)
     if kit.repository != repo.config.id:
         raise UserError(f"this recovery kit belongs to repository {kit.repository[:8]}, not {repo.config.id[:8]}")
-    # over a network each request costs a round trip (and on the vault about as much CPU as
-    # 1.5 MiB of body): runs of blobs step over up to 1 MiB of unneeded bytes, and two more runs per reader are fetched while one is decrypted and
-    # written (bounded: no whole packs are fetched or cached); locally, reads are cheap
+    # over a network each request costs a round trip (and vault CPU): runs of blobs step over up
+    # to 256 KiB of unneeded bytes (1 MiB fetched 300 MB for 238 MB of packs in a 300 MB
+    # restore, 256 KiB 244 MB in 361 requests instead of 266), and two more runs per reader are
+    # fetched while one is decrypted and written (bounded: no whole packs are fetched or
+    # cached); locally, reads are cheap
     remote = "://" in (ctx.repo or "") and not (ctx.repo or "").startswith("file://")
     return ReadSession(repo, kit.private_key, kit.id_key,
-                       max_gap=1024 * 1024 if remote else 0, readahead=2 if remote else 0)
+                       max_gap=256 * 1024 if remote else 0, readahead=2 if remote else 0)
 
 
 def resolve_snapshot(repo: Repository, ref: str) -> str:

@@ -137,6 +137,7 @@ class WriteSession:
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
         self._pool = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="upload")
+        self.max_inflight = max_inflight
         self._slots = threading.BoundedSemaphore(max_inflight)
         self._futures: list[Future[None]] = []
         #: index-file sections (encode_index_pack: 41 bytes per blob) of packs not in an index file yet

@@ -336,7 +336,7 @@ class Archiver:
         setup["features"] = getattr(self.observer, "worker_features", None) or ""
         try:
             self._readers = ReaderPool(self.options.workers, setup, self.session.claim, self.session.add_pack,
-                                       self._read_done)
+                                       self._read_done, spare=max(1, self.session.max_inflight - 1))
         except ReaderStartError as exc:
             self._warn(str(exc))
             self.options = replace(self.options, processes=False)

@@ -64,9 +64,10 @@ class ReadOutcome:
 Claim = Callable[[list[bytes]], bytes]
 Store = Callable[[str, memoryview, list[tuple[int, bytes, int, int]], Callable[[], None]], None]
 Done = Callable[[Any, ReadOutcome], None]
-#: shared pack buffers beyond one per process: a process that hands over a full pack takes a
-#: spare one and goes on while its pack is stored; with none left, it waits for the buffer of
-#: the next pack stored
+#: shared pack buffers beyond one per process (by default): a process that hands over a full
+#: pack takes a spare one and goes on while its pack is stored; with none left, it waits for the
+#: buffer of the next pack stored. The archiver gives one fewer than the packs the write
+#: session keeps in flight (more for remote storage, where an upload takes longer)
 SPARE_BUFFERS = 1
 
 
@@ -132,7 +133,7 @@ class _Proc:
 
 class ReaderPool:
     def __init__(self, workers: int, setup: dict[str, Any], claim: Claim, store: Store, done: Done,
-                 start_timeout: float = 60.0) -> None:
+                 start_timeout: float = 60.0, spare: int = SPARE_BUFFERS) -> None:
         self._claim, self._store, self._done = claim, store, done
         self._killed = False
         self._lock = threading.Lock()
@@ -149,7 +150,7 @@ class ReaderPool:
             capacity = int(setup["capacity"])
             fds: list[int] = []
             try:
-                for _ in range(workers + SPARE_BUFFERS):
+                for _ in range(workers + spare):
                     fds.append(_shared_buffer(capacity))
                     self._maps.append(mmap.mmap(fds[-1], capacity))
                 for i in range(workers):
