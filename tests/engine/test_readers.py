@@ -372,7 +372,9 @@ def test_small_files_are_asked_about_in_groups(rig: Rig, src: Path) -> None:
     root, archiver, _ = rig.archive(src, rig.tmp / "p", **PROCS)
     files = archiver.stats.files_read
     assert files > 300
-    assert archiver._readers.queries < files / 3, (archiver._readers.queries, files)
+    # how many requests wait in a pipe depends on timing (quiet machine: 124 queries for 345
+    # files, under load fewer); the exact grouping is tested on the worker itself below
+    assert archiver._readers.queries < files * 0.6, (archiver._readers.queries, files)
     listing = rig.listing(root, src)
     for i in (0, 150, 299):
         rel = f"many/note-{i:03d}.txt"
@@ -432,3 +434,41 @@ def test_a_failed_upload_stops_a_run_in_processes_with_an_error_not_a_hang(rig: 
     assert isinstance(outcome[0], BackendError), outcome[0]
     assert "disk full" in str(outcome[0])
     assert all(p.popen.poll() is not None for p in archivers[-1]._readers._procs)
+
+
+def test_a_reading_process_groups_the_small_file_requests_waiting_in_its_pipe() -> None:
+    """``_gather``: the small-file requests already in the pipe, in order, up to the group
+    limits; the first other message (a large file, a stop) ends the group and is served next."""
+    from rempart.snapshot import worker_main as wm
+    from rempart.snapshot.wire import Inbox, Request, encode_request, send
+
+    r, w = os.pipe()
+    try:
+        def req(i: int, size: int) -> Request:
+            return Request(i, f"/f{i}", size, [], 0)
+
+        for i in range(1, 5):
+            send(w, b"R", encode_request(req(i, 1000)))
+        send(w, b"R", encode_request(req(5, wm.SMALL + 1)))  # large: not in the group
+        send(w, b"R", encode_request(req(6, 1000)))
+        worker = wm._Worker(Inbox(r), w)
+        group = worker._gather(req(0, 1000))
+        assert [g.req for g in group] == [0, 1, 2, 3, 4]
+        nxt = worker._take()
+        assert nxt is not None and nxt[0] == b"R" and wm.decode_request(nxt[1]).req == 5
+        assert [g.req for g in worker._gather(req(7, 1000))] == [7, 6]  # nothing else waiting
+        for i in range(wm.GROUP_FILES + 3):
+            send(w, b"R", encode_request(req(100 + i, 10)))
+        assert len(worker._gather(req(99, 10))) == wm.GROUP_FILES
+        send(w, b"S", b"")
+        rest = [worker._take() for _ in range(5)]  # 99 and 100-162 were taken: 163-166 wait, in order
+        assert [wm.decode_request(m[1]).req for m in rest[:4] if m] == [163, 164, 165, 166]
+        assert rest[4] == (b"S", b"")
+        big = wm.SMALL  # still small: four of them make GROUP_BYTES
+        assert 4 * big == wm.GROUP_BYTES
+        for i in range(5):
+            send(w, b"R", encode_request(req(200 + i, big)))
+        assert [g.req for g in worker._gather(req(199, big))] == [199, 200, 201, 202]
+    finally:
+        os.close(r)
+        os.close(w)

@@ -8,7 +8,7 @@ trees, folders and symlinks, index lookups, unwrapping each pack's data key with
 key); a child gets only the data keys of the packs it reads, over its pipe, never the recovery
 key, and writes files relative to the target's directory descriptor, inherited from the parent.
 
-Wire protocol (like ``worker_main``'s): every message is ``u32 length || 1 kind byte ||
+Wire protocol (framed as ``worker_main``'s, with ``snapshot.wire``): every message is ``u32 length || 1 kind byte ||
 payload``, parent → child on the child's stdin, child → parent on a private copy of its stdout
 (fd 1 is pointed at stderr so a stray print cannot corrupt the stream).
 
@@ -37,8 +37,8 @@ from rempart.crypto.aead import DataKey
 from rempart.repository.format import BlobType
 from rempart.repository.reader import open_view
 from rempart.snapshot.restore_write import O_BINARY, O_CLOEXEC, write_file
+from rempart.snapshot.wire import recv, send
 
-HEADER = struct.Struct("<IB")
 DONE = struct.Struct("<QQQ")
 JOB = struct.Struct("<Q")
 FD = struct.Struct("<I")
@@ -46,25 +46,6 @@ MAX_OPEN_PACKS = 32
 
 Run = tuple[bytes, int, int]
 FileJob = tuple[str, int, int, int, list[tuple[int, int, int, int, bytes]]]
-
-
-def send(fd: int, kind: bytes, *parts: bytes) -> None:
-    """Write one message (header and parts, without joining them)."""
-    data = memoryview(b"".join([HEADER.pack(sum(len(p) for p in parts), kind[0]), *parts]))
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def recv(stream: IO[bytes]) -> tuple[bytes, bytes] | None:
-    """Read one message: (kind, payload), or None at end of stream."""
-    head = stream.read(HEADER.size)
-    if len(head) < HEADER.size:
-        return None
-    n, kind = HEADER.unpack(head)
-    payload = stream.read(n) if n else b""
-    if len(payload) < n:
-        return None
-    return bytes([kind]), payload
 
 
 def error_tag(exc: BaseException) -> bytes:

@@ -20,8 +20,9 @@ from collections.abc import Callable
 import rempart
 from rempart.core.errors import HostilePathError, IntegrityError, RempartError, UserError
 from rempart.repository.reader import ReadSession
-from rempart.snapshot.restore_child import DONE, FD, HEADER, JOB, send
+from rempart.snapshot.restore_child import DONE, FD, JOB
 from rempart.snapshot.tree import Node
+from rempart.snapshot.wire import recv, send
 from rempart.storage.base import FileType, Handle
 
 HAVE_FADVISE = hasattr(os, "posix_fadvise")
@@ -240,21 +241,18 @@ class RestoreProcs:
         assert stdout is not None
         try:
             while True:
-                head = stdout.read(HEADER.size)
-                if len(head) < HEADER.size:
+                msg = recv(stdout)
+                if msg is None:
                     break
-                n, k = HEADER.unpack(head)
-                payload = stdout.read(n) if n else b""
-                if len(payload) < n:
-                    break
-                if k == ord("D"):
+                kind, payload = msg
+                if kind == b"D":
                     job, files, size = DONE.unpack(payload)
                     self._finish(proc, job, (files, size))
-                elif k == ord("E"):
+                elif kind == b"E":
                     job = JOB.unpack_from(payload)[0]
                     cls = _ERRORS.get(payload[JOB.size : JOB.size + 1], OSError)
                     self._finish(proc, job, cls(payload[JOB.size + 1 :].decode("utf-8", "replace")))
-                elif k == ord("H"):
+                elif kind == b"H":
                     proc.alive = True
                     proc.ready.set()
         finally:

@@ -1,4 +1,5 @@
-"""The pipe protocol between the archiver and its reading processes (``worker_main``).
+"""The pipe protocol between the archiver and its reading processes (``worker_main``); the
+framing (``send``, ``recv``, ``HEADER``) is also the restore processes' (``restore_child``).
 
 Wire protocol, over the child's stdin (parent → child) and a private copy of its stdout
 (child → parent; fd 1 itself is pointed at stderr so a stray print cannot corrupt the stream).
@@ -26,7 +27,7 @@ from __future__ import annotations
 import os
 import select
 import struct
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 HEADER = struct.Struct("<IB")
 PACK = struct.Struct("<II32s")  # buffer index, pack length, SHA-256 of the pack
@@ -57,6 +58,18 @@ def send(fd: int, kind: bytes, *parts: bytes | bytearray | memoryview) -> None:
             bufs.pop(0)
         if n:
             bufs[0] = memoryview(bufs[0])[n:]
+
+
+def recv(stream: IO[bytes]) -> tuple[bytes, bytes] | None:
+    """Read one message from a buffered stream: (kind, payload), or None at its end."""
+    head = stream.read(HEADER.size)
+    if len(head) < HEADER.size:
+        return None
+    n, kind = HEADER.unpack(head)
+    payload = stream.read(n) if n else b""
+    if len(payload) < n:
+        return None
+    return bytes([kind]), payload
 
 
 def encode_request(r: Request) -> bytes:

@@ -27,7 +27,6 @@ import rempart
 from rempart.core.errors import RempartError
 from rempart.snapshot.wire import (
     FEATURES,
-    HEADER,
     ID,
     ID32,
     PACK,
@@ -35,6 +34,7 @@ from rempart.snapshot.wire import (
     Request,
     decode_result,
     encode_request,
+    recv,
     send,
 )
 
@@ -244,17 +244,13 @@ class ReaderPool:
         assert stdout is not None
         try:
             while True:
-                head = stdout.read(HEADER.size)
-                if len(head) < HEADER.size:
+                msg = recv(stdout)
+                if msg is None:
                     break
-                n, k = HEADER.unpack(head)
-                payload = stdout.read(n) if n else b""
-                if len(payload) < n:
-                    break
-                kind = bytes([k])
+                kind, payload = msg
                 if kind == b"Q":
                     proc.queries += 1
-                    proc.write(b"A", self._claim([payload[i : i + 32] for i in range(0, n, 32)]))
+                    proc.write(b"A", self._claim([payload[i : i + 32] for i in range(0, len(payload), 32)]))
                 elif kind == b"P":
                     self._pack(proc, payload)
                 elif kind == b"F":
