@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import rempart
 from rempart.core.errors import HostilePathError, IntegrityError, RempartError, UserError
@@ -31,6 +32,22 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(rempart.__file__
 #: done(files, bytes) or failed(exception): called once per job, from a receiving thread
 Done = Callable[[int, int], None]
 Failed = Callable[[BaseException], None]
+
+
+def pack_order(batch: list[tuple[str, Node]], locs: list[Any]) -> tuple[list[tuple[str, Node]], list[int]]:
+    """``batch`` sorted by where each file's first blob lies (``locs``: the index locations of
+    the batch's blobs, file after file), and the positions of those blobs in the new order:
+    folders list files by name, packs hold them in the order they were read, and reading in
+    pack order lets one request serve several files."""
+    keyed = []
+    i = 0
+    for rel, node in batch:
+        n = len(node.content)
+        first = locs[i] if n else None
+        keyed.append(((first.pack, first.offset) if first is not None else (b"", -1), i, n, rel, node))
+        i += n
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [(rel, node) for _, _, _, rel, node in keyed], [j for _, start, n, _, _ in keyed for j in range(start, start + n)]
 
 
 class ProcsStartError(OSError):
@@ -149,16 +166,7 @@ class RestoreProcs:
         ids = [b for _, node in batch for b in node.content]
         locs = self.session.locate(ids)
         if len(batch) > 1:
-            keyed = []
-            i = 0
-            for rel, node in batch:
-                n = len(node.content)
-                first = locs[i] if n else None
-                keyed.append(((first.pack, first.offset) if first is not None else (b"", -1), i, n, rel, node))
-                i += n
-            keyed.sort(key=lambda k: (k[0], k[1]))
-            batch = [(rel, node) for _, _, _, rel, node in keyed]
-            order = [j for _, start, n, _, _ in keyed for j in range(start, start + n)]
+            batch, order = pack_order(batch, locs)
             ids, locs = [ids[j] for j in order], [locs[j] for j in order]
         runs: list[tuple[bytes, int, int]] = []
         refs: list[tuple[int, int, int, int, bytes]] = []

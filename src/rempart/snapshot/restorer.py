@@ -17,7 +17,13 @@ from pathlib import Path, PurePosixPath
 
 from rempart.core.errors import DecryptionError, IntegrityError
 from rempart.repository.reader import ReadSession
-from rempart.snapshot.restore_procs import ProcsStartError, RestoreProcs, default_workers, pack_paths
+from rempart.snapshot.restore_procs import (
+    ProcsStartError,
+    RestoreProcs,
+    default_workers,
+    pack_order,
+    pack_paths,
+)
 from rempart.snapshot.restore_write import O_DIRECTORY, make_dir, remove_existing, set_times, write_file
 from rempart.snapshot.tree import KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, check_name, decode_tree
 
@@ -286,14 +292,5 @@ class Restorer:
             return self.session.load_blobs(batch[0][1].content)
         ids = [b for _, node in batch for b in node.content]
         locs = self.session.locate(ids)
-        keyed = []
-        i = 0
-        for rel, node in batch:
-            n = len(node.content)
-            first = locs[i] if n else None
-            keyed.append(((first.pack, first.offset) if first is not None else (b"", -1), i, n, rel, node))
-            i += n
-        keyed.sort(key=lambda k: (k[0], k[1]))
-        batch[:] = [(rel, node) for _, _, _, rel, node in keyed]
-        order = [j for _, start, n, _, _ in keyed for j in range(start, start + n)]
+        batch[:], order = pack_order(batch, locs)  # the caller writes the files in this order
         return self.session.load_blobs([ids[j] for j in order], locations=[locs[j] for j in order])
