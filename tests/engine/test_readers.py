@@ -68,6 +68,23 @@ def src(tmp_path: Path) -> Path:
     return s
 
 
+def archive_within(seconds: float, rig: Rig, src: Path, observer: Any = None) -> BaseException | bytes | None:
+    """A run in processes, in a thread: its root tree id or the error it raised; None if it
+    has not ended after ``seconds`` (a hang)."""
+    outcome: list[BaseException | bytes] = []
+
+    def run() -> None:
+        try:
+            outcome.append(rig.archive(src, rig.tmp / "p", observer=observer, **PROCS)[0])
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    return outcome[0] if outcome else None
+
+
 def stored_ids(rig: Rig) -> list[bytes]:
     repo = Repository.open(rig.backend)
     repo.load_index()
@@ -129,20 +146,10 @@ def test_a_killed_reading_process_stops_the_run_with_an_error_not_a_hang(rig: Ri
                     os.kill(proc.popen.pid, signal.SIGKILL)
             return []
 
-    outcome: list[BaseException | bytes] = []
-
-    def run() -> None:
-        try:
-            outcome.append(rig.archive(src, rig.tmp / "p", observer=Killer(), **PROCS)[0])
-        except BaseException as exc:
-            outcome.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(120)
-    assert not t.is_alive(), "archive() hung after its reading processes died"
-    assert isinstance(outcome[0], RempartError), outcome[0]
-    assert "reading process" in str(outcome[0])
+    outcome = archive_within(120, rig, src, observer=Killer())
+    assert outcome is not None, "archive() hung after its reading processes died"
+    assert isinstance(outcome, RempartError), outcome
+    assert "reading process" in str(outcome)
 
 
 def test_detection_features_computed_in_processes_match_the_threads(rig: Rig, src: Path, tmp_path: Path) -> None:
@@ -419,20 +426,10 @@ def test_a_failed_upload_stops_a_run_in_processes_with_an_error_not_a_hang(rig: 
     rig.backend.save(CONFIG, new_config("2026-01-01T00:00:00Z", rig.priv, rig.idk, pack_size=100_000).to_bytes())
     for i in range(40):
         (src / "docs" / f"scan-{i}.bin").write_bytes(os.urandom(120_000))
-    outcome: list[BaseException | bytes] = []
-
-    def run() -> None:
-        try:
-            outcome.append(rig.archive(src, rig.tmp / "p", **PROCS)[0])
-        except BaseException as exc:
-            outcome.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(120)
-    assert not t.is_alive(), "archive() hung after an upload failed"
-    assert isinstance(outcome[0], BackendError), outcome[0]
-    assert "disk full" in str(outcome[0])
+    outcome = archive_within(120, rig, src)
+    assert outcome is not None, "archive() hung after an upload failed"
+    assert isinstance(outcome, BackendError), outcome
+    assert "disk full" in str(outcome)
     assert all(p.popen.poll() is not None for p in archivers[-1]._readers._procs)
 
 
