@@ -31,7 +31,7 @@ import signal
 import stat as statmod
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rempart.chunking.fastcdc import Chunker, ChunkerParams
@@ -57,6 +57,7 @@ from rempart.snapshot.wire import (
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_BINARY = getattr(os, "O_BINARY", 0)
+WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 SMALL = 256 * 1024  # files up to this size (at the walk) are read in groups
 GROUP_FILES = 64
 GROUP_BYTES = 1024 * 1024
@@ -277,9 +278,8 @@ class _Worker:
             if run is None:
                 raise RuntimeError("read request before the run's keys")
             idk, chunker = run["id"], run["chunker"]
-            for r in group:
+            for r, fd in _open_ahead(group, self._failed):
                 try:
-                    fd = os.open(r.path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
                     with os.fdopen(fd, "rb", buffering=0) as f:
                         st1 = os.fstat(fd)
                         if not statmod.S_ISREG(st1.st_mode):
@@ -313,6 +313,31 @@ class _Worker:
             return
         for r in again:
             self._request(r)
+
+
+def _open_ahead(group: list[Request], failed: Callable[[Request, Exception], None]) -> Iterator[tuple[Request, int]]:
+    """Open every file of ``group`` and ask the kernel to start reading them (on a cold cache
+    the disk then works on the next files while one is chunked), then yield them one by one;
+    a file that cannot be opened is reported through ``failed``. Unyielded ones are closed."""
+    opened: deque[tuple[Request, int]] = deque()
+    try:
+        for r in group:
+            try:
+                fd = os.open(r.path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
+            except OSError as exc:
+                failed(r, exc)
+                continue
+            opened.append((r, fd))
+            if WILLNEED is not None and len(group) > 1:
+                try:
+                    os.posix_fadvise(fd, 0, 0, WILLNEED)
+                except OSError:
+                    pass  # only a hint
+        while opened:
+            yield opened.popleft()  # the caller owns (closes) it from here
+    finally:
+        for _, fd in opened:
+            os.close(fd)
 
 
 def _settled(state: _Seal, st1: os.stat_result, st2: os.stat_result) -> Read | None:
