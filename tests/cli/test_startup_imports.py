@@ -12,7 +12,7 @@ from pathlib import Path
 
 #: modules a run that reads no file has no use for
 NOT_LOADED = ("rempart.detect.features", "rempart.detect.formats_media", "zipfile",
-              "cryptography.hazmat.primitives.serialization")
+              "cryptography.hazmat.primitives.serialization", "rempart.snapshot.workers", "subprocess")
 
 _SCRIPT = """
 import json, sys

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rempart.chunking.fastcdc import Chunker
 from rempart.core.errors import RempartError
@@ -35,7 +35,10 @@ from rempart.snapshot.tree import (
     kind_of,
     tree_signature,
 )
-from rempart.snapshot.workers import ReaderPool, ReaderStartError, ReadOutcome
+from rempart.snapshot.wire import ReadOutcome
+
+if TYPE_CHECKING:
+    from rempart.snapshot.workers import ReaderPool
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_BINARY = getattr(os, "O_BINARY", 0)
@@ -332,6 +335,8 @@ class Archiver:
             return True
         if not self.options.processes or self._to_read + size <= self.options.process_after:
             return False
+        from rempart.snapshot.workers import ReaderPool, ReaderStartError  # subprocess etc.: only when needed
+
         setup = self.session.reader_setup()
         setup["features"] = getattr(self.observer, "worker_features", None) or ""
         try:

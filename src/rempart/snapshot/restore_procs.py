@@ -66,7 +66,7 @@ def pack_paths(session: ReadSession) -> Callable[[bytes], str] | None:
     if type(backend) is not LocalBackend:
         return None
     local = backend
-    return lambda pack: str(local._path(Handle(FileType.DATA, pack.hex())))
+    return lambda pack: str(local.file_path(Handle(FileType.DATA, pack.hex())))
 
 
 class _Proc:

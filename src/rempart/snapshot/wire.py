@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import select
 import struct
+from dataclasses import dataclass
 from typing import IO, Any, NamedTuple
 
 HEADER = struct.Struct("<IB")
@@ -46,6 +47,23 @@ class Request(NamedTuple):
     size: int  # at the walk: the file may have changed since
     plan: list[tuple[int, int]]
     retries: int
+
+
+@dataclass(frozen=True)
+class ReadOutcome:
+    """What became of one file handed to a reading process (or read in a thread)."""
+
+    kind: str  # "ok", "changed", "oserror" or "failed"
+    content: list[bytes] | None = None
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    inode: int = 0
+    mode: int = 0
+    samples: list[tuple[int, bytes]] | None = None
+    message: str = ""
+    error: BaseException | None = None  # "failed" because the parent could not take a blob
+    features_raw: str | None = None  # computed by the reading process (then no samples)
 
 
 def send(fd: int, kind: bytes, *parts: bytes | bytearray | memoryview) -> None:

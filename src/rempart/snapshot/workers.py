@@ -20,7 +20,6 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import rempart
@@ -31,6 +30,7 @@ from rempart.snapshot.wire import (
     ID32,
     PACK,
     PBLOB,
+    ReadOutcome,
     Request,
     decode_result,
     encode_request,
@@ -39,23 +39,6 @@ from rempart.snapshot.wire import (
 )
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(rempart.__file__)))
-
-
-@dataclass(frozen=True)
-class ReadOutcome:
-    """What became of one file handed to a reading process."""
-
-    kind: str  # "ok", "changed", "oserror" or "failed"
-    content: list[bytes] | None = None
-    size: int = 0
-    mtime_ns: int = 0
-    ctime_ns: int = 0
-    inode: int = 0
-    mode: int = 0
-    samples: list[tuple[int, bytes]] | None = None
-    message: str = ""
-    error: BaseException | None = None  # "failed" because the parent could not take a blob
-    features_raw: str | None = None  # computed by the reading process (then no samples)
 
 
 #: claim(ids) -> one byte per id (1: new, the caller must store it); store(pack name, pack bytes,
