@@ -3,8 +3,8 @@
 Python threads share one interpreter lock: chunking, hashing, compressing and encrypting all
 release it, but the Python code around them does not, so threads kept only ~1.4 of 2 cores busy
 (docs/benchmarks.md). Reading processes each read whole files, chunk, hash and, for the chunks
-the parent says are new, compress and seal them; the parent process keeps everything that is
-shared (walk, dedup decisions, packs, uploads, index, state cache, trees, detection verdicts).
+the parent says are new, compress and seal them into packs; the parent process keeps everything
+that is shared (walk, dedup decisions, uploads, index, state cache, trees, detection verdicts).
 
 New blobs go straight into packs the process builds itself, in buffers of shared memory the
 parent created (one per process and a spare, mapped by all): when one is full, the process
@@ -152,10 +152,15 @@ class _Worker:
         """The next message that is not a buffer given (those are taken here, at once)."""
         while True:
             msg = self.queued.popleft() if self.queued else self.inbox.get(wait)
-            if msg is None or msg[0] != b"D":
+            if msg is None or not self._given(msg):
                 return msg
-            if self.packs is not None:
-                self.packs.free.append(ID32.unpack(msg[1])[0])
+
+    def _given(self, msg: tuple[bytes, bytes]) -> bool:
+        """Take the buffer if ``msg`` gives one (``D``); False for any other message."""
+        if msg[0] != b"D" or self.packs is None:
+            return False
+        self.packs.free.append(ID32.unpack(msg[1])[0])
+        return True
 
     def _gather(self, first: Request) -> list[Request]:
         """``first`` and the small-file requests already waiting right behind it."""
@@ -177,9 +182,7 @@ class _Worker:
         msg = self.inbox.get()
         if msg is None:
             raise EOFError("the backup process went away")
-        if msg[0] == b"D" and self.packs is not None:
-            self.packs.free.append(ID32.unpack(msg[1])[0])
-        else:
+        if not self._given(msg):
             self.queued.append(msg)
 
     def _setup(self, p: dict[str, Any]) -> None:
@@ -202,9 +205,7 @@ class _Worker:
                 raise EOFError("the backup process went away")
             if msg[0] == b"A":
                 return msg[1]
-            if msg[0] == b"D" and self.packs is not None:
-                self.packs.free.append(ID32.unpack(msg[1])[0])
-            else:
+            if not self._given(msg):
                 self.queued.append(msg)  # a read request sent meanwhile: served next
 
     def _seal(self, state: _Seal, chunks: list[memoryview], ids: list[bytes], new: bytes | memoryview) -> None:

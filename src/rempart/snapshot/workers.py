@@ -78,7 +78,7 @@ def _shared_buffer(size: int) -> int:
 
 
 class _Proc:
-    def __init__(self, index: int, setup: dict[str, Any], fds: list[int]) -> None:
+    def __init__(self, setup: dict[str, Any], fds: list[int]) -> None:
         # the same interpreter and this very copy of the package; none of rempart's settings
         # (tokens, passphrases): the process needs only what arrives down its pipe
         env = {k: v for k, v in os.environ.items() if not k.startswith("REMPART_")}
@@ -88,7 +88,6 @@ class _Proc:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=1 << 16, pass_fds=fds,
         )
         assert self.popen.stdin is not None and self.popen.stdout is not None
-        self.index = index
         self.wlock = threading.Lock()
         self.outstanding: dict[int, tuple[int, Any]] = {}  # request -> (bytes, caller's context)
         self.load = 0
@@ -137,7 +136,7 @@ class ReaderPool:
                     fds.append(_shared_buffer(capacity))
                     self._maps.append(mmap.mmap(fds[-1], capacity))
                 for i in range(workers):
-                    proc = _Proc(i, setup, fds)
+                    proc = _Proc(setup, fds)
                     self._procs.append(proc)
                     proc.give(i)
                     t = threading.Thread(target=self._receive, args=(proc,), name=f"reader-{i}", daemon=True)
