@@ -204,7 +204,9 @@ class VaultBackend:
     def __init__(self, url: str, *, token: str, ca: str | Path | None = None, pin: str | None = None,
                  timeout: float = 120.0, attempts: int = 2, base_delay: float = 0.5, max_delay: float = 30.0,
                  connections: int = 4, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: a ready TLS context (then ``ca`` and ``pin`` are not used: see
+        :meth:`from_settings`)."""
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise E.UserError("a vault location reads https://HOST:PORT/PRACTICE")
@@ -222,18 +224,47 @@ class VaultBackend:
         self._prefix = f"/v1/p/{practice}"
         self.properties = BackendProperties(connections=connections, location=f"{self.base}/{practice}")
         self._attempts, self._base_delay, self._max_delay = attempts, base_delay, max_delay
+        self._url, self._timeout, self._connections = url, timeout, connections
         self.requests = 0
         self._sleep = sleep
         self._rng = rng or random.Random()
         verify: Any = True
         if parts.scheme == "https":
             port = parts.port or 443
-            verify = self._retry(lambda: tls_context(parts.hostname or "", port, ca=ca, pin=pin))
+            verify = tls or self._retry(lambda: tls_context(parts.hostname or "", port, ca=ca, pin=pin))
+        self._tls = verify if isinstance(verify, ssl.SSLContext) else None
+        self._token = token
         #: sent with every request (the token: never logged, never in an error message)
         self.headers = {"Authorization": f"Bearer {token}", "User-Agent": "rempart-vaultclient"}
         self._bulk = _BulkConnections(parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
                                       verify if isinstance(verify, ssl.SSLContext) else None, self.headers, timeout,
                                       connections * 2)  # restore workers + read-ahead: no TLS handshake churn
+
+    def settings(self) -> dict[str, Any]:
+        """Plain values from which :meth:`from_settings` builds the same client in another
+        process (a restore process): the URL, the token, the trusted certificates (DER, as
+        loaded: the pinned certificate itself, so the pin is not fetched again) and the timeouts.
+        Holds the token: give it down a pipe, never on a command line or in an environment."""
+        ctx = self._tls
+        return {"url": self._url, "token": self._token, "timeout": self._timeout,
+                "attempts": self._attempts, "base_delay": self._base_delay, "max_delay": self._max_delay,
+                "connections": self._connections,
+                "cas": b"".join(ctx.get_ca_certs(binary_form=True)) if ctx is not None else b"",
+                "check_hostname": bool(ctx.check_hostname) if ctx is not None else True,
+                "verify_flags": int(ctx.verify_flags) if ctx is not None else 0}
+
+    @classmethod
+    def from_settings(cls, s: dict[str, Any]) -> VaultBackend:
+        """The client :meth:`settings` describes (no network access until the first request)."""
+        tls = None
+        if str(s["url"]).startswith("https:"):
+            cas = s.get("cas") or b""
+            tls = ssl.create_default_context(cadata=cas) if cas else ssl.create_default_context()
+            tls.check_hostname = bool(s.get("check_hostname", True))
+            tls.verify_flags |= ssl.VerifyFlags(int(s.get("verify_flags", 0)))
+        return cls(str(s["url"]), token=str(s["token"]), timeout=float(s["timeout"]), attempts=int(s["attempts"]),
+                   base_delay=float(s["base_delay"]), max_delay=float(s["max_delay"]),
+                   connections=int(s["connections"]), tls=tls)
 
     # --- plumbing -----------------------------------------------------------------------
 
