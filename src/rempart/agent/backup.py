@@ -13,6 +13,8 @@ from rempart import __version__
 from rempart.agent.credentials import AgentCredential, repo_state_dir
 from rempart.core.clock import Clock, to_iso
 from rempart.core.errors import MissingBlobs, UserError
+from rempart.repository.lock_holder import NoLock, RepoLock, take_backup_lock
+from rempart.repository.locks import LockPolicy
 from rempart.repository.repo import Repository, WriteSession
 from rempart.snapshot.archiver import Archiver, BackupOptions, BackupStats, FileObserver
 from rempart.snapshot.cache import StateCache
@@ -52,6 +54,7 @@ def run_backup(
     detection: DetectionHook | None = None,
     tags: list[str] | None = None,
     progress: Callable[[BackupStats], None] | None = None,
+    lock_policy: LockPolicy | None = None,
 ) -> BackupResult:
     if cred.repo_id != repo.config.id:
         raise UserError("the agent key belongs to another repository")
@@ -67,7 +70,10 @@ def run_backup(
     folder = repo_state_dir(state_dir, repo.config.id)
     cache = StateCache(folder)
     repo.use_index_cache(folder / "index.sqlite")
+    lock: RepoLock | NoLock = NoLock()
     try:
+        # held from before the index is read until the snapshot is stored: no prune meanwhile
+        lock = take_backup_lock(repo.backend, repo.config.id, clock, lock_policy)
         for attempt in range(2):
             repo.load_index()
             # as many packs in flight as the storage takes connections: through a vault or S3 an
@@ -102,6 +108,7 @@ def run_backup(
                     "damaged": damaged[:10000],
                 }
                 try:
+                    lock.check()  # never commit after a pause a prune may have taken for an exit
                     name = session.commit(plain, archiver.refs, meta)
                 except MissingBlobs:
                     # garbage collection removed blobs we deduplicated against: forget what we
@@ -121,4 +128,5 @@ def run_backup(
                 session.close()
         raise AssertionError("unreachable")  # pragma: no cover
     finally:
+        lock.release()
         cache.close()

@@ -6,7 +6,10 @@ flagged suspicious never count towards --keep-last or the --keep-hourly.. --keep
 so a burst of garbage backups cannot push the good ones out. For a vault repository the vault
 applies its own policy (``rempart vault practice policy``): this command refuses it.
 
-Write order and crash safety: see ``rempart.repository.prune`` and docs/design.md.
+Write order and crash safety: see ``rempart.repository.prune`` and docs/design.md. With --prune
+(not a dry run) the command first takes the repository's exclusive lock
+(``rempart.repository.locks``) and refuses, changing nothing, while a backup or another prune
+holds a live lock; it keeps the lock until the last deletion.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 from rempart.cli.common import human_bytes, open_repo, print_json, progress_line
 from rempart.cli.context import Context
 from rempart.core.errors import IntegrityError, PermissionDenied, UserError
+from rempart.repository.lock_holder import RepoLock
+from rempart.repository.locks import PRUNE, LockPolicy, Owner, remove_locks
 from rempart.repository.prune import (
     PrunePlan,
     PruneResult,
@@ -137,8 +142,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if not args.snapshots and policy.keeps_nothing() and not args.prune:
         raise UserError("no policy given: nothing to forget",
                         hint="pass --keep-last N, --keep-daily N, ... or --keep-within DURATION (or --prune alone)")
+    lock_policy = LockPolicy.from_env(ctx.env)
     repo = open_repo(ctx)
+    lock: RepoLock | None = None
+    locks_removed = 0
     try:
+        if args.prune and not args.dry_run:  # before the snapshots are listed: see module docstring
+            lock = RepoLock(repo.backend, PRUNE, Owner.current(repo.config.id), ctx.clock, lock_policy).take()
         snaps, damaged = load_snapshots(repo)
         reasons, remove = _decide(args, snaps, damaged, policy, now)
         if remove and not reasons and not args.allow_forget_all:
@@ -161,19 +171,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                     f"the storage refused to delete a snapshot ({exc.message}); {len(removed)} of "
                     f"{len(remove)} snapshot(s) were removed before, nothing more was removed",
                     hint="forget needs a credential allowed to delete (a backup agent's may only add)") from exc
-            if plan is not None:
+            if plan is not None and lock is not None:
                 with progress_line(ctx, "pruning") as show:
                     known = {s.name for s in snaps} | set(damaged)
                     result = execute_prune(repo, plan, known,
-                                           lambda n: show(f"{n}/{len(plan.remove_packs)} packs"))
+                                           lambda n: show(f"{n}/{len(plan.remove_packs)} packs"), lock.check)
+                # expired and released locks of earlier runs (an agent may not delete its own)
+                locks_removed = len(remove_locks(repo.backend, ctx.clock.now().timestamp(), lock.owner,
+                                                 keep=lock.lock_id).removed)
     finally:
+        if lock is not None:
+            lock.release()
         repo.close()
     by_name = {s.name: s for s in snaps}
     kept_rows = sorted((_row(by_name.get(n), n, r) for n, r in reasons.items()), key=lambda r: str(r["time"]))
     gone_rows = sorted((_row(by_name.get(n), n) for n in remove), key=lambda r: str(r["time"]))
     if ctx.json:
         print_json({"dry_run": args.dry_run, "policy": policy.to_dict(), "keep": kept_rows, "remove": gone_rows,
-                    "removed": removed, "prune": _prune_dict(plan, result) if plan is not None else None})
+                    "removed": removed, "prune": _prune_dict(plan, result) if plan is not None else None,
+                    "locks_removed": locks_removed})
     else:
         _print_text(ctx, args.dry_run, kept_rows, gone_rows, plan, result)
     return 1 if result is not None and (result.refused or result.newcomers) else 0

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("rempart.cli.cmd_restore", "restore a snapshot to a folder (needs the kit)"),
     "check": ("rempart.cli.cmd_check", "check the repository (--read-data needs the kit)"),
     "forget": ("rempart.cli.cmd_forget", "apply a retention policy and collect garbage"),
+    "unlock": ("rempart.cli.cmd_unlock", "remove expired repository locks"),
     "key": ("rempart.cli.cmd_key", "recovery kit commands"),
     "vault": ("rempart.cli.cmd_vault", "run and administer a vault server"),
     "enroll": ("rempart.cli.cmd_enroll", "enroll this machine with a vault"),

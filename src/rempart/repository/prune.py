@@ -19,6 +19,11 @@ from which every kept snapshot restores:
 A pack holding even one referenced blob stays whole. Nothing is deleted when a kept snapshot
 references a blob no pack holds (a damaged repository: ``check`` first) or a snapshot file
 cannot be read (its references are unknown).
+
+A backup still running could reference packs no snapshot references yet (those it uploaded,
+and those it deduplicated against): the caller holds the exclusive ``prune`` lock of
+``rempart.repository.locks`` from before it lists the snapshots until the last deletion, and
+passes its ``check`` as ``guard``, called before step 2 and before every pack deletion.
 """
 
 from __future__ import annotations
@@ -158,14 +163,18 @@ def remove_snapshots(repo: Repository, names: Iterable[str], done: Callable[[str
 
 
 def execute_prune(repo: Repository, plan: PrunePlan, known: set[str] | None = None,
-                  progress: Callable[[int], None] | None = None) -> PruneResult:
+                  progress: Callable[[int], None] | None = None,
+                  guard: Callable[[], None] | None = None) -> PruneResult:
     """Steps 2-4 of the module's write order (call after the forgotten snapshots are gone).
 
-    ``known``: every snapshot name seen when planning. Before step 4 the snapshot list is read
-    again; if a snapshot appeared meanwhile (a backup that may have deduplicated against a
-    doomed pack), no pack is deleted. This narrows, but does not close, the race with a backup
-    still running: there is no repository lock."""
+    ``guard`` (the prune lock's ``check``) raises to stop before the next irreversible step when
+    the lock can no longer be trusted (this process was paused past its lifetime): what is done
+    so far leaves a valid repository. ``known``: every snapshot name seen when planning; before
+    step 4 the snapshot list is read again and, if a snapshot appeared meanwhile (a backup that
+    ran without a lock the prune could see), no pack is deleted: a second line of defence."""
+    check = guard or (lambda: None)
     res = PruneResult()
+    check()
     if plan.reindex:
         data = encode_index(sorted(plan.reindex.items()))
         res.new_index = hashlib.sha256(data).hexdigest()
@@ -193,6 +202,7 @@ def execute_prune(repo: Repository, plan: PrunePlan, known: set[str] | None = No
     for fi in plan.remove_packs:
         if bytes.fromhex(fi.name) in protected:
             continue
+        check()
         try:
             repo.backend.remove(Handle(FileType.DATA, fi.name))
         except NotFound:
