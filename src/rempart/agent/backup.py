@@ -70,10 +70,13 @@ def run_backup(
     folder = repo_state_dir(state_dir, repo.config.id)
     cache = StateCache(folder)
     repo.use_index_cache(folder / "index.sqlite")
+    backend = repo.backend
     lock: RepoLock | NoLock = NoLock()
     try:
-        # held from before the index is read until the snapshot is stored: no prune meanwhile
-        lock = take_backup_lock(repo.backend, repo.config.id, clock, lock_policy)
+        # held from before the index is read until the snapshot is stored: no prune meanwhile;
+        # nothing is stored once it could have expired (the process was paused too long)
+        lock = take_backup_lock(backend, repo.config.id, clock, lock_policy)
+        repo.backend = lock.guard(backend)
         for attempt in range(2):
             repo.load_index()
             # as many packs in flight as the storage takes connections: through a vault or S3 an
@@ -108,7 +111,6 @@ def run_backup(
                     "damaged": damaged[:10000],
                 }
                 try:
-                    lock.check()  # never commit after a pause a prune may have taken for an exit
                     name = session.commit(plain, archiver.refs, meta)
                 except MissingBlobs:
                     # garbage collection removed blobs we deduplicated against: forget what we
@@ -128,5 +130,6 @@ def run_backup(
                 session.close()
         raise AssertionError("unreachable")  # pragma: no cover
     finally:
+        repo.backend = backend
         lock.release()
         cache.close()

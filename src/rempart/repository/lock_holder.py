@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from rempart.core.clock import Clock
 from rempart.core.errors import BackendError, LockedError, NotFound, PermissionDenied
@@ -27,7 +28,7 @@ from rempart.repository.locks import (
     process_alive,
     read_locks,
 )
-from rempart.storage.base import Backend, FileType, Handle
+from rempart.storage.base import Backend, FileInfo, FileType, Handle
 
 
 class RepoLock:
@@ -168,6 +169,11 @@ class RepoLock:
                 pass  # the lock goes stale after its lifetime instead
             self._files = []
 
+    def guard(self, backend: Backend) -> Backend:
+        """``backend`` whose every pack, index file and snapshot write first calls ``check``: a
+        holder resumed after its lock expired stores nothing more (a prune may have run)."""
+        return _Guarded(backend, self.check)
+
     def __enter__(self) -> RepoLock:
         return self
 
@@ -175,11 +181,45 @@ class RepoLock:
         self.release()
 
 
+class _Guarded:
+    """A backend whose writes of repository data wait on a check (other calls pass through)."""
+
+    def __init__(self, inner: Backend, check: Callable[[], None]) -> None:
+        self.inner, self._check = inner, check
+        self.properties = inner.properties
+
+    def save(self, h: Handle, data: bytes) -> None:
+        if h.type in (FileType.DATA, FileType.INDEX, FileType.SNAPSHOT):
+            self._check()
+        self.inner.save(h, data)
+
+    def load(self, h: Handle, *, offset: int = 0, length: int | None = None) -> bytes:
+        return self.inner.load(h, offset=offset, length=length)
+
+    def stat(self, h: Handle) -> FileInfo:
+        return self.inner.stat(h)
+
+    def list(self, ftype: FileType) -> Iterator[FileInfo]:
+        return self.inner.list(ftype)
+
+    def remove(self, h: Handle) -> None:
+        self.inner.remove(h)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # a backend's extras (file_path, ...)
+        return getattr(self.inner, name)
+
+
 class NoLock:
     """What a vault repository gets: the vault collects garbage itself, under its own lock."""
 
     def check(self) -> None:
         pass
+
+    def guard(self, backend: Backend) -> Backend:
+        return backend
 
     def release(self) -> None:
         pass
