@@ -285,7 +285,7 @@ def test_a_forget_killed_mid_prune_leaves_a_valid_repository(repo: Repo, stage: 
         assert repo.restored(snap, repo.tmp / f"again{i}") == want
 
 
-def test_a_backup_finishing_during_a_prune_keeps_the_packs_it_deduplicated_against(repo: Repo) -> None:
+def test_a_backup_started_during_a_prune_refuses_and_runs_after_it(repo: Repo) -> None:
     old = os.urandom(200_000)
     (repo.src / "a.bin").write_bytes(old)
     repo.backup(utc(2026, 1, 1, 8), "--no-detect")
@@ -294,7 +294,6 @@ def test_a_backup_finishing_during_a_prune_keeps_the_packs_it_deduplicated_again
             p.unlink()
         (repo.src / name).write_bytes(os.urandom(100_000))
         repo.backup(utc(2026, 1, day, 8), "--no-detect")
-    packs = repo.packs()
     doomed = set(forget_json(repo, "--keep-last", "1", "--prune", "--dry-run")["prune"]["packs_removed"])
     assert len(doomed) == 2
     proc = _spawn_slow_forget(repo.tmp, "forget", "--keep-last", "1", "--prune", delay=1.0)
@@ -302,19 +301,44 @@ def test_a_backup_finishing_during_a_prune_keeps_the_packs_it_deduplicated_again
     while len(os.listdir(repo.path / "snapshots")) > 2:  # the forget is under way
         assert time.monotonic() < end and proc.poll() is None
         time.sleep(0.01)
-    (repo.src / "a.bin").write_bytes(old)  # a.bin is back: the backup finds it in a doomed pack
+    (repo.src / "a.bin").write_bytes(old)  # a.bin is back: it lies in a doomed pack
+    before = repo.files()
     r = repo.run("backup", str(repo.src), "--json", "--no-detect")
+    assert r.code == 11, r.err  # the prune holds the exclusive lock: the backup does not start
+    assert "a prune is running on this repository" in json.loads(r.err)["message"]
+    assert {k for k in repo.files() if not k.startswith("locks/")} <= set(before)  # it stored nothing
+    assert proc.wait(60) == 0
+    assert not doomed & repo.packs() and os.listdir(repo.path / "locks") == []
+    r = repo.run("backup", str(repo.src), "--json", "--no-detect")  # after the prune: a.bin stored again
     assert r.code == 0, r.err
     new = r.json()["snapshot"]
-    assert r.json()["storage"]["bytes_stored"] < 150_000  # deduplicated, not stored again
-    assert proc.wait(60) == 1
-    assert packs <= repo.packs()  # the new snapshot was noticed: no pack deleted
+    assert r.json()["storage"]["bytes_stored"] > 200_000
     repo.check("--read-data", "--kit", str(repo.kit))
     assert repo.restored(new, repo.tmp / "new")["a.bin"] == old
-    out = forget_json(repo, "--prune")  # later, alone: only the pack nobody needs goes
-    assert len(out["prune"]["packs_removed"]) == 1 and set(out["prune"]["packs_removed"]) < doomed
+
+
+def test_the_snapshot_list_is_read_again_before_packs_are_deleted(repo: Repo) -> None:
+    """The second line of defence under the lock: a snapshot that appeared after planning (a
+    backup whose lock the prune could not see) stops every pack deletion."""
+    (repo.src / "a.bin").write_bytes(os.urandom(100_000))
+    s1 = repo.backup(utc(2026, 1, 1, 8), "--no-detect")
+    (repo.src / "a.bin").unlink()
+    (repo.src / "b.bin").write_bytes(os.urandom(100_000))
+    s2 = repo.backup(utc(2026, 1, 2, 8), "--no-detect")
+    r = Repository.open(LocalBackend(repo.path))
+    try:
+        snaps, _ = load_snapshots(r)
+        plan = plan_prune(r, [s for s in snaps if s.name == s2])
+        assert plan.remove_packs
+        remove_snapshots(r, [s1])
+        packs = repo.packs()
+        res = execute_prune(r, plan, known={s1})  # as if s2 had appeared after the planning
+        assert res.newcomers == [s2] and res.removed_packs == [] and repo.packs() == packs
+        res = execute_prune(r, plan, known={s1, s2})
+        assert res.newcomers == [] and res.removed_packs
+    finally:
+        r.close()
     repo.check("--read-data", "--kit", str(repo.kit))
-    assert repo.restored(new, repo.tmp / "again")["a.bin"] == old
 
 
 def test_suspicious_snapshots_never_count_towards_keep_last(repo: Repo) -> None:
