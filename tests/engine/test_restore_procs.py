@@ -16,7 +16,7 @@ from rempart.crypto.kit import decrypt_kit
 from rempart.repository.format import BlobType
 from rempart.repository.reader import ReadSession
 from rempart.repository.repo import Repository, WriteSession
-from rempart.snapshot.restore_procs import RestoreProcs, pack_paths
+from rempart.snapshot.restore_procs import RestoreProcs, pack_paths, pack_source
 from rempart.snapshot.restorer import Restorer
 from rempart.snapshot.tree import KIND_FILE, Node, encode_tree
 from rempart.storage.local import LocalBackend
@@ -128,7 +128,7 @@ def test_restore_processes_get_no_secret_from_the_environment_or_command_line(
     assert cli("backup", str(src), "--no-detect").code == 0
     session, _ = _session(repo)
     root = os.open(tmp_path, os.O_RDONLY)
-    procs = RestoreProcs(session, pack_paths(session), root, 2)  # type: ignore[arg-type]
+    procs = RestoreProcs(session, pack_source(session), root, 2)  # type: ignore[arg-type]
     try:
         procs.wait_ready()
         for p in procs._procs:
@@ -150,7 +150,7 @@ def test_a_dead_restore_process_fails_its_jobs_instead_of_hanging(repo, cli, tmp
     node = next(n for n in _files(session, tree))
     (tmp_path / "out").mkdir()
     root = os.open(tmp_path / "out", os.O_RDONLY)
-    procs = RestoreProcs(session, pack_paths(session), root, 1)  # type: ignore[arg-type]
+    procs = RestoreProcs(session, pack_source(session), root, 1)  # type: ignore[arg-type]
     failed: list[BaseException] = []
     reported = threading.Event()
 

@@ -4,8 +4,9 @@
 the target's directory descriptor, turns each batch of files into a job (index lookups, the
 byte ranges of pack files to read, the data keys of packs new to that process) and hands it to
 the process with the fewest bytes outstanding. One thread per process reports finished and
-failed jobs. Used for repositories in a local folder (a process opens the pack files itself);
-other backends restore in threads.
+failed jobs. Used for repositories in a local folder (a process opens the pack files itself)
+and in a vault (a process opens its own connections and fetches its jobs' byte ranges: the
+vault's settings, token included, go down its pipe); other backends restore in threads.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import rempart
-from rempart.core.errors import HostilePathError, IntegrityError, RempartError, UserError
+from rempart.core import errors
+from rempart.core.errors import IntegrityError, RempartError
 from rempart.repository.reader import ReadSession
 from rempart.snapshot.restore_child import DONE, FD, JOB
 from rempart.snapshot.tree import Node
@@ -54,23 +57,50 @@ class ProcsStartError(OSError):
     """The restore processes could not start (the restore then runs in threads)."""
 
 
-def pack_paths(session: ReadSession) -> Callable[[bytes], str] | None:
-    """Where a pack's file lies, when the repository is a plain local folder (no wrapper that
-    changes reads, such as fault injection or bandwidth limits); else None."""
+@dataclass(frozen=True)
+class PackSource:
+    """Where the restore processes read packs: ``path`` gives a pack file's path in a local
+    folder; ``settings`` (a vault's client settings and the retry parameters, sent down each
+    process's pipe: they hold the token) lets a process fetch byte ranges itself."""
+
+    path: Callable[[bytes], str] | None = None
+    settings: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def local(self) -> bool:
+        return self.path is not None
+
+
+def pack_source(session: ReadSession) -> PackSource | None:
+    """How restore processes can read this session's packs: a plain local folder or a vault,
+    possibly behind permission checks and retries (no wrapper that changes reads, such as fault
+    injection or bandwidth limits); else None (the restore runs in threads)."""
     from rempart.storage.local import LocalBackend
     from rempart.storage.wrappers import PermissionedBackend, RetryBackend
 
     backend = session.repo.backend
+    retry = (1, 0.0, 0.0)
     while isinstance(backend, (PermissionedBackend, RetryBackend)):
+        if isinstance(backend, RetryBackend):
+            retry = (backend.attempts, backend.base_delay, backend.max_delay)
         backend = backend.inner
-    if type(backend) is not LocalBackend:
-        return None
-    local = backend
-    return lambda pack: str(local.file_path(Handle(FileType.DATA, pack.hex())))
+    if type(backend) is LocalBackend:
+        local = backend
+        return PackSource(path=lambda pack: str(local.file_path(Handle(FileType.DATA, pack.hex()))))
+    vaultclient = sys.modules.get("rempart.storage.vaultclient")  # loaded if the backend is one
+    if vaultclient is not None and type(backend) is vaultclient.VaultBackend:
+        return PackSource(settings={"vault": backend.settings(), "retry": retry})  # type: ignore[attr-defined]
+    return None
+
+
+def pack_paths(session: ReadSession) -> Callable[[bytes], str] | None:
+    """Where a pack's file lies, when the repository is a plain local folder; else None."""
+    source = pack_source(session)
+    return source.path if source is not None else None
 
 
 class _Proc:
-    def __init__(self, root_fd: int) -> None:
+    def __init__(self, root_fd: int, settings: dict[str, Any]) -> None:
         # the same interpreter and this very copy of the package; none of rempart's settings
         # (passphrases, tokens): the process needs only what arrives down its pipe
         env = {k: v for k, v in os.environ.items() if not k.startswith("REMPART_")}
@@ -87,7 +117,7 @@ class _Proc:
         self.ready = threading.Event()
         self.alive = False
         self.gone = False  # its receiving thread has ended: no job may be given to it any more
-        self.write(b"K", FD.pack(root_fd))
+        self.write(b"K", FD.pack(root_fd), marshal.dumps(settings))
 
     def write(self, kind: bytes, *parts: bytes) -> None:
         stdin = self.popen.stdin
@@ -96,9 +126,10 @@ class _Proc:
 
 
 class RestoreProcs:
-    def __init__(self, session: ReadSession, paths: Callable[[bytes], str], root_fd: int,
+    def __init__(self, session: ReadSession, source: PackSource, root_fd: int,
                  workers: int, start_timeout: float = 60.0) -> None:
-        self.session, self._paths = session, paths
+        self.session, self._source = session, source
+        self._paths = source.path or (lambda pack: "")
         self._lock = threading.Lock()
         self._procs: list[_Proc] = []
         self._threads: list[threading.Thread] = []
@@ -109,7 +140,7 @@ class RestoreProcs:
         self._start_timeout = start_timeout
         try:
             for i in range(max(1, workers)):
-                proc = _Proc(root_fd)
+                proc = _Proc(root_fd, source.settings)
                 self._procs.append(proc)
                 t = threading.Thread(target=self._receive, args=(proc,), name=f"restore-{i}", daemon=True)
                 self._threads.append(t)
@@ -191,7 +222,7 @@ class RestoreProcs:
     def _advise(self, pack: bytes, start: int, end: int) -> None:
         """Ask the kernel to start reading a job's ranges now (a cold cache): the job waits
         behind a few others, so its bytes are in memory when its process reaches it."""
-        if not HAVE_FADVISE:
+        if not HAVE_FADVISE or not self._source.local:
             return
         fd = self._advise_fds.get(pack)
         try:
@@ -258,8 +289,8 @@ class RestoreProcs:
                     self._finish(proc, job, (files, size))
                 elif kind == b"E":
                     job = JOB.unpack_from(payload)[0]
-                    cls = _ERRORS.get(payload[JOB.size : JOB.size + 1], OSError)
-                    self._finish(proc, job, cls(payload[JOB.size + 1 :].decode("utf-8", "replace")))
+                    name, _, message = payload[JOB.size :].partition(b"\0")
+                    self._finish(proc, job, _error(name.decode("ascii", "replace"), message.decode("utf-8", "replace")))
                 elif kind == b"H":
                     proc.alive = True
                     proc.ready.set()
@@ -285,9 +316,15 @@ def _naming(exc: BaseException, rel: str) -> BaseException:
     return IntegrityError(message)
 
 
-_ERRORS: dict[bytes, type[BaseException]] = {
-    b"I": IntegrityError, b"U": UserError, b"H": HostilePathError, b"O": OSError,
-}
+def _error(name: str, message: str) -> BaseException:
+    """The exception a process reported: the class of ``rempart.core.errors`` it names."""
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, RempartError):
+        try:
+            return cls(message)
+        except TypeError:
+            return RempartError(message)
+    return OSError(message)
 
 
 def default_workers() -> int:

@@ -22,7 +22,7 @@ from rempart.snapshot.restore_procs import (
     RestoreProcs,
     default_workers,
     pack_order,
-    pack_paths,
+    pack_source,
 )
 from rempart.snapshot.restore_write import O_DIRECTORY, make_dir, remove_existing, set_times, write_file
 from rempart.snapshot.tree import KIND_DIR, KIND_FILE, KIND_SYMLINK, Node, check_name, decode_tree
@@ -96,9 +96,10 @@ class Restorer:
     The walk (main thread) creates folders and symlinks and groups consecutive files into
     batches of about ``BATCH_BYTES``; a worker reads a batch's blobs as one stream, so small files
     stored back to back in a pack cost one read, and writes the files one after the other.
-    From a repository in a local folder the workers are processes (``restore_procs``: threads
-    share one interpreter lock and kept only part of two cores busy); from other backends, or if
-    the processes cannot start, ``workers`` threads. At most two batches per worker are in
+    From a repository in a local folder or in a vault the workers are processes
+    (``restore_procs``: threads share one interpreter lock and kept only part of two cores busy;
+    from a vault each process fetches its own byte ranges); from other backends, or if the
+    processes cannot start, ``workers`` threads. At most two batches per worker are in
     flight (bounded memory).
     """
 
@@ -108,8 +109,8 @@ class Restorer:
 
     def __init__(self, session: ReadSession, *, workers: int = 3, processes: int | None = None,
                  progress: Callable[[RestoreStats], None] | None = None) -> None:
-        """``processes``: how many restore processes for a local repository (None: one per
-        core, 2 to 4; 0: threads only)."""
+        """``processes``: how many restore processes for a local or vault repository (None:
+        one per core, 2 to 4; 0: threads only)."""
         self.session = session
         self.reader = TreeReader(session)
         self.stats = RestoreStats()
@@ -117,10 +118,10 @@ class Restorer:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore")
         self._futures: list[Future[None]] = []
         self._nprocs = default_workers() if processes is None else max(0, processes)
-        self._paths = pack_paths(session) if self._nprocs and os.name == "posix" else None
+        self._source = pack_source(session) if self._nprocs and os.name == "posix" else None
         self._procs: RestoreProcs | None = None
         # batches in flight: a process's jobs wait in its pipe, their bytes being read ahead
-        ahead = self.JOBS_PER_PROCESS * self._nprocs if self._paths is not None else 0
+        ahead = self.JOBS_PER_PROCESS * self._nprocs if self._source is not None else 0
         self._slots = threading.BoundedSemaphore(max(workers * 2, ahead))
         self._lock = threading.Lock()
         self._dir_times: list[tuple[str, Node]] = []
@@ -145,9 +146,9 @@ class Restorer:
         target.mkdir(parents=True, exist_ok=True)
         self._root_fd = os.open(target, os.O_RDONLY | O_DIRECTORY)
         self._exclude = exclude or set()
-        if self._paths is not None:
+        if self._source is not None:
             try:  # they start while the first trees are read
-                self._procs = RestoreProcs(self.session, self._paths, self._root_fd, self._nprocs)
+                self._procs = RestoreProcs(self.session, self._source, self._root_fd, self._nprocs)
             except ProcsStartError:
                 self._procs = None
             else:
