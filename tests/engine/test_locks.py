@@ -20,6 +20,7 @@ from rempart.repository.lock_holder import NoLock, RepoLock, take_backup_lock
 from rempart.repository.locks import (
     BACKUP,
     PRUNE,
+    RELEASE,
     CorruptLock,
     LockFile,
     LockPolicy,
@@ -149,6 +150,31 @@ def test_a_lock_expires_after_its_lifetime_and_its_holder_stops_before_that(back
     backup.release()
     prune.release()
     assert lock_files(backend) == set()
+
+
+def test_a_backup_whose_lock_was_removed_or_released_by_another_process_does_not_commit(
+        backend: LocalBackend) -> None:
+    clock = FakeClock(T0)
+    snap = Handle(FileType.SNAPSHOT, "5a" * 32)
+    for tamper in ("remove", "release"):
+        lock = RepoLock(backend, BACKUP, THERE, clock).take()
+        guarded = lock.guard(backend)
+        guarded.save(Handle(FileType.INDEX, f"{len(tamper):02x}" * 32), b"index")  # still fine
+        if tamper == "remove":  # rempart unlock --remove-all on another computer
+            assert remove_locks(backend, clock.now().timestamp(), HERE, remove_all=True).removed
+        else:  # a forged release record
+            data = encode_lock(LockFile("", RELEASE, "77" * 16, 0, T0.timestamp(), 60.0, HERE, lock.lock_id))
+            backend.save(Handle(FileType.LOCK, hashlib.sha256(data).hexdigest()), data)
+        assert [s.state for s in read_locks(backend, clock.now().timestamp(), HERE).locks] in ([], ["released"])
+        with pytest.raises(LockedError, match="removed or released by another process"):
+            guarded.save(snap, b"snapshot")
+        assert not list(backend.list(FileType.SNAPSHOT))
+        lock.release()
+        remove_locks(backend, clock.now().timestamp(), HERE, remove_all=True)
+    lock = RepoLock(backend, BACKUP, THERE, clock).take()
+    lock.guard(backend).save(snap, b"snapshot")  # untouched: committed
+    lock.release()
+    assert [fi.name for fi in backend.list(FileType.SNAPSHOT)] == [snap.name]
 
 
 def test_a_lock_of_a_process_gone_from_this_computer_is_not_live(backend: LocalBackend) -> None:

@@ -142,6 +142,19 @@ class RepoLock:
                     if self.kind == BACKUP else "it stopped before deleting anything more; run it again")
             raise LockedError(f"{lost}; {tail}")
 
+    def verify(self) -> None:
+        """``check``, then read the locks: ours must still be stored and not released (someone
+        ran ``unlock --remove-all`` or forged a release record: a prune may have run)."""
+        self.check()
+        with self._mutex:
+            newest = self._files[-1] if self._files else None
+            table = read_locks(self.backend, self._now(), self.owner, self.alive)
+        mine = next((s for s in table.locks if s.lock_id == self.lock_id), None)
+        if mine is None or newest not in mine.files or mine.state == "released":
+            raise LockedError(f"this {self.kind}'s repository lock was removed or released by another process "
+                              "(rempart unlock --remove-all?), so a prune may have run; nothing was committed; "
+                              "run the backup again")
+
     def _remove(self, name: str) -> bool:
         try:
             self.backend.remove(Handle(FileType.LOCK, name))
@@ -170,9 +183,10 @@ class RepoLock:
             self._files = []
 
     def guard(self, backend: Backend) -> Backend:
-        """``backend`` whose every pack, index file and snapshot write first calls ``check``: a
-        holder resumed after its lock expired stores nothing more (a prune may have run)."""
-        return _Guarded(backend, self.check)
+        """``backend`` whose every pack and index file write first calls ``check`` and every
+        snapshot write ``verify``: a holder resumed after its lock expired, or whose lock was
+        removed, stores nothing more (a prune may have run)."""
+        return _Guarded(backend, self.check, self.verify)
 
     def __enter__(self) -> RepoLock:
         return self
@@ -184,12 +198,14 @@ class RepoLock:
 class _Guarded:
     """A backend whose writes of repository data wait on a check (other calls pass through)."""
 
-    def __init__(self, inner: Backend, check: Callable[[], None]) -> None:
-        self.inner, self._check = inner, check
+    def __init__(self, inner: Backend, check: Callable[[], None], verify: Callable[[], None]) -> None:
+        self.inner, self._check, self._verify = inner, check, verify
         self.properties = inner.properties
 
     def save(self, h: Handle, data: bytes) -> None:
-        if h.type in (FileType.DATA, FileType.INDEX, FileType.SNAPSHOT):
+        if h.type is FileType.SNAPSHOT:
+            self._verify()
+        elif h.type in (FileType.DATA, FileType.INDEX):
             self._check()
         self.inner.save(h, data)
 

@@ -211,9 +211,11 @@ class LockState:
         o = self.newest.owner
         where = f"this computer, pid {o.pid}" if o.host == me.host and o.machine == me.machine \
             else f"computer {o.host[:8]}, pid {o.pid}"
-        age = max(0.0, now - self.newest.time)
+        age = now - self.newest.time
+        when = f"last refreshed {max(0.0, age):.0f} s ago" if age > -60 else \
+            f"dated {-age:.0f} s in the future: a wrong clock or a forged lock"
         return (f"{self.kind} lock {self.lock_id[:8]} ({self.state}) taken {to_iso(_utc(self.started))[:19]}Z "
-                f"on {where}, last refreshed {age:.0f} s ago, lifetime {self.newest.lifetime:.0f} s")
+                f"on {where}, {when}, lifetime {self.newest.lifetime:.0f} s")
 
 
 def _utc(t: float) -> datetime:
