@@ -1,6 +1,7 @@
 """Vault throughput benchmark (a script, not a test).
 
     python bench/vault_bench.py --size-mb 100 --agents 20 --agent-size-mb 4 [--out results.json]
+    python bench/vault_bench.py --size-mb 300 --agents 0 --repeat 2 --restores 3 --src before=... --src after=...
 
 1. Backup and restore of the same generated practice folder (bench/datagen.py) to a local
    folder and through a vault on loopback (HTTPS, pinned certificate, real processes): reports
@@ -158,12 +159,15 @@ class Vault:
         return f"https://127.0.0.1:{self.port}/{practice}"
 
 
-def throughput(work: Path, vault: Vault, data: Path, tag: str = "bench") -> dict[str, float]:
+def throughput(work: Path, vault: Vault, data: Path, tag: str = "bench", restores: int = 1) -> dict[str, float]:
+    """Backup to a local folder and through the vault, then ``restores`` restores of each,
+    local and vault alternating (restore seconds, CPU and ratio: medians over them)."""
     mib = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 2**20
     res: dict[str, float] = {"mib": round(mib, 1)}
     toks = vault.add(tag)
     work = work / tag
     work.mkdir()
+    setups: dict[str, tuple[str, dict[str, str]]] = {}
     for kind in ("local", "vault"):
         env = {"REMPART_KIT_PASSPHRASE": PASS, "REMPART_STATE_DIR": str(work / f"state-{kind}")}
         if kind == "local":
@@ -179,18 +183,27 @@ def throughput(work: Path, vault: Vault, data: Path, tag: str = "bench") -> dict
         if kind == "vault":
             res["vault_backup_cpu_server_s"] = round(CPU["server"], 2)
             env["REMPART_VAULT_TOKEN"] = toks["restore"]
-        target = work / f"out-{kind}"
-        res[f"{kind}_restore_s"] = round(
-            rempart(repo, env, "restore", "latest", "--target", str(target), "--kit", str(work / f"kit-{kind}")), 2)
-        res[f"{kind}_restore_cpu_client_s"] = round(CPU["client"], 2)
-        res[f"{kind}_restore_maxrss_mib"] = round(CPU["maxrss_mib"], 1)
-        if kind == "vault":
-            res["vault_restore_cpu_server_s"] = round(CPU["server"], 2)
-        shutil.rmtree(target)
+        setups[kind] = (repo, env)
+    each: dict[str, list[float]] = {}
+    for i in range(max(1, restores)):
+        for kind in ("local", "vault") if i % 2 == 0 else ("vault", "local"):
+            repo, env = setups[kind]
+            SERVER_PID[0] = vault.proc.pid if kind == "vault" and vault.proc else None
+            target = work / f"out-{kind}"
+            dt = rempart(repo, env, "restore", "latest", "--target", str(target), "--kit", str(work / f"kit-{kind}"))
+            each.setdefault(f"{kind}_restore_s", []).append(dt)
+            each.setdefault(f"{kind}_restore_cpu_client_s", []).append(CPU["client"])
+            each.setdefault(f"{kind}_restore_maxrss_mib", []).append(CPU["maxrss_mib"])
+            if kind == "vault":
+                each.setdefault("vault_restore_cpu_server_s", []).append(CPU["server"])
+            shutil.rmtree(target)
+        each.setdefault("restore_ratio", []).append(each["local_restore_s"][-1] / each["vault_restore_s"][-1])
+    for key, values in each.items():
+        res[key] = round(statistics.median(values), 2 if "maxrss" not in key else 1)
     for op in ("backup", "restore"):
         res[f"local_{op}_mib_s"] = round(mib / res[f"local_{op}_s"], 1)
         res[f"vault_{op}_mib_s"] = round(mib / res[f"vault_{op}_s"], 1)
-        res[f"{op}_ratio"] = round(res[f"local_{op}_s"] / res[f"vault_{op}_s"], 2)
+    res["backup_ratio"] = round(res["local_backup_s"] / res["vault_backup_s"], 2)
     return res
 
 
@@ -262,6 +275,9 @@ def main() -> int:
     ap.add_argument("--agents", type=int, default=20)
     ap.add_argument("--agent-size-mb", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=1, help="throughput runs (medians reported)")
+    ap.add_argument("--restores", type=int, default=1,
+                    help="restores per throughput run, local and vault alternating (medians; restore_ratio: "
+                         "median of the per-pair ratios)")
     ap.add_argument("--src", action="append", default=[], metavar="NAME=DIR",
                     help="measure this checkout (repeatable: sources interleaved, order alternating per repeat)")
     ap.add_argument("--data-dir", type=Path, help="the generated practice folder (made if missing, kept)")
@@ -294,7 +310,7 @@ def main() -> int:
                 SRC_ENV.update(env)
                 TAG[0] = f"{name}-{i}-" if len(sources) > 1 or a.repeat > 1 else ""
                 (work / name).mkdir(exist_ok=True)
-                r = throughput(work / name, vaults[name], data, f"bench-{i}")
+                r = throughput(work / name, vaults[name], data, f"bench-{i}", a.restores)
                 r["load_avg_1m"] = round(os.getloadavg()[0], 2)
                 runs[name].append(r)
                 print(json.dumps({"source": name, "run": i, **r}), file=sys.stderr, flush=True)
