@@ -469,3 +469,60 @@ def test_a_reading_process_groups_the_small_file_requests_waiting_in_its_pipe() 
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_first_backup_starts_every_process_and_a_later_one_only_what_its_changes_need(rig: Rig, src: Path) -> None:
+    _, first, _ = rig.archive(src, rig.tmp / "p", **PROCS)
+    assert first._readers.processes == 2
+    (src / "docs" / "letter-5.txt").write_bytes(os.urandom(5_000))
+    (src / "db" / "copy-a.bin").write_bytes(os.urandom(900_000))
+    root, later, _ = rig.archive(src, rig.tmp / "p", **PROCS)
+    assert later.stats.files_read == 2 and later.stats.files_unchanged > 10
+    assert later._readers.processes == 1  # a few changed files: one process, one core
+    listing = rig.listing(root, src)
+    assert listing["db/copy-a.bin"][5] == (src / "db" / "copy-a.bin").read_bytes()
+    assert listing["docs/letter-5.txt"][5] == (src / "docs" / "letter-5.txt").read_bytes()
+
+
+def test_a_second_process_starts_when_files_queue_up_behind_the_first(rig: Rig, src: Path) -> None:
+    from rempart.snapshot.workers import ReaderPool
+
+    repo = Repository.open(rig.backend)
+    repo.load_index()
+    from rempart.repository.repo import WriteSession
+
+    session = WriteSession(repo, rig.idk)
+    outcomes: dict[str, Any] = {}
+    all_done = threading.Event()
+    files = [src / "db" / "copy-a.bin", *sorted((src / "docs").iterdir())[:6]]
+
+    def finished(ctx: Any, outcome: Any) -> None:
+        outcomes[ctx] = outcome
+        if len(outcomes) == len(files):
+            all_done.set()
+
+    pool = ReaderPool(2, session.reader_setup(), session.claim, session.add_pack, finished, start=1,
+                      grow_bytes=200_000)
+    try:
+        assert pool.processes == 1
+        first = pool._procs[0].popen.pid
+        os.kill(first, signal.SIGSTOP)  # its files wait in its pipe: a backlog, whatever the timing
+        try:
+            for f in files[:3]:  # 700 kB, then two documents: less than 200 kB behind the largest
+                pool.submit(str(f), f.stat().st_size, [], 0, str(f))
+            assert pool.processes == 1
+            for f in files[3:]:  # enough behind it now: the next file starts a second process
+                pool.submit(str(f), f.stat().st_size, [], 0, str(f))
+            assert pool.processes == 2
+        finally:
+            os.kill(first, signal.SIGCONT)
+        assert all_done.wait(60)
+        pool.close()
+        assert {o.kind for o in outcomes.values()} == {"ok"}
+        session.flush()
+        reader = rig.reader()
+        for f in files:
+            got = b"".join(reader.load_blob(bid) for bid in outcomes[str(f)].content)
+            assert got == f.read_bytes(), f
+    finally:
+        session.close()

@@ -140,6 +140,7 @@ class Archiver:
         self._error: BaseException | None = None
         self._readers: ReaderPool | None = None
         self._to_read = 0  # bytes handed to reading threads so far
+        self._incremental = False  # a file of the previous snapshot was met: read what changed
         #: folders listed whose tree is not saved yet (and the most at once): bounded by the
         #: walk depth plus, per file in flight (``max_inflight``), the folders above it
         self.folders_pending = 0
@@ -309,6 +310,8 @@ class Archiver:
         self.stats.files += 1
         self.stats.bytes += st.st_size
         node.size = st.st_size
+        if prev is not None:
+            self._incremental = True
         if prev is not None and self._unchanged(prev, st):
             node.content = prev.content
             node.features_raw = prev.features_raw
@@ -340,8 +343,11 @@ class Archiver:
         setup = self.session.reader_setup()
         setup["features"] = getattr(self.observer, "worker_features", None) or ""
         try:
+            # a first backup reads everything: every process at once; a later run reads what
+            # changed: one process (and its buffers), more once files queue up for it
+            start = 1 if self._incremental else None
             self._readers = ReaderPool(self.options.workers, setup, self.session.claim, self.session.add_pack,
-                                       self._read_done, spare=max(1, self.session.max_inflight - 1))
+                                       self._read_done, spare=max(1, self.session.max_inflight - 1), start=start)
         except ReaderStartError as exc:
             self._warn(str(exc))
             self.options = replace(self.options, processes=False)

@@ -1,7 +1,8 @@
 """The parent side of the reading processes (see ``worker_main`` for why and for the protocol).
 
-``ReaderPool`` starts N ``python -m rempart.snapshot.worker_main`` processes that share N + 1
-pack buffers of shared memory, hands each file to the one with the fewest bytes outstanding, and runs
+``ReaderPool`` starts up to N ``python -m rempart.snapshot.worker_main`` processes (one for a
+run that reads only what changed, more once files queue up) that share N + 1 pack buffers of
+shared memory, hands each file to the one with the fewest bytes outstanding, and runs
 one thread per process that answers its dedup questions, passes the packs it built to the write
 session (a stored pack's buffer goes to the next process that needs one) and reports each finished file.
 If a process dies, every file it still had is reported as failed and the backup stops with an
@@ -52,6 +53,8 @@ Done = Callable[[Any, ReadOutcome], None]
 #: buffer of the next pack stored. The archiver gives one fewer than the packs the write
 #: session keeps in flight (more for remote storage, where an upload takes longer)
 SPARE_BUFFERS = 1
+#: see ``ReaderPool``
+GROW_BYTES = 128 << 20
 
 
 class ReaderLost(RempartError):
@@ -114,38 +117,37 @@ class _Proc:
 
 
 class ReaderPool:
+    """Up to ``workers`` reading processes. ``start`` of them start at once; each further one
+    starts once every running process has more than ``grow_bytes`` waiting behind the largest
+    file it has, so a backup of what changed in a day (a few large database files and some
+    documents) runs one process and its buffers, and leaves the other core to the practice."""
+
     def __init__(self, workers: int, setup: dict[str, Any], claim: Claim, store: Store, done: Done,
-                 start_timeout: float = 60.0, spare: int = SPARE_BUFFERS) -> None:
+                 start_timeout: float = 60.0, spare: int = SPARE_BUFFERS, start: int | None = None,
+                 grow_bytes: int = GROW_BYTES) -> None:
         self._claim, self._store, self._done = claim, store, done
+        self._grow_bytes = grow_bytes
         self._killed = False
         self._lock = threading.Lock()
         self._procs: list[_Proc] = []
         self._threads: list[threading.Thread] = []
         self._next = 0
         self._maps: list[mmap.mmap] = []
+        self._fds: list[int] = []  # kept open until every process has started (each inherits them)
         self._free: list[int] = []  # spare buffers
         self._waiting: deque[_Proc] = deque()  # processes that handed over a pack and have no buffer
+        self._setup = setup
+        self._workers = max(1, workers)
         try:
             if os.name != "posix":
                 raise OSError("shared pack buffers need a POSIX system")
-            workers = max(1, workers)
             capacity = int(setup["capacity"])
-            fds: list[int] = []
-            try:
-                for _ in range(workers + spare):
-                    fds.append(_shared_buffer(capacity))
-                    self._maps.append(mmap.mmap(fds[-1], capacity))
-                for i in range(workers):
-                    proc = _Proc(setup, fds)
-                    self._procs.append(proc)
-                    proc.give(i)
-                    t = threading.Thread(target=self._receive, args=(proc,), name=f"reader-{i}", daemon=True)
-                    self._threads.append(t)
-                    t.start()
-            finally:
-                for fd in fds:
-                    os.close(fd)  # the processes have their own copies; the maps keep the memory
-            self._free = list(range(workers, len(self._maps)))
+            for _ in range(self._workers + spare):
+                self._fds.append(_shared_buffer(capacity))
+                self._maps.append(mmap.mmap(self._fds[-1], capacity))
+            self._free = list(range(len(self._maps) - 1, -1, -1))  # pages are touched only when used
+            for _ in range(min(self._workers, start or self._workers)):
+                self._start()
             for proc in self._procs:  # each has imported what it needs and taken the run's keys
                 if not proc.ready.wait(start_timeout) or not proc.alive:
                     raise OSError("a reading process did not start")
@@ -154,10 +156,50 @@ class ReaderPool:
             self.close()
             raise ReaderStartError(f"cannot start the reading processes ({exc}); reading in threads") from exc
 
+    def _start(self) -> None:
+        """Start one more process and give it a buffer (or queue it for the next one stored)."""
+        proc = _Proc(self._setup, self._fds)
+        with self._lock:
+            self._procs.append(proc)
+            buffer = self._free.pop() if self._free else None
+            if buffer is None:
+                self._waiting.append(proc)
+            if len(self._procs) == self._workers:
+                self._close_fds()
+        if buffer is not None:
+            proc.give(buffer)
+        t = threading.Thread(target=self._receive, args=(proc,), name=f"reader-{len(self._threads)}", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _close_fds(self) -> None:
+        for fd in self._fds:
+            os.close(fd)  # the processes have their own copies; the maps keep the memory
+        self._fds = []
+
+    def _grow(self) -> bool:
+        """Whether to start another process: every running one has a backlog (the caller holds
+        the lock)."""
+        procs = self._procs
+        if len(procs) >= self._workers or not self._fds:
+            return False
+        for p in procs:
+            if not p.dead and p.load - max((w for w, _ in p.outstanding.values()), default=0) < self._grow_bytes:
+                return False
+        return True
+
     def submit(self, path: str, size: int, plan: list[tuple[int, int]], retries: int, context: Any) -> None:
         """Hand ``path`` to the least busy process; ``done(context, outcome)`` follows once."""
         with self._lock:
-            live = [p for p in self._procs if not p.dead]
+            grow = self._grow()
+        if grow:
+            try:
+                self._start()  # ready once it has said hello; files go to the others until then
+            except OSError:
+                with self._lock:
+                    self._close_fds()  # no further attempt
+        with self._lock:
+            live = [p for p in self._procs if p.alive and not p.dead]
             if live:
                 proc = min(live, key=lambda p: p.load)
                 req = self._next
@@ -177,6 +219,8 @@ class ReaderPool:
         """Stop the processes once they have handed over their last packs. Raises
         ``ReaderLost`` if one ended before that (unless ``kill`` was called): blobs it was
         told to store may be missing."""
+        with self._lock:
+            self._close_fds()
         for p in self._procs:
             try:
                 p.write(b"S", b"")
@@ -199,6 +243,11 @@ class ReaderPool:
         if lost and not self._killed:
             raise ReaderLost("a reading process stopped before storing what it had read; nothing of this "
                              "run is kept, the next backup starts over")
+
+    @property
+    def processes(self) -> int:
+        """How many processes were started so far."""
+        return len(self._procs)
 
     @property
     def queries(self) -> int:
