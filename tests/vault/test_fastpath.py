@@ -6,6 +6,7 @@ metrics, and the fast app did answer the object requests itself."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +137,14 @@ def test_upload_cut_off_stores_nothing_and_logs_no_error(own_vault: Any) -> None
         s.sendall(pk.data[: len(pk.data) // 2])
     b = own_vault.backend(name, toks["backup"])
     h = Handle(FileType.DATA, pk.name)
+    tmp = own_vault.root / "data" / "storage" / name / "tmp"
     try:
         with pytest.raises(NotFound):
             b.stat(h)
+        deadline = time.monotonic() + 20  # the vault notices the disconnect on its own time
+        while any(tmp.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(tmp.iterdir()), "the cut-off upload's temporary file was left"
         b.save(h, pk.data)  # the retry completes
         assert b.stat(h).size == len(pk.data)
     finally:

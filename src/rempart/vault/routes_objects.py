@@ -7,6 +7,7 @@ import enum
 import hashlib
 import hmac
 import struct
+from collections.abc import Callable
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -20,6 +21,7 @@ from rempart.storage.base import FileType, Handle
 from rempart.vault import practices as ops
 from rempart.vault.deps import refuse, require_practice, vault_of
 from rempart.vault.service import Practice
+from rempart.vault.staging import StagedUpload, stage
 from rempart.vault.tokens import Principal
 
 router = APIRouter(prefix="/v1/p/{practice}", tags=["practice"])
@@ -86,21 +88,19 @@ class Created(BaseModel):
     created: bool
 
 
-async def _receive(request: Request) -> tuple[bytearray, str]:
-    """The request body and its SHA-256, computed while it streams in (no second pass, no spool
-    file written and read back). Nothing is stored until the body is complete and checked, so a
-    half-finished upload never becomes visible. The ASGI messages are read directly (not through
-    ``Request.stream``: one async generator step less per chunk of a 16 MiB pack)."""
+async def _receive(request: Request, write: Callable[[bytes], object]) -> int:
+    """Pass the request body to ``write`` chunk by chunk as it streams in (no second pass, no
+    spool file written and read back); returns its size. Nothing is stored until the body is
+    complete and checked, so a half-finished upload never becomes visible. The ASGI messages
+    are read directly (not through ``Request.stream``: one async generator step less per chunk
+    of a 16 MiB pack)."""
     limit = request.app.state.config.limits.max_request_bytes
     from rempart.vault.app import RequestTooLarge
 
     cl = request.headers.get("content-length")
     if cl is not None and (not cl.isdigit() or int(cl) > limit):
         raise RequestTooLarge(f"request body larger than the vault's limit of {limit} bytes")
-    # grown by appending, not pre-sized: bytearray(n) zero-fills n bytes first (a 16 MiB pack:
-    # ~6 ms of CPU for buffer + fill vs ~3 ms appending; large reallocs are mremap'd, not copied)
-    buf = bytearray()
-    digest = hashlib.sha256()
+    size = 0
     receive = request.receive
     while True:
         message = await receive()
@@ -108,32 +108,67 @@ async def _receive(request: Request) -> tuple[bytearray, str]:
             raise ClientDisconnect()
         chunk = message.get("body", b"")
         if chunk:
-            if len(buf) + len(chunk) > limit:
+            size += len(chunk)
+            if size > limit:
                 raise RequestTooLarge(f"request body larger than the vault's limit of {limit} bytes")
-            buf += chunk
-            digest.update(chunk)
+            write(chunk)
         if not message.get("more_body", False):
-            return buf, digest.hexdigest()
+            return size
+
+
+async def _receive_bytes(request: Request) -> tuple[bytearray, str]:
+    """The whole body in memory and its SHA-256 (objects other than packs, and packs bound for
+    S3). Grown by appending, not pre-sized: bytearray(n) zero-fills n bytes first (a 16 MiB
+    pack: ~6 ms of CPU for buffer + fill vs ~3 ms appending)."""
+    buf = bytearray()
+    digest = hashlib.sha256()
+
+    def write(chunk: bytes) -> None:
+        buf.extend(chunk)
+        digest.update(chunk)
+
+    await _receive(request, write)
+    return buf, digest.hexdigest()
+
+
+def _check_name(h: Handle, sha: str) -> None:
+    if h.type is not FileType.CONFIG and not hmac.compare_digest(sha, h.name):
+        raise IntegrityError("the body's SHA-256 does not match the file name")
 
 
 async def upload(request: Request, auth: Auth, h: Handle) -> JSONResponse:
     """Receive, check and store one object (create-only); 201 if created, 200 if the same bytes
-    were there already. Used by the FastAPI routes and by :mod:`rempart.vault.fastpath`."""
+    were there already. Used by the FastAPI routes and by :mod:`rempart.vault.fastpath`.
+
+    A pack bound for local storage is written to a temporary file as it arrives (hashed on the
+    way; :mod:`rempart.vault.staging`) and becomes the object only once checked; any other
+    object is received in memory. Either way a cut-off, refused or failed upload leaves nothing."""
     p, pr = auth
     vault = vault_of(request)
+    staged: StagedUpload | None = None
     try:
-        buf, sha = await _receive(request)
-        # packs (up to 16 MiB each) go on as the received buffer, without a copy: the vault only
-        # parses their header (ids come out as bytes) and writes them; smaller objects as bytes
-        data = cast(bytes, buf) if h.type is FileType.DATA else bytes(buf)
-        if h.type is not FileType.CONFIG and not hmac.compare_digest(sha, h.name):
-            raise IntegrityError("the body's SHA-256 does not match the file name")
+        if h.type is FileType.DATA:
+            staged = await run_in_threadpool(lambda: stage(vault.backend(pr), h))
+        data: bytes | StagedUpload
+        if staged is not None:
+            size = await _receive(request, staged.write)
+            sha, data = staged.hexdigest(), staged
+        else:
+            buf, sha = await _receive_bytes(request)
+            # a pack (S3) goes on as the received buffer, without a copy: the vault only parses
+            # its header (ids come out as bytes) and writes it; smaller objects as bytes
+            data = cast(bytes, buf) if h.type is FileType.DATA else bytes(buf)
+            size = len(data)
+        _check_name(h, sha)
         created = await run_in_threadpool(vault.ingest, p.actor, pr, h, data)
     except RempartError as exc:
         err = exc
         raise await run_in_threadpool(lambda: refuse(request, err, actor=p.actor, practice=pr.name)) from None
+    finally:
+        if staged is not None:
+            staged.discard()  # nothing left once published; else the temporary file goes
     if created:
-        request.app.state.metrics.bytes_received.labels(h.type.value).inc(len(data))
+        request.app.state.metrics.bytes_received.labels(h.type.value).inc(size)
     return JSONResponse({"name": h.name, "created": created}, status_code=201 if created else 200)
 
 

@@ -1,0 +1,149 @@
+"""Packs bound for local storage are written to a temporary file of the practice's ``tmp/``
+folder as they arrive (rempart.vault.staging): the file is invisible until the upload is
+complete and checked, and every refused or cut-off upload removes it."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from rempart.core.clock import FakeClock
+from rempart.core.errors import NotFound
+from rempart.storage.base import FileType, Handle
+from rempart.storage.local import LocalBackend
+from rempart.vault import db
+from rempart.vault import practices as ops
+from rempart.vault.app import create_app
+from rempart.vault.config import parse_config
+from rempart.vault.staging import StagedUpload
+
+from .objects import make_pack, sha
+
+LIMIT = 1_000_000
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def test_refused_packs_leave_no_temporary_file_and_nothing_visible(tmp_path: Path) -> None:
+    cfg = parse_config({"tls": {"enabled": False}, "limits": {"max_request_bytes": LIMIT}}, tmp_path)
+    app = create_app(cfg, FakeClock())
+    v = app.state.vault
+    toks = ops.add_practice(v, "doc", actor="t")
+    c = TestClient(app)
+    auth = {"Authorization": f"Bearer {toks['backup']}"}
+    root = tmp_path / "storage" / "doc"
+    pk, _ = make_pack([50_000, 20_000])
+    big, _ = make_pack([LIMIT])
+    junk = b"not a pack" * 1000
+    refused = [
+        (f"/v1/p/doc/data/{sha(b'other')}", pk.data, 422),  # the body's SHA-256 is not its name
+        (f"/v1/p/doc/data/{sha(junk)}", junk, 422),  # named right, but not a pack
+        (f"/v1/p/doc/data/{big.name}", big.data, 413),  # larger than the vault's limit
+    ]
+    for url, body, status in refused:
+        r = c.post(url, content=body, headers=auth)
+        assert r.status_code == status, r.text
+        assert _files(root / "tmp") == [], f"{url}: a temporary file was left"
+        assert _files(root / "data") == [], f"{url}: something was stored"
+    small = ops.add_practice(v, "small", actor="t", quota_bytes=1000)
+    r = c.post(f"/v1/p/small/data/{pk.name}", content=pk.data, headers={"Authorization": f"Bearer {small['backup']}"})
+    assert r.status_code == 507, r.text  # over the quota
+    assert _files(tmp_path / "storage" / "small" / "tmp") == [] and _files(tmp_path / "storage" / "small" / "data") == []
+    with v.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.objects)).scalar() == 0
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.blobs)).scalar() == 0
+
+    for status in (201, 200):  # stored once; the same bytes again are a no-op
+        r = c.post(f"/v1/p/doc/data/{pk.name}", content=pk.data, headers=auth)
+        assert r.status_code == status, r.text
+        assert _files(root / "tmp") == []
+    assert _files(root / "data") == [root / "data" / pk.name[:2] / pk.name]
+    assert (root / "data" / pk.name[:2] / pk.name).read_bytes() == pk.data
+    with v.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.blobs)).scalar() == 2
+        outcomes = [r.outcome for r in conn.execute(sa.select(db.audit.c.outcome).where(
+            db.audit.c.action.like("%/v1/p/{practice}/{type}/{name}") | db.audit.c.action.like("create.%")))]
+    assert outcomes.count("integrity-error") == 2 and "request-too-large" in outcomes
+    assert "quota-exceeded" in outcomes and outcomes.count("ok") == 1
+
+
+def test_publish_is_create_only_and_discard_removes_the_file(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "repo", create=True)
+    pk, _ = make_pack([1000])
+    h = Handle(FileType.DATA, pk.name)
+    first = StagedUpload(backend, h)
+    for i in range(0, len(pk.data), 300):  # in pieces, as a body arrives
+        first.write(pk.data[i : i + 300])
+    assert first.size == len(pk.data) and first.hexdigest() == pk.name
+    assert [e.length for e in first.pack_entries()] == [1000]
+    with pytest.raises(NotFound):
+        backend.stat(h)  # not visible before publish
+    assert first.publish() is True
+    assert backend.load(h) == pk.data and _files(tmp_path / "repo" / "tmp") == []
+    second = StagedUpload(backend, h)
+    second.write(b"other bytes")
+    assert second.publish() is False  # the name exists: nothing replaced
+    assert backend.load(h) == pk.data and _files(tmp_path / "repo" / "tmp") == []
+    third = StagedUpload(backend, h)
+    third.write(pk.data[:10])
+    third.discard()
+    third.discard()
+    assert _files(tmp_path / "repo" / "tmp") == []
+
+
+def _tls_socket(port: int) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+
+
+def _wait_for(cond: Any, what: str, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = cond()
+        if out:
+            return out
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_pack_goes_to_a_hidden_temporary_file_while_it_arrives(own_vault: Any) -> None:
+    """Real vault process: half a pack sent is already on disk in ``tmp/`` (not held in
+    memory until the end), yet invisible; the rest completes the upload and leaves no trace."""
+    own_vault.start()
+    name, toks = own_vault.add_practice()
+    tmp = own_vault.root / "data" / "storage" / name / "tmp"
+    pk, _ = make_pack([1_500_000, 500_000])
+    half = len(pk.data) // 2
+    b = own_vault.backend(name, toks["backup"])
+    h = Handle(FileType.DATA, pk.name)
+    try:
+        with _tls_socket(own_vault.port) as s:
+            s.sendall(f"POST /v1/p/{name}/data/{pk.name} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                      f"{toks['backup']}\r\nContent-Length: {len(pk.data)}\r\n\r\n".encode())
+            s.sendall(pk.data[:half])
+            staged = _wait_for(lambda: [p for p in _files(tmp) if p.stat().st_size >= half - 65536],
+                               "the first half in a temporary file")
+            assert len(staged) == 1 and staged[0].name.startswith(pk.name) and staged[0].suffix == ".tmp"
+            with pytest.raises(NotFound):
+                b.stat(h)
+            assert pk.name not in {f.name for f in b.list(FileType.DATA)}
+            s.sendall(pk.data[half:])
+            reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 201"), reply[:200]
+        assert _files(tmp) == []
+        reader = own_vault.backend(name, toks["restore"])
+        assert reader.load(h) == pk.data
+        reader.close()
+    finally:
+        b.close()
