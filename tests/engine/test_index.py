@@ -190,6 +190,28 @@ def test_bloom_never_hides_an_indexed_blob() -> None:
     assert not idx.contains_all([*ids[:10], os.urandom(32)])
 
 
+def test_the_bloom_filter_grows_with_the_index_and_never_hides_a_blob(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rempart.repository import index as index_mod
+
+    monkeypatch.setattr(index_mod._Bloom, "MIN_BITS", 1 << 10)  # room for 64 ids before it grows
+    idx = BlobIndex(repo_id="r")
+    first = [os.urandom(32) for _ in range(3000)]
+    idx.add_pack(b"\xaa" * 32, [PackEntry(BlobType.DATA, i, 0, 1) for i in first])
+    idx.build_filter()
+    small = idx._bloom
+    assert small is not None and small.capacity >= 6000  # sized for twice what the index holds
+    later: list[bytes] = []
+    for p in range(40):  # 12,000 more ids, pack after pack: past its capacity, it is rebuilt larger
+        ids = [os.urandom(32) for _ in range(300)]
+        later += ids
+        idx.add_pack(bytes([p]) * 32, [PackEntry(BlobType.DATA, i, 0, 1) for i in ids])
+    grown = idx._bloom
+    assert grown is not None and grown is not small and grown.capacity >= 15000
+    assert all(i in idx for i in first + later) and idx.contains_all(first + later)
+    assert sum(os.urandom(32) in grown for _ in range(20000)) < 200  # under 1 % false positives
+    assert len(small._bits) < len(grown._bits) < (1 << 25) >> 3  # not the largest size for 15k ids
+
+
 def test_backup_after_a_pack_vanished_re_uploads_what_it_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """The persisted index says 'intact' after a backup; when a pack then disappears from the
