@@ -17,16 +17,43 @@ folder. An upload cut off, refused or failed is removed by :meth:`StagedUpload.d
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import secrets
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from rempart.core.errors import IntegrityError
 from rempart.repository.format import PackEntry, parse_pack_header
 from rempart.storage.base import Handle
 from rempart.storage.local import LocalBackend, fsync_dir, map_os_errors
+
+#: start writing a staged file back to disk every this many bytes (see _writeback)
+WRITEBACK_BYTES = 4 << 20
+
+
+def _load_writeback() -> Callable[[int, int, int], None] | None:
+    """``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)`` from the C library (Linux):
+    asks the kernel to start writing those pages now, without waiting for them. The final
+    fsync then finds most of a 16 MiB pack on disk already, instead of writing all of it while
+    the client waits for the answer. None where the call does not exist (a hint only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+
+    def start(fd: int, offset: int, n: int) -> None:
+        fn(fd, offset, n, 2)  # SYNC_FILE_RANGE_WRITE; an error only means no early start
+
+    return start
+
+
+_writeback = _load_writeback()
 
 
 class StagedUpload:
@@ -38,6 +65,7 @@ class StagedUpload:
         self.final = backend.file_path(h)
         self.path: Path | None = backend.root / "tmp" / f"{h.name}.{secrets.token_hex(8)}.tmp"
         self.size = 0
+        self._started = 0  # bytes whose write-back was started
         self._sha = hashlib.sha256()
         with map_os_errors(f"save {h}"):
             self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
@@ -51,6 +79,9 @@ class StagedUpload:
             while view:
                 view = view[os.write(self._fd, view):]
         self.size += len(chunk)
+        if _writeback is not None and self.size - self._started >= WRITEBACK_BYTES:
+            _writeback(self._fd, self._started, self.size - self._started)
+            self._started = self.size
 
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
