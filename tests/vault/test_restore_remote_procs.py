@@ -103,6 +103,9 @@ def test_vault_restore_in_processes_is_byte_identical(backed_up: Any, tmp_path: 
     assert stats.files == sum(1 for v in expected.values() if v[0] == "file")
     assert tree_state(tmp_path / "p" / rel) == expected
     assert (tmp_path / "p" / rel / "trou.img").stat().st_blocks * 512 < 1024 * 1024  # still a hole
+    threads = Restorer(session, processes=0).restore(tree, tmp_path / "t")  # the fallback: same tree
+    assert threads.processes == 0 and (threads.files, threads.bytes) == (stats.files, stats.bytes)
+    assert tree_state(tmp_path / "t" / rel) == expected
     # and through the command line, as a practice restores
     r = rempart(repo, env, "restore", "latest", "--target", str(tmp_path / "cli"), "--kit", str(tmp_path / "kit"))
     assert r.returncode == 0, r.stderr

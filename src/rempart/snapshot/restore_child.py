@@ -253,11 +253,12 @@ class _RemoteChild(_Child):
                     self._work_q.append(msg)  # type: ignore[arg-type]
                     self._cond.notify_all()
         except (OSError, EOFError):
-            pass
-        with self._cond:
-            self._work_q.append(None)
-            self._fetch_q.append(None)
-            self._cond.notify_all()
+            pass  # the parent stopped (or was killed)
+        finally:  # whatever ends the stream ends the process (its jobs then fail in the parent)
+            with self._cond:
+                self._work_q.append(None)
+                self._fetch_q.append(None)
+                self._cond.notify_all()
 
     def take(self, kind: bytes, payload: Any) -> None:
         if kind == b"j":
