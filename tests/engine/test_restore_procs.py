@@ -75,7 +75,7 @@ def test_a_wrapped_backend_restores_in_threads(repo, cli, tmp_path: Path) -> Non
     assert cli("backup", str(src), "--no-detect").code == 0
     session, tree = _session(repo)
     session.repo.backend = LimitedBackend(session.repo.backend, upload_bps=None, download_bps=10**9)  # reads must go through it
-    assert pack_paths(session) is None
+    assert pack_source(session) is None
     stats = Restorer(session).restore(tree, tmp_path / "out")
     assert stats.processes == 0
     assert tree_state(tmp_path / "out" / src.relative_to("/")) == tree_state(src)

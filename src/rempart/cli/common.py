@@ -70,7 +70,8 @@ def read_session(ctx: Context, repo: Repository, kit_path: str | None) -> ReadSe
     # to 256 KiB of unneeded bytes (1 MiB fetched 300 MB for 238 MB of packs in a 300 MB
     # restore, 256 KiB 244 MB in 361 requests instead of 266), and two more runs per reader are
     # fetched while one is decrypted and written (bounded: no whole packs are fetched or
-    # cached); locally, reads are cheap
+    # cached; the restore processes, which fetch their own ranges, use the same gaps and read
+    # up to 12 MiB ahead instead); locally, reads are cheap
     remote = "://" in (ctx.repo or "") and not (ctx.repo or "").startswith("file://")
     return ReadSession(repo, kit.private_key, kit.id_key,
                        max_gap=256 * 1024 if remote else 0, readahead=2 if remote else 0)
