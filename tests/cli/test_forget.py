@@ -76,7 +76,7 @@ class Repo:
 
 
 def utc(*a: int) -> datetime:
-    return datetime(*a, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*a, tzinfo=UTC)  # type: ignore[arg-type,misc]
 
 
 def src_state(src: Path) -> dict[str, bytes]:
