@@ -13,9 +13,7 @@ tables=[...])``); never edit an old migration.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -174,8 +172,6 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
 
-        engine._rempart_writer_lock = threading.RLock()  # type: ignore[attr-defined]  # see write()
-
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
             # writers take the database lock up front (no upgrade deadlocks); readers do not
@@ -204,24 +200,8 @@ def migrate(engine: Engine) -> int:
 
 
 def write(engine: Engine) -> Any:
-    """A write transaction: ``with db.write(engine) as conn:`` (BEGIN IMMEDIATE on SQLite).
-
-    On SQLite the writers of this process also queue on a lock of the engine first: SQLite
-    lets only one writer in at a time anyway, and its busy handler polls with sleeps of up to
-    100 ms, so a pack upload waiting behind three others' commits slept much longer than they
-    took. The lock hands over as soon as a commit is done; writers of other processes still
-    meet SQLite's own lock and busy timeout."""
-    begin = engine.execution_options(rempart_write=True).begin
-    lock = getattr(engine, "_rempart_writer_lock", None)
-    if lock is None:
-        return begin()
-    return _queued(lock, begin)
-
-
-@contextmanager
-def _queued(lock: Any, begin: Callable[[], Any]) -> Iterator[Connection]:
-    with lock, begin() as conn:
-        yield conn
+    """A write transaction: ``with db.write(engine) as conn:`` (BEGIN IMMEDIATE on SQLite)."""
+    return engine.execution_options(rempart_write=True).begin()
 
 
 def lock_practice(conn: Connection, practice_id: int) -> None:
