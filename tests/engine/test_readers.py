@@ -526,3 +526,80 @@ def test_a_second_process_starts_when_files_queue_up_behind_the_first(rig: Rig, 
             assert got == f.read_bytes(), f
     finally:
         session.close()
+
+
+def test_a_reading_process_asks_about_the_next_block_before_the_last_answer_arrives(rig: Rig, tmp_path: Path) -> None:
+    """The process reads and hashes the next group of small files (or the next 2 MiB of a
+    large file) while the parent answers about the last one: two questions are out before
+    the first answer, and every file is still stored and reported once the answers come."""
+    from rempart.repository.repo import WriteSession
+    from rempart.snapshot import worker_main as wm
+    from rempart.snapshot.wire import Inbox, Request, decode_result, encode_request, recv, send
+    from rempart.snapshot.workers import _shared_buffer
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    small = [folder / f"s{i:03d}.txt" for i in range(wm.GROUP_FILES + 1)]  # two groups
+    for i, f in enumerate(small):
+        f.write_bytes(os.urandom(2_000 + i))
+    large = folder / "large.bin"
+    large.write_bytes(os.urandom(5_000_000))  # three blocks
+    repo = Repository.open(rig.backend)
+    repo.load_index()
+    session = WriteSession(repo, rig.idk)
+    setup = session.reader_setup()
+    fds = [_shared_buffer(int(setup["capacity"])) for _ in range(2)]
+    to_worker, from_parent = os.pipe()[::-1]
+    from_worker, to_parent = os.pipe()
+    worker = wm._Worker(Inbox(from_parent), to_parent)
+    worker._setup({k: v.hex() if isinstance(v, bytes) else v for k, v in setup.items()} | {"buffers": fds})
+    worker.packs.free.append(0)  # type: ignore[union-attr]
+    serving = threading.Thread(target=worker.serve, daemon=True)
+    stream = os.fdopen(from_worker, "rb")
+    try:
+        for i, f in enumerate(small):  # all waiting in the pipe: a full group, then one more
+            send(to_worker, b"R", encode_request(Request(i, str(f), f.stat().st_size, [], 0)))
+        serving.start()
+
+        def questions(n: int) -> list[int]:
+            # a process that waits for an answer before asking again would wait forever: after
+            # 20 s a message no process sends ends the wait instead
+            timer = threading.Timer(20, send, (to_parent, b"T"))
+            timer.start()
+            sizes = []
+            while len(sizes) < n:
+                msg = recv(stream)
+                assert msg is not None and msg[0] == b"Q", msg  # nothing stored before an answer
+                sizes.append(len(msg[1]) // 32)
+            timer.cancel()
+            return sizes
+
+        assert questions(2) == [wm.GROUP_FILES, 1]  # the second group asked about before any answer
+        for n in (wm.GROUP_FILES, 1):
+            send(to_worker, b"A", b"\x01" * n)
+        reported = set()
+        while len(reported) < len(small):
+            msg = recv(stream)
+            assert msg is not None and msg[0] == b"F", msg
+            reported.add(decode_result(msg[1])[0])
+        send(to_worker, b"R", encode_request(Request(999, str(large), large.stat().st_size, [], 0)))
+        sizes = questions(2)  # the second block read and hashed before the first answer
+        send(to_worker, b"A", b"\x01" * sizes[0])
+        sizes += questions(1)
+        send(to_worker, b"A", b"\x01" * sizes[1])
+        send(to_worker, b"A", b"\x01" * sizes[2])
+        msg = recv(stream)
+        assert msg is not None and msg[0] == b"F" and decode_result(msg[1])[0] == 999
+        assert len(decode_result(msg[1])[1]) == sum(sizes)
+        send(to_worker, b"S", b"")
+        msg = recv(stream)
+        assert msg is not None and msg[0] == b"P"  # the one pack, with every blob
+        assert (len(msg[1]) - wm.PACK.size) // wm.PBLOB.size == len(small) + sum(sizes)
+        assert recv(stream) == (b"Z", b"")
+        serving.join(10)
+        assert not serving.is_alive()
+    finally:
+        stream.close()
+        for fd in (to_worker, from_parent, to_parent):
+            os.close(fd)
+        session.close()

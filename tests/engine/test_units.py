@@ -140,6 +140,35 @@ def test_chunking_is_content_defined_and_keyed() -> None:
     assert 40_000 < sum(sizes) / len(sizes) < 120_000
 
 
+def test_chunk_blocks_with_overlap_cut_the_same_and_keep_the_last_block_valid() -> None:
+    import io
+
+    params = ChunkerParams()
+    data = os.urandom(7_500_000)  # several 2 MiB blocks, a chunk carried over each time
+    expected = [bytes(c) for c in Chunker(params, 7).chunks_of(data)]
+    plain = [bytes(c) for batch in Chunker(params, 7).batches(io.BytesIO(data)) for c in batch]
+    assert plain == expected
+    chunker = Chunker(params, 7)
+    seen: list[bytes] = []
+    last: list[memoryview] | None = None
+    blocks = 0
+    for batch in chunker.batches(io.BytesIO(data), overlap=True):
+        if last is not None:  # the previous block, read after the next one was: still intact
+            seen += [bytes(c) for c in last]
+        last = batch
+        blocks += 1
+    assert last is not None
+    seen += [bytes(c) for c in last]
+    assert blocks >= 3 and seen == expected
+    # without overlap the previous block's views are overwritten by the next read
+    single = Chunker(params, 7)
+    it = single.batches(io.BytesIO(data))
+    first = next(it)
+    copy = [bytes(c) for c in first]
+    next(it)
+    assert [bytes(c) for c in first] != copy
+
+
 def test_blob_id_is_keyed() -> None:
     a, b = IdKey.generate(), IdKey.generate()
     assert a.blob_id(b"x") != b.blob_id(b"x") and a.blob_id(b"x") == a.blob_id(b"x")

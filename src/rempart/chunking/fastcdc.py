@@ -56,24 +56,30 @@ class Chunker:
         )
         self._max = params.max_size
         self._buf: bytearray | None = None
+        self._buf2: bytearray | None = None  # the second buffer of ``batches(overlap=True)``
 
     def chunks(self, stream: Readable) -> Iterator[memoryview]:
         """Yield chunk views; each is valid only until the next one is requested."""
         for batch in self.batches(stream):
             yield from batch
 
-    def batches(self, stream: Readable) -> Iterator[list[memoryview]]:
+    def batches(self, stream: Readable, *, overlap: bool = False) -> Iterator[list[memoryview]]:
         """Yield the chunks block by block, as lists of views valid until the next list is
-        requested (the reading processes ask about a whole block's ids at once).
+        requested (the reading processes ask about a whole block's ids at once); with
+        ``overlap``, until the list after it (two buffers used in turn: a reading process
+        reads and hashes the next block while the parent answers about the last one).
 
         The same cut points as ``FastCDC.cut_stream`` (a cut depends only on the ``max_size``
-        bytes from the chunk's start), but read in large blocks into one buffer kept for the
+        bytes from the chunk's start), but read in large blocks into buffers kept for the
         life of the chunker: one ``readinto`` per 2 MiB instead of per ~256 KiB, no buffer
         allocated per file, and at most ``max_size`` bytes moved per block (cut_stream moves
         the unread rest of its 512 KiB buffer after every 256 KiB)."""
         if self._buf is None:
             self._buf = bytearray(READ_SIZE + self._max)
+        if overlap and self._buf2 is None:
+            self._buf2 = bytearray(READ_SIZE + self._max)
         buf, maxs = self._buf, self._max
+        other = self._buf2 if overlap else buf
         view = memoryview(buf)
         cap = len(buf)
         readinto = stream.readinto
@@ -83,7 +89,13 @@ class Chunker:
             if not eof:
                 if start:
                     tail = end - start
-                    buf[:tail] = bytes(view[start:end])  # same length: no resize; never overlapping
+                    if overlap:  # the other buffer: the last list's views stay valid
+                        assert other is not None
+                        other[:tail] = view[start:end]
+                        buf, other = other, buf
+                        view = memoryview(buf)
+                    else:
+                        buf[:tail] = bytes(view[start:end])  # same length: no resize; never overlapping
                     start, end = 0, tail
                 while end < cap:
                     n = readinto(view[end:])

@@ -124,16 +124,31 @@ class _Worker:
     def __init__(self, inbox: Inbox, out: int) -> None:
         self.inbox, self.out = inbox, out
         self.queued: deque[tuple[bytes, bytes]] = deque()  # messages that arrived while waiting
+        self.answers: deque[bytes] = deque()  # answers (``A``) read before they were awaited
+        #: the last group of small files, asked about and waiting for its answer (at most one:
+        #: the next group is read and hashed meanwhile, then this one is stored)
+        self.pending: Callable[[], None] | None = None
+        self.alone: deque[Request] = deque()  # requests to read on their own, before any other
         self.run: dict[str, Any] | None = None
         self.packs: _Packs | None = None
 
     def serve(self) -> None:
         while True:
-            msg = self._take()
+            if self.alone:  # small files that changed or grew while read in a group
+                self._finish_pending()
+                self._request(self.alone.popleft())
+                continue
+            msg = self._take(wait=self.pending is None)
             if msg is None:
+                if self.pending is not None:  # nothing else to do meanwhile: finish the group
+                    self._finish_pending()
+                    continue
                 return  # the parent went away: no Z, it knows the run is lost
             kind, payload = msg
             if kind == b"S":
+                self._finish_pending()
+                while self.alone:
+                    self._request(self.alone.popleft())
                 if self.packs is not None:
                     self.packs.finish()
                 send(self.out, b"Z")
@@ -144,19 +159,32 @@ class _Worker:
             elif kind == b"R":
                 first = decode_request(payload)
                 if first.size > SMALL:
+                    self._finish_pending()
                     self._request(first)
                 else:
-                    self._group(self._gather(first))
+                    after = self._group(self._gather(first))  # asked about, not stored yet
+                    self._finish_pending()  # the previous group's answer comes first
+                    self.pending = after
+
+    def _finish_pending(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending()
 
     def _take(self, wait: bool = True) -> tuple[bytes, bytes] | None:
-        """The next message that is not a buffer given (those are taken here, at once)."""
+        """The next message that is not a buffer given nor an answer (those are taken here,
+        at once)."""
         while True:
             msg = self.queued.popleft() if self.queued else self.inbox.get(wait)
             if msg is None or not self._given(msg):
                 return msg
 
     def _given(self, msg: tuple[bytes, bytes]) -> bool:
-        """Take the buffer if ``msg`` gives one (``D``); False for any other message."""
+        """Take the buffer if ``msg`` gives one (``D``), keep it if it answers a question
+        (``A``); False for any other message."""
+        if msg[0] == b"A":
+            self.answers.append(msg[1])
+            return True
         if msg[0] != b"D" or self.packs is None:
             return False
         self.packs.free.append(ID32.unpack(msg[1])[0])
@@ -197,16 +225,19 @@ class _Worker:
         self.run = {"id": idk, "level": p["level"], "features": features,
                     "chunker": Chunker(ChunkerParams.from_dict(p["chunker"]), idk.chunker_seed())}
 
-    def _ask(self, ids: list[bytes]) -> bytes:
+    def _ask(self, ids: list[bytes]) -> None:
+        """Ask which of ``ids`` are new; the answers come back in the order asked."""
         send(self.out, b"Q", b"".join(ids))
-        while True:
+
+    def _answer(self) -> bytes:
+        """The answer to the oldest question not answered yet (one byte per id: 1 if new)."""
+        while not self.answers:
             msg = self.inbox.get()
             if msg is None:
                 raise EOFError("the backup process went away")
-            if msg[0] == b"A":
-                return msg[1]
             if not self._given(msg):
                 self.queued.append(msg)  # a read request sent meanwhile: served next
+        return self.answers.popleft()
 
     def _seal(self, state: _Seal, chunks: list[memoryview], ids: list[bytes], new: bytes | memoryview) -> None:
         """Store the chunks the parent said are new (every one of them: it counts on it)."""
@@ -263,17 +294,24 @@ class _Worker:
             if not statmod.S_ISREG(st1.st_mode):
                 raise OSError(0, "no longer a regular file")
             state = _Seal(r.plan)
-            for batch in run["chunker"].batches(f):
+            last: tuple[list[memoryview], list[bytes]] | None = None
+            # the next block is read and hashed while the parent answers about the last one
+            for batch in run["chunker"].batches(f, overlap=True):
                 ids = [idk.blob_id(c) for c in batch]
-                self._seal(state, batch, ids, self._ask(ids))
+                self._ask(ids)
+                if last is not None:
+                    self._seal(state, *last, self._answer())
+                last = batch, ids
+            if last is not None:
+                self._seal(state, *last, self._answer())
             st2 = os.fstat(fd)
         return _settled(state, st1, st2)
 
-    def _group(self, group: list[Request]) -> None:
-        """Read small files whole, ask about all their chunks at once, then store and report
-        each; one that changed meanwhile (or grew large) is read again on its own."""
+    def _group(self, group: list[Request]) -> Callable[[], None] | None:
+        """Read small files whole and ask about all their chunks at once; returns what stores
+        and reports them once the answer is in (the caller reads the next group meanwhile).
+        A file that changed meanwhile (or grew large) is read again on its own."""
         run = self.run
-        again: list[Request] = []
         read: list[tuple[Request, bytes, list[memoryview], list[bytes], os.stat_result, os.stat_result]] = []
         try:
             if run is None:
@@ -291,29 +329,40 @@ class _Worker:
                     self._failed(r, exc)
                     continue
                 if len(data) > SMALL:
-                    again.append(r)
+                    self.alone.append(r)
                     continue
                 chunks = list(chunker.chunks_of(data))
                 read.append((r, data, chunks, [idk.blob_id(c) for c in chunks], st1, st2))
-            new = memoryview(self._ask([i for item in read for i in item[3]])) if read else memoryview(b"")
-            at = 0
-            for r, _data, chunks, ids, st1, st2 in read:
-                state = _Seal(r.plan)
-                self._seal(state, chunks, ids, new[at : at + len(ids)])
-                at += len(ids)
-                result = _settled(state, st1, st2)
-                if result is None:
-                    again.append(r)
-                else:
-                    self._report(r, result)
+            if not read:
+                return None
+            self._ask([i for item in read for i in item[3]])
         except EOFError:
             raise
         except Exception as exc:
             for r in group:
                 self._failed(r, exc)  # the parent takes the first report of each file
-            return
-        for r in again:
-            self._request(r)
+            return None
+
+        def store() -> None:
+            try:
+                new = memoryview(self._answer())
+                at = 0
+                for r, _data, chunks, ids, st1, st2 in read:
+                    state = _Seal(r.plan)
+                    self._seal(state, chunks, ids, new[at : at + len(ids)])
+                    at += len(ids)
+                    result = _settled(state, st1, st2)
+                    if result is None:
+                        self.alone.append(r)
+                    else:
+                        self._report(r, result)
+            except EOFError:
+                raise
+            except Exception as exc:
+                for item in read:
+                    self._failed(item[0], exc)  # the parent takes the first report of each file
+
+        return store
 
 
 def _open_ahead(group: list[Request], failed: Callable[[Request, Exception], None]) -> Iterator[tuple[Request, int]]:
