@@ -38,7 +38,7 @@ class Readable(Protocol):
 
 
 #: bytes read per system call; the buffer also holds up to ``max_size`` carried over
-READ_SIZE = 2 * 1024 * 1024
+READ_SIZE = 1024 * 1024
 
 
 class Chunker:
@@ -71,7 +71,7 @@ class Chunker:
 
         The same cut points as ``FastCDC.cut_stream`` (a cut depends only on the ``max_size``
         bytes from the chunk's start), but read in large blocks into buffers kept for the
-        life of the chunker: one ``readinto`` per 2 MiB instead of per ~256 KiB, no buffer
+        life of the chunker: one ``readinto`` per 1 MiB instead of per ~256 KiB, no buffer
         allocated per file, and at most ``max_size`` bytes moved per block (cut_stream moves
         the unread rest of its 512 KiB buffer after every 256 KiB)."""
         if self._buf is None:

@@ -15,7 +15,9 @@ of the next pack stored.
 
 Small files are read in groups: a process takes every small-file request already waiting in its
 pipe (up to ``GROUP_FILES`` files, ``GROUP_BYTES`` bytes) and asks about all their chunks at
-once, so an initial backup asks about once per 2 MiB instead of once per file.
+once, so an initial backup asks about once per 1 MiB instead of once per file. Questions are
+answered while the process works on: it reads and hashes the next block of a large file, or
+the next group, before it waits for the answer about the last one.
 
 The pipe protocol is in ``rempart.snapshot.wire``. A process that ends without ``Z`` may have
 taken blobs it never stored: the parent then fails the backup, whatever files were outstanding.
