@@ -608,3 +608,13 @@ def test_a_reading_process_asks_about_the_next_block_before_the_last_answer_arri
         for fd in (to_worker, from_parent, to_parent):
             os.close(fd)
         session.close()
+
+
+def test_a_first_backup_starts_its_processes_sooner_than_a_later_one(rig: Rig, src: Path) -> None:
+    opts = {"processes": True, "workers": 2, "process_after": 10**9, "first_process_after": 100_000}
+    root, first, _ = rig.archive(src, rig.tmp / "p", **opts)
+    assert first._readers is not None and first._readers.processes == 2  # past 100 kB of a first run
+    (src / "db" / "copy-a.bin").write_bytes(os.urandom(900_000))
+    root, later, _ = rig.archive(src, rig.tmp / "p", **opts)
+    assert later._readers is None and later.stats.files_read == 1  # read in a thread
+    assert rig.listing(root, src)["db/copy-a.bin"][5] == (src / "db" / "copy-a.bin").read_bytes()

@@ -73,6 +73,8 @@ class BackupOptions:
     #: Windows: the processes build packs in shared memory passed as file descriptors
     processes: bool = os.name == "posix"
     process_after: int = 32 * 1024 * 1024
+    #: the same for a first backup (no previous snapshot in the state cache): it reads everything
+    first_process_after: int = 4 * 1024 * 1024
 
 
 MAX_WARNINGS = 1000
@@ -140,7 +142,8 @@ class Archiver:
         self._error: BaseException | None = None
         self._readers: ReaderPool | None = None
         self._to_read = 0  # bytes handed to reading threads so far
-        self._incremental = False  # a file of the previous snapshot was met: read what changed
+        #: no previous snapshot: every file is read, the reading processes start early and all at once
+        self._first_run = cache.get_meta("last_snapshot") is None
         #: folders listed whose tree is not saved yet (and the most at once): bounded by the
         #: walk depth plus, per file in flight (``max_inflight``), the folders above it
         self.folders_pending = 0
@@ -310,8 +313,6 @@ class Archiver:
         self.stats.files += 1
         self.stats.bytes += st.st_size
         node.size = st.st_size
-        if prev is not None:
-            self._incremental = True
         if prev is not None and self._unchanged(prev, st):
             node.content = prev.content
             node.features_raw = prev.features_raw
@@ -336,7 +337,10 @@ class Archiver:
     def _use_processes(self, size: int) -> bool:
         if self._readers is not None:
             return True
-        if not self.options.processes or self._to_read + size <= self.options.process_after:
+        after = self.options.process_after
+        if self._first_run:
+            after = min(after, self.options.first_process_after)
+        if not self.options.processes or self._to_read + size <= after:
             return False
         from rempart.snapshot.workers import ReaderPool, ReaderStartError  # subprocess etc.: only when needed
 
@@ -345,7 +349,7 @@ class Archiver:
         try:
             # a first backup reads everything: every process at once; a later run reads what
             # changed: one process (and its buffers), more once files queue up for it
-            start = 1 if self._incremental else None
+            start = None if self._first_run else 1
             self._readers = ReaderPool(self.options.workers, setup, self.session.claim, self.session.add_pack,
                                        self._read_done, spare=max(1, self.session.max_inflight - 1), start=start)
         except ReaderStartError as exc:
