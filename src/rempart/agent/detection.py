@@ -59,7 +59,7 @@ class AgentDetection:
     # --- FileObserver -------------------------------------------------------------------
 
     #: the archiver's reading processes compute features themselves with this function
-    worker_features = "rempart.agent.detection:worker_features"
+    worker_features = "rempart.detect.features:features_dict"
 
     def sample_plan(self, size: int) -> list[tuple[int, int]]:
         return sample_plan(size)
@@ -90,7 +90,7 @@ class AgentDetection:
                 path = self.folder / RUN_DB
                 path.unlink(missing_ok=True)
                 self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-                for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4096", "temp_store=FILE"):
+                for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-1024", "temp_store=FILE"):
                     self._db.execute(f"PRAGMA {pragma}")
                 self._judge = RunJudge(self._db, self.spill)
             return self._judge
@@ -192,13 +192,6 @@ def make_detection(state_dir: Path, repo_id: str, config: DetectionConfig = DEFA
     folder = repo_state_dir(state_dir, repo_id)
     os.makedirs(folder, exist_ok=True)
     return AgentDetection(folder, config)
-
-
-def worker_features(name: str, size: int, samples: list[tuple[int, bytes]]) -> dict[str, Any]:
-    """``AgentDetection.features`` for a reading process (no state: a pure function)."""
-    from rempart.detect.features import features_of
-
-    return features_of(name, size, samples).to_dict()
 
 
 def _features_of_json(raw: str) -> FileFeatures:

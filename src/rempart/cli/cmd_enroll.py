@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rempart.cli.context import Context
 from rempart.core.errors import UserError
+from rempart.repository.config import DEFAULT_PACK_SIZE
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--daily-at", default="21:30", help="one run every day at this time (default 21:30; 'off')")
     p.add_argument("--timezone", default="", help="IANA time zone (default: this machine's)")
     p.add_argument("--upload-kbps", type=float, default=0.0, help="upload cap in kB/s (default 0: none)")
-    p.add_argument("--pack-size-mib", type=float, default=16.0, help=argparse.SUPPRESS)
+    p.add_argument("--pack-size-mib", type=float, default=DEFAULT_PACK_SIZE / (1 << 20), help=argparse.SUPPRESS)
 
 
 def _code(args: argparse.Namespace, ctx: Context) -> str | None:

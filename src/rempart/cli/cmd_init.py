@@ -8,13 +8,15 @@ from pathlib import Path
 from rempart.agent.setup import check_kit_target, create_repository
 from rempart.cli.common import open_backend
 from rempart.cli.context import Context
+from rempart.repository.config import DEFAULT_PACK_SIZE
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kit", required=True, help="where to write the recovery kit (keep it offline)")
     p.add_argument("--printable", help="also write the kit as printable text to this file")
-    p.add_argument("--pack-size", type=int, default=16, metavar="MIB",
-                   help="target pack size in MiB (default 16; smaller packs resume faster on slow links)")
+    p.add_argument("--pack-size", type=int, default=DEFAULT_PACK_SIZE >> 20, metavar="MIB",
+                   help=f"target pack size in MiB (default {DEFAULT_PACK_SIZE >> 20}; smaller packs resume "
+                   "faster on slow links)")
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
