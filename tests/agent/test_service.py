@@ -17,7 +17,7 @@ from rempart.core.errors import TransientError
 from rempart.repository.repo import Repository
 from rempart.storage.base import FileInfo, FileType, Handle
 from rempart.storage.local import LocalBackend
-from rempart.storage.wrappers import FaultyBackend, _Wrapper
+from rempart.storage.wrappers import FaultyBackend, Wrapper
 
 from .conftest import LocalSetup, agent_config
 
@@ -32,7 +32,7 @@ class Recorder:
         self.reports.append((outcome, error_class, counts))
 
 
-class Counting(_Wrapper):
+class Counting(Wrapper):
     """Counts saves per file name (what crossed the 'network')."""
 
     def __init__(self, inner: object, fail_data_after: int | None = None) -> None:

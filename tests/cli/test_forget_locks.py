@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.engine.conftest import PASSPHRASE, Result
+from tests.cli.test_forget import env_vars
+from tests.engine.conftest import Result
 
 from rempart.cli.main import main
 
@@ -70,11 +71,6 @@ class Repo:
 
     def source(self) -> dict[str, bytes]:
         return {str(p.relative_to(self.src)): p.read_bytes() for p in self.src.rglob("*") if p.is_file()}
-
-
-def env_vars(tmp: Path) -> dict[str, str]:
-    return {"REMPART_KIT_PASSPHRASE": PASSPHRASE, "REMPART_KDF_TEST": "1",
-            "REMPART_STATE_DIR": str(tmp / "state"), "REMPART_REPOSITORY": str(tmp / "repo")}
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from rempart.core.clock import Clock
@@ -28,7 +28,8 @@ from rempart.repository.locks import (
     process_alive,
     read_locks,
 )
-from rempart.storage.base import Backend, FileInfo, FileType, Handle
+from rempart.storage.base import Backend, FileType, Handle
+from rempart.storage.wrappers import Wrapper
 
 
 class RepoLock:
@@ -195,12 +196,12 @@ class RepoLock:
         self.release()
 
 
-class _Guarded:
+class _Guarded(Wrapper):
     """A backend whose writes of repository data wait on a check (other calls pass through)."""
 
     def __init__(self, inner: Backend, check: Callable[[], None], verify: Callable[[], None]) -> None:
-        self.inner, self._check, self._verify = inner, check, verify
-        self.properties = inner.properties
+        super().__init__(inner)
+        self._check, self._verify = check, verify
 
     def save(self, h: Handle, data: bytes) -> None:
         if h.type is FileType.SNAPSHOT:
@@ -208,21 +209,6 @@ class _Guarded:
         elif h.type in (FileType.DATA, FileType.INDEX):
             self._check()
         self.inner.save(h, data)
-
-    def load(self, h: Handle, *, offset: int = 0, length: int | None = None) -> bytes:
-        return self.inner.load(h, offset=offset, length=length)
-
-    def stat(self, h: Handle) -> FileInfo:
-        return self.inner.stat(h)
-
-    def list(self, ftype: FileType) -> Iterator[FileInfo]:
-        return self.inner.list(ftype)
-
-    def remove(self, h: Handle) -> None:
-        self.inner.remove(h)
-
-    def close(self) -> None:
-        self.inner.close()
 
     def __getattr__(self, name: str) -> Any:  # a backend's extras (file_path, ...)
         return getattr(self.inner, name)

@@ -14,7 +14,9 @@ from rempart.core.errors import AlreadyExists, TransientError
 from rempart.storage.base import Backend, FileInfo, FileType, Handle, Permissions
 
 
-class _Wrapper:
+class Wrapper:
+    """A backend around another: every call passes through unless a subclass says otherwise."""
+
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.properties = inner.properties
@@ -38,7 +40,7 @@ class _Wrapper:
         self.inner.close()
 
 
-class PermissionedBackend(_Wrapper):
+class PermissionedBackend(Wrapper):
     """Refuses every operation whose permission letter the credential lacks."""
 
     def __init__(self, inner: Backend, permissions: Permissions) -> None:
@@ -66,7 +68,7 @@ class PermissionedBackend(_Wrapper):
         self.inner.remove(h)
 
 
-class RetryBackend(_Wrapper):
+class RetryBackend(Wrapper):
     """Retries TransientError with exponential backoff and full jitter."""
 
     def __init__(
@@ -154,7 +156,7 @@ class TokenBucket:
             self._sleep(wait)
 
 
-class LimitedBackend(_Wrapper):
+class LimitedBackend(Wrapper):
     """Caps upload (and optionally download) bandwidth, for slow ADSL links."""
 
     def __init__(self, inner: Backend, *, upload_bps: float | None, download_bps: float | None = None) -> None:
@@ -174,7 +176,7 @@ class LimitedBackend(_Wrapper):
         return data
 
 
-class FaultyBackend(_Wrapper):
+class FaultyBackend(Wrapper):
     """Injects failures for tests: ``fail(op, times, exc)`` makes the next calls raise."""
 
     def __init__(self, inner: Backend) -> None:
