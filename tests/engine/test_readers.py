@@ -618,3 +618,30 @@ def test_a_first_backup_starts_its_processes_sooner_than_a_later_one(rig: Rig, s
     root, later, _ = rig.archive(src, rig.tmp / "p", **opts)
     assert later._readers is None and later.stats.files_read == 1  # read in a thread
     assert rig.listing(root, src)["db/copy-a.bin"][5] == (src / "db" / "copy-a.bin").read_bytes()
+
+
+def test_a_pack_of_thousands_of_tiny_blobs_keeps_its_header_in_the_shared_buffer(rig: Rig, tmp_path: Path) -> None:
+    """A folder of tiny files gives tiny blobs, each with a header entry as large as itself: a
+    pack that only ended at ``pack_size`` bytes would hold more entries than its shared buffer
+    has room for (this failed a backup now and then: "pack header did not fit"). A process
+    ends the pack at the most entries the buffer is sized for; every file reads back."""
+    from rempart.chunking.fastcdc import ChunkerParams
+    from rempart.repository.config import CONFIG, new_config
+    from rempart.storage.memory import MemoryBackend
+
+    rig.backend = MemoryBackend()
+    params = ChunkerParams(min_size=64, avg_size=320, max_size=1024)
+    rig.backend.save(CONFIG, new_config("2026-01-01T00:00:00Z", rig.priv, rig.idk, chunker=params,
+                                        pack_size=100_000).to_bytes())
+    src = tmp_path / "tiny"
+    src.mkdir()
+    for i in range(4000):  # distinct contents: 4000 blobs of 4 bytes
+        (src / f"f{i:05d}").write_bytes(i.to_bytes(4, "big"))
+    root, archiver, session = rig.archive(src, rig.tmp / "p", **{**PROCS, "workers": 1})  # one pack for all
+    assert archiver._readers is not None
+    assert session.stats["packs"] >= 3, session.stats  # 4000 entries, at most 1564 per pack
+    ids = stored_ids(rig)
+    assert len(ids) == len(set(ids)) >= 4000
+    listing = rig.listing(root, src)
+    for i in (0, 1999, 3999):
+        assert listing[f"f{i:05d}"][5] == i.to_bytes(4, "big")

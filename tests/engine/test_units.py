@@ -169,6 +169,18 @@ def test_chunk_blocks_with_overlap_cut_the_same_and_keep_the_last_block_valid() 
     assert [bytes(c) for c in first] != copy
 
 
+def test_chunker_sizes_pyfastcdc_refuses_are_a_config_error_not_a_crash() -> None:
+    """A repository config names its chunker sizes; sizes the compiled chunker would refuse
+    (its average below its minimum) fail as ConfigError when the config is read, before any
+    process tries to cut with them."""
+    from rempart.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max\\(256, avg - min\\)"):
+        ChunkerParams(min_size=1024, avg_size=1100, max_size=4096)
+    ok = ChunkerParams(min_size=64, avg_size=320, max_size=1024)
+    assert Chunker(ok, 1) is not None
+
+
 def test_blob_id_is_keyed() -> None:
     a, b = IdKey.generate(), IdKey.generate()
     assert a.blob_id(b"x") != b.blob_id(b"x") and a.blob_id(b"x") == a.blob_id(b"x")

@@ -24,6 +24,8 @@ class ChunkerParams:
     def __post_init__(self) -> None:
         if not (64 <= self.min_size < self.avg_size < self.max_size <= 16 * 1024 * 1024):
             raise ConfigError("chunker sizes must satisfy 64 <= min < avg < max <= 16 MiB")
+        if not self.min_size <= _cdc_avg(self) <= self.max_size:  # pyfastcdc's own rule
+            raise ConfigError("chunker sizes must satisfy min <= max(256, avg - min) <= max")
 
     def to_dict(self) -> dict[str, int]:
         return {"min": self.min_size, "avg": self.avg_size, "max": self.max_size}
@@ -31,6 +33,12 @@ class ChunkerParams:
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> ChunkerParams:
         return cls(int(d["min"]), int(d["avg"]), int(d["max"]))
+
+
+def _cdc_avg(p: ChunkerParams) -> int:
+    """The average size to ask of pyfastcdc: its effective average is that plus ``min_size``
+    (cut-point skipping)."""
+    return max(256, p.avg_size - p.min_size)
 
 
 class Readable(Protocol):
@@ -46,9 +54,8 @@ class Chunker:
     buffer is reused from file to file)."""
 
     def __init__(self, params: ChunkerParams, seed: int) -> None:
-        # pyfastcdc's effective average is avg_size + min_size (cut-point skipping)
         self._cdc = FastCDC(
-            max(256, params.avg_size - params.min_size),
+            _cdc_avg(params),
             min_size=params.min_size,
             max_size=params.max_size,
             normalized_chunking=1,

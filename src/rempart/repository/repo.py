@@ -172,11 +172,13 @@ class WriteSession:
         """What a reading process needs to cut, name and seal blobs and to build packs for this
         run (key material: only ever sent down a pipe to a child process, never written
         anywhere). ``capacity``: the size of each shared pack buffer, with room for the blob
-        that crosses ``pack_size`` and for the header of the most blobs a pack can hold."""
+        that crosses ``pack_size`` and for the header of ``max_blobs`` blobs, the most a
+        process puts in one pack (tiny files give blobs smaller than their header entries)."""
         cfg = self.repo.config
         most = cfg.pack_size // cfg.chunker.min_size + 2
         return {"id_key": self.id_key.raw, "data_key": self.key.raw, "envelope": self.envelope,
                 "chunker": cfg.chunker.to_dict(), "level": cfg.compression, "pack_size": cfg.pack_size,
+                "max_blobs": most,
                 "capacity": cfg.pack_size + cfg.chunker.max_size + OVERHEAD + 1 + pack_tail_size(most)}
 
     def claim(self, ids: list[bytes]) -> bytes:

@@ -70,8 +70,9 @@ class _Packs:
     """The process's packs, built in the parent's shared buffers (see the module docstring)."""
 
     def __init__(self, out: int, key: DataKey, envelope: bytes, fds: list[int], capacity: int, limit: int,
-                 wait: Callable[[], None]) -> None:
+                 max_blobs: int, wait: Callable[[], None]) -> None:
         self.out, self.key, self.envelope, self.limit, self.wait = out, key, envelope, limit, wait
+        self.max_blobs = max_blobs  # the buffer has room for this many header entries
         self.maps = []
         for fd in fds:
             self.maps.append(mmap.mmap(fd, capacity))
@@ -90,7 +91,7 @@ class _Packs:
         n = seal_blob_into(self.key, BlobType.DATA, bid, flag, payload, self.views[self.current][self.pos :])
         self.pos += n
         self.blobs.append((BlobType.DATA, bid, n, plain_len))
-        if self.pos >= self.limit:
+        if self.pos >= self.limit or len(self.blobs) >= self.max_blobs:
             self.finish()
 
     def finish(self) -> None:
@@ -223,7 +224,7 @@ class _Worker:
             module, _, func = p["features"].partition(":")
             features = getattr(importlib.import_module(module), func)
         self.packs = _Packs(self.out, key, bytes.fromhex(p["envelope"]), p["buffers"], p["capacity"],
-                            p["pack_size"], self._wait_buffer)
+                            p["pack_size"], p["max_blobs"], self._wait_buffer)
         self.run = {"id": idk, "level": p["level"], "features": features,
                     "chunker": Chunker(ChunkerParams.from_dict(p["chunker"]), idk.chunker_seed())}
 
