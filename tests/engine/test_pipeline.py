@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -329,6 +330,100 @@ def test_metadata_read_ahead_visits_every_entry_once_and_stops(src: Path, tmp_pa
     stopped.stop()
     stopped.start().join(30)
     assert stopped.visited == 0
+
+
+def test_the_gate_bounds_files_and_bytes_in_flight_and_lets_one_large_file_through() -> None:
+    from rempart.snapshot.pipeline import Gate
+
+    gate = Gate(100, max_bytes=1000)
+    for _ in range(3):
+        gate.acquire(300)  # 900 bytes in flight
+    entered = threading.Event()
+
+    def walker() -> None:
+        gate.acquire(300)  # 1200 > 1000: waits until half the bytes are free
+        entered.set()
+
+    t = threading.Thread(target=walker, daemon=True)
+    t.start()
+    assert not entered.wait(0.3)
+    gate.release(300)  # 600 left: still more than half
+    assert not entered.wait(0.3)
+    gate.release(300)  # 300 left
+    assert entered.wait(5)
+    t.join(5)
+    for _ in range(2):
+        gate.release(300)
+    gate.acquire(5000)  # alone, a file heavier than the bound still goes
+    gate.release(5000)
+    counted = Gate(2)
+    counted.acquire()
+    counted.acquire()
+    blocked = threading.Thread(target=counted.acquire, daemon=True)
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()  # the file count bounds too
+    counted.release()
+    blocked.join(5)
+    assert not blocked.is_alive()
+
+
+def _resident(path: Path) -> int:
+    """Pages of ``path`` in the page cache (mincore(2) on a mapping of it)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    size = path.stat().st_size
+    pages = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+    # a private mapping is writable (ctypes needs that for an address) and never writes the file
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE,
+                                          prot=mmap.PROT_READ | mmap.PROT_WRITE) as m:
+        view = (ctypes.c_char * size).from_buffer(m)
+        try:
+            if libc.mincore(ctypes.addressof(view), size, pages) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            del view
+    return sum(b & 1 for b in pages)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or sys.platform != "linux", reason="Linux page cache")
+def test_content_read_ahead_brings_the_first_bytes_of_files_into_the_page_cache(tmp_path: Path) -> None:
+    """The archiver asks the kernel for the first bytes of files it has handed out, so a reader
+    finds them in memory (cold: 2 GiB practice folder 18.3 -> 16.0 s). Only the first
+    ``max_bytes`` are asked for, and a FIFO put where a file was is skipped without blocking."""
+    import mmap
+
+    from rempart.snapshot.pipeline import ContentReadAhead
+
+    f = tmp_path / "xray.dcm"
+    f.write_bytes(os.urandom(4 << 20))
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped from the cache
+    finally:
+        os.close(fd)
+    if _resident(f) > 16:
+        pytest.skip("this filesystem keeps the file in memory (tmpfs)")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    ra = ContentReadAhead(1 << 20)
+    ra.advise(str(fifo))  # would block an ordinary open for reading
+    ra.advise(str(tmp_path / "gone"))
+    ra.advise(str(f))
+    done = threading.Thread(target=ra.close, daemon=True)
+    done.start()
+    done.join(10)
+    assert not done.is_alive(), "the read-ahead blocked"
+    deadline = time.monotonic() + 5
+    while _resident(f) < (1 << 20) // mmap.PAGESIZE and time.monotonic() < deadline:  # the reads finish in the kernel
+        time.sleep(0.05)
+    resident = _resident(f)
+    first, whole = (1 << 20) // mmap.PAGESIZE, (4 << 20) // mmap.PAGESIZE
+    assert first <= resident < whole // 2, resident  # the first MiB, not the whole file
 
 
 def test_block_reader_cuts_exactly_where_fastcdc_cut_stream_does() -> None:

@@ -3,7 +3,8 @@
 Pipeline: the walking thread stats entries and consults the state cache; files that must be
 read go to a small thread pool that chunks (FastCDC), hashes (keyed BLAKE3), compresses (zstd)
 and encrypts (AES-GCM) — all of which release the GIL — while packs upload in the background.
-At most ``max_inflight`` files are in flight, so memory does not grow with the file count.
+At most ``max_inflight`` files (and ``max_inflight_bytes`` read ahead of them) are in flight, so
+memory does not grow with the file count.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from rempart.core.errors import RempartError
 from rempart.repository.format import BlobType
 from rempart.repository.repo import WriteSession
 from rempart.snapshot.cache import CachedFile, StateCache
-from rempart.snapshot.pipeline import Folder, Gate, collect_samples
+from rempart.snapshot.pipeline import ContentReadAhead, Folder, Gate, collect_samples
 from rempart.snapshot.tree import (
     KIND_DIR,
     KIND_FILE,
@@ -62,7 +63,12 @@ class FileObserver(Protocol):
 @dataclass(frozen=True)
 class BackupOptions:
     workers: int = 2
-    max_inflight: int = 16
+    #: files handed to readers and not finished yet, at most (each costs a few hundred bytes)
+    max_inflight: int = 256
+    #: and at most this much of their contents asked of the disk ahead of the readers
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    #: per file: the first this many bytes (the kernel's own read-ahead follows a reader)
+    read_ahead: int = 4 * 1024 * 1024
     #: re-read files whose last full read is older than this many seconds (None: never)
     reread_after: float | None = 7 * 86400
     force_reread: bool = False
@@ -135,7 +141,8 @@ class Archiver:
         self._local = threading.local()
         self._make_chunker = lambda: Chunker(params, seed)
         self._pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="chunk")
-        self._slots = Gate(options.max_inflight)
+        self._slots = Gate(options.max_inflight, options.max_inflight_bytes)
+        self._read_ahead = ContentReadAhead(options.read_ahead)
         self._stats_lock = threading.Lock()
         self._holds_lock = threading.Lock()
         self._refs_lock = threading.Lock()
@@ -161,6 +168,7 @@ class Archiver:
             tree = root.result()
         finally:
             self._pool.shutdown(wait=True)
+            self._read_ahead.close()
             if self._readers is not None:
                 if self._error is not None or tree is None:
                     self._readers.kill()
@@ -319,18 +327,21 @@ class Archiver:
             self.stats.files_unchanged += 1
             self.cache.record_row(prev.row)  # same stat, same content
             return
-        self._slots.acquire()
+        weight = min(st.st_size, self.options.read_ahead)
+        self._slots.acquire(weight)
         self._hold(folder)
         try:
+            self._read_ahead.advise(spath)
             if self._use_processes(st.st_size):
                 assert self._readers is not None
                 plan = self.observer.sample_plan(st.st_size) if self.observer else []
-                self._readers.submit(spath, st.st_size, plan, self.options.read_retries, (spath, node, prev, folder))
+                self._readers.submit(spath, st.st_size, plan, self.options.read_retries,
+                                     (spath, node, prev, folder, weight))
             else:
                 self._to_read += st.st_size
-                self._pool.submit(self._read_file, spath, st, node, prev, folder)
+                self._pool.submit(self._read_file, spath, st, node, prev, folder, weight)
         except BaseException:
-            self._slots.release()
+            self._slots.release(weight)
             self._release(folder)
             raise
 
@@ -360,8 +371,8 @@ class Archiver:
 
     def _read_done(self, context: Any, outcome: ReadOutcome) -> None:
         """A reading process finished (or lost) a file."""
-        spath, node, prev, folder = context
-        self._complete(spath, node, prev, folder, outcome)
+        spath, node, prev, folder, weight = context
+        self._complete(spath, node, prev, folder, weight, outcome)
 
     def _unchanged(self, prev: CachedFile, st: os.stat_result) -> bool:
         if self.options.force_reread:
@@ -381,7 +392,8 @@ class Archiver:
             c = self._local.chunker = self._make_chunker()
         return c
 
-    def _read_file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None, folder: Folder) -> None:
+    def _read_file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None, folder: Folder,
+                   weight: int) -> None:
         """Read one file in this thread (small runs, and runs without reading processes)."""
         try:
             outcome = ReadOutcome("changed")
@@ -396,9 +408,10 @@ class Archiver:
             outcome = ReadOutcome("oserror", message=str(exc.strerror or exc))
         except BaseException as exc:  # re-raised by the walker or by archive()
             outcome = ReadOutcome("failed", error=exc)
-        self._complete(spath, node, prev, folder, outcome)
+        self._complete(spath, node, prev, folder, weight, outcome)
 
-    def _complete(self, spath: str, node: Node, prev: CachedFile | None, folder: Folder, out: ReadOutcome) -> None:
+    def _complete(self, spath: str, node: Node, prev: CachedFile | None, folder: Folder, weight: int,
+                  out: ReadOutcome) -> None:
         """Record what reading ``spath`` gave (in the reading thread, or in the thread that
         receives a reading process's results), then let its folder go on."""
         try:
@@ -425,7 +438,7 @@ class Archiver:
             node.type = "skip"
             self._fail(exc)
         finally:
-            self._slots.release()
+            self._slots.release(weight)
             if self.progress:
                 try:
                     self.progress(self.stats)

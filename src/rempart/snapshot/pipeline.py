@@ -1,11 +1,12 @@
 """Pipeline pieces of the archiver: the in-flight gate, folders waiting for their files, the
-detection sample collector, and a read-ahead of folder metadata. Imports nothing heavy: the
+detection sample collector, and read-aheads of folder metadata and of file contents. Imports nothing heavy: the
 backup command starts the read-ahead before the rest of the program is imported."""
 
 from __future__ import annotations
 
 import heapq
 import os
+import queue
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
@@ -16,31 +17,88 @@ from rempart.snapshot.tree import Node
 
 
 class Gate:
-    """At most ``limit`` files in flight. The walker (the only thread that acquires) is woken
-    when half the slots are free again, not at every finished file: far fewer thread switches,
-    which on a busy 2-core machine each cost a time slice with the GIL held."""
+    """At most ``limit`` files and ``max_bytes`` of weight in flight (a file weighs what is read
+    ahead of it, see ``ContentReadAhead``; one file is always let through). The walker (the only
+    thread that acquires) is woken when half of both are free again, not at every finished
+    file: far fewer thread switches, which on a busy 2-core machine each cost a time slice with
+    the GIL held."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_bytes: int = 1 << 62) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._limit = max(1, limit)
-        self._low = self._limit // 2
+        self._max_bytes = max(1, max_bytes)
         self._n = 0
+        self._bytes = 0
         self._waiting = False
 
-    def acquire(self) -> None:
+    def acquire(self, weight: int = 0) -> None:
         with self._cond:
-            if self._n >= self._limit:
+            if self._n >= self._limit or (self._n and self._bytes + weight > self._max_bytes):
                 self._waiting = True
-                while self._n > self._low:
+                while self._n and (self._n > self._limit // 2 or self._bytes > self._max_bytes // 2):
                     self._cond.wait()
                 self._waiting = False
             self._n += 1
+            self._bytes += weight
 
-    def release(self) -> None:
+    def release(self, weight: int = 0) -> None:
         with self._cond:
             self._n -= 1
-            if self._waiting and self._n <= self._low:
+            self._bytes -= weight
+            if self._waiting and self._n <= self._limit // 2 and self._bytes <= self._max_bytes // 2:
                 self._cond.notify()
+
+
+class ContentReadAhead:
+    """Asks the kernel to start reading the first ``max_bytes`` of files the archiver has
+    handed out but no reader has opened yet (``posix_fadvise(WILLNEED)``, from one thread,
+    nothing read into this process). A reader works through one file at a time and waits for
+    the disk at each small file on a cold cache; with the next files already on their way it
+    rarely does (2 GiB practice folder, cold: 18.3 -> 16.0 s). How far it runs ahead is bounded
+    by the archiver's in-flight gate. Files are opened non-blocking and without following a
+    link, so a file swapped for a FIFO or a link since it was listed is skipped; errors are
+    ignored (the reader reports them)."""
+
+    _FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOATIME", 0)
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.enabled = hasattr(os, "posix_fadvise") and max_bytes > 0
+
+    def advise(self, path: str) -> None:
+        if not self.enabled:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="read-ahead-content", daemon=True)
+            self._thread.start()
+        self._queue.put(path)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        flags = self._FLAGS
+        while (path := self._queue.get()) is not None:
+            try:
+                fd = os.open(path, flags)
+            except PermissionError:  # O_NOATIME needs to own the file
+                try:
+                    fd = os.open(path, flags & ~getattr(os, "O_NOATIME", 0))
+                except OSError:
+                    continue
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, self.max_bytes, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
 
 class Folder:
