@@ -218,6 +218,35 @@ def test_read_session_fetches_each_pack_once() -> None:
     assert counted.calls["load"] - before >= 25
 
 
+_NAMES = st.one_of(st.text(max_size=20), st.binary(max_size=20).map(os.fsdecode))  # undecodable: surrogates
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=_NAMES, kind=st.sampled_from(["file", "dir", "symlink", "other", "skip"]),
+       mode=st.integers(0, 2**32), mtime=st.integers(-(2**63), 2**63), size=st.integers(0, 2**60),
+       content=st.lists(st.binary(min_size=32, max_size=32), max_size=4),
+       subtree=st.none() | st.binary(min_size=32, max_size=32), target=st.none() | _NAMES,
+       feats=st.none() | st.dictionaries(st.sampled_from(["t", "s", "h", "ok", "e"]),
+                                          st.integers(-5, 5) | st.booleans() | st.text(max_size=5)))
+def test_tree_nodes_are_written_exactly_as_their_sorted_key_json(name: str, kind: str, mode: int, mtime: int,
+                                                                 size: int, content: list[bytes],
+                                                                 subtree: bytes | None, target: str | None,
+                                                                 feats: dict[str, object] | None) -> None:
+    """Tree ids must not change with the encoder: each node is the canonical (sorted-key,
+    ASCII-escaped) JSON of its dict, with the features appended last."""
+    import json
+
+    from rempart.snapshot.tree import Node, _node_json, canonical_json
+
+    n = Node(name=name, type=kind, mode=mode, mtime_ns=mtime, size=size, content=content, subtree=subtree,
+             target=target, features=feats)
+    d = n.to_dict()
+    d.pop("features", None)
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    want = f'{text[:-1]},"features":{canonical_json(feats)}}}' if feats else text
+    assert _node_json(n) == want
+
+
 def test_tree_bytes_same_whether_features_come_parsed_or_raw() -> None:
     """Unchanged files carry their cached sketch unparsed; the tree (and its id) must not change."""
     from rempart.snapshot.tree import Node, canonical_json, decode_tree, encode_tree

@@ -64,13 +64,34 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+#: json.dumps' own string encoder (ASCII, the default): the same escapes, without building a
+#: dict per node and sorting its keys (trees are encoded by the parent, once per folder)
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
 def _node_json(n: Node) -> str:
-    d = n.to_dict()
-    d.pop("features", None)
-    text = canonical_json(d)
+    """``canonical_json(n.to_dict())`` without the features, then the features appended last
+    as canonical JSON (so cached sketches need no re-encoding), written directly: keys in
+    sorted order, integers as json writes them (test_units checks it against the dict path)."""
+    is_file = n.type == KIND_FILE
+    parts = []
+    if is_file:
+        parts.append('{"content":[' + ",".join([f'"{c.hex()}"' for c in n.content]) + "],")
+    else:
+        parts.append("{")
+    parts.append(f'"mode":{int(n.mode)},"mtime_ns":{int(n.mtime_ns)},"name":{_json_str(n.name)},')
+    if is_file:
+        parts.append(f'"size":{int(n.size)},')
+    if n.subtree is not None:
+        parts.append(f'"subtree":"{n.subtree.hex()}",')
+    if n.target is not None:
+        parts.append(f'"target":{_json_str(n.target)},')
+    parts.append(f'"type":{_json_str(n.type)}')
     raw = n.features_raw if n.features_raw is not None else (canonical_json(n.features) if n.features else None)
-    # the features are appended last, as canonical JSON, so cached sketches need no re-encoding
-    return text if raw is None else f'{text[:-1]},"features":{raw}}}'
+    if raw is not None:
+        parts.append(f',"features":{raw}')
+    parts.append("}")
+    return "".join(parts)
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
