@@ -80,7 +80,7 @@ def run_backup(
         for attempt in range(2):
             repo.load_index()
             # as many packs in flight as the storage takes connections: through a vault or S3 an
-            # upload is latency-bound (a 16 MiB pack ~0.3 s on loopback), locally two suffice
+            # upload is latency-bound (each pack waits for its round trip and the far side's fsync), locally two suffice
             n = max(2, repo.backend.properties.connections)
             session = WriteSession(repo, cred.id_key, uploaders=n, max_inflight=n)
             try:
