@@ -258,7 +258,9 @@ def test_file_changing_while_read_is_retried_then_reported(local_repo: LocalSetu
     data = tmp_path / "data"
     data.mkdir()
     busy = data / "busy.log"
-    busy.write_bytes(os.urandom(4_000_000))
+    # large enough that every read lasts many of the scribbler's turns, even on a loaded machine
+    # (at 4 MB a read could fit between two turns under load, and the test failed now and then)
+    busy.write_bytes(os.urandom(24_000_000))
     stop = threading.Event()
 
     def scribble() -> None:
