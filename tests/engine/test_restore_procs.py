@@ -101,7 +101,7 @@ def _forge(env) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("name,broken,known", [("ordonnance.pdf", "pack .* missing", True),
-                                               ("ordonnance.pdf", "stat data/.*not found", False),
+                                               ("ordonnance.pdf", "load data/.*not found", False),
                                                ("absent.txt", "blob .* missing", True)])
 def test_missing_data_fails_naming_the_file_and_leaves_no_partial_file(repo, tmp_path: Path, name: str,
                                                                        broken: str, known: bool) -> None:

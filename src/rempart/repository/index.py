@@ -229,6 +229,15 @@ class BlobIndex:
         with self._lock:
             return self._db.execute("SELECT 1 FROM packs WHERE id = ?", (pack_id,)).fetchone() is not None
 
+    def pack_end(self, pack_id: bytes) -> int | None:
+        """Where the indexed blobs of ``pack_id`` end: where its header begins, when the blob
+        that ends the pack is indexed here (a blob kept at another location is not); None for
+        a pack without indexed blobs. A hint to check, never trusted."""
+        with self._lock:
+            row = self._db.execute("SELECT max(off + len) FROM blobs WHERE pid = "
+                                   "(SELECT pid FROM packs WHERE id = ?)", (pack_id,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def pack_ids(self) -> Iterator[bytes]:
         with self._lock:
             rows = self._db.execute("SELECT id FROM packs ORDER BY id").fetchall()

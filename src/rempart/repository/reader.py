@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import zstandard
 
-from rempart.core.errors import IntegrityError
+from rempart.core.errors import DecryptionError, IntegrityError
 from rempart.crypto.aead import DataKey
 from rempart.repository.blobs import FLAG_RAW, FLAG_ZSTD, aad, open_blob
 from rempart.repository.format import ENVELOPE_LEN, HEADER_MAGIC, PACK_MAGIC, VERSION, BlobType
@@ -89,9 +89,34 @@ class ReadSession:
         with fetch:  # read once even when several readers meet a new pack at the same time
             key = self._keys.get(pack)
             if key is None:
-                key = self.private_key.unwrap(self._envelope(pack.hex()))
+                key = self._unwrap(pack)
                 self._keys[pack] = key
         return key
+
+    def _unwrap(self, pack: bytes) -> DataKey:
+        """The envelope from where the index says the header begins (one ranged read); if the
+        bytes there are not a header, or do not unwrap, from the trailer (three reads)."""
+        name = pack.hex()
+        head = self._head_at(name, self.repo.index.pack_end(pack))
+        if head is not None:
+            try:
+                return self.private_key.unwrap(head)
+            except (IntegrityError, DecryptionError):  # not this pack's envelope: read the trailer
+                pass
+        return self.private_key.unwrap(self._envelope(name))
+
+    def _head_at(self, name: str, start: int | None) -> bytes | None:
+        """The envelope of a header that begins at ``start`` (one read), or None."""
+        fixed = len(HEADER_MAGIC) + 1 + ENVELOPE_LEN
+        if start is None or start < 0:
+            return None
+        try:
+            head = self.repo.backend.load(Handle(FileType.DATA, name), offset=start, length=fixed)
+        except IntegrityError:  # beyond the end: the index was wrong
+            return None
+        if len(head) != fixed or head[:4] != HEADER_MAGIC or head[4] != VERSION:
+            return None
+        return bytes(head[5:fixed])
 
     def _envelope(self, name: str) -> bytes:
         """The key envelope of pack ``name``: its trailer, then only the header's first bytes

@@ -16,13 +16,16 @@ import os
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import rempart
 from rempart.core import errors
 from rempart.core.errors import IntegrityError, RempartError
+from rempart.crypto.aead import DataKey
 from rempart.repository.reader import ReadSession
 from rempart.snapshot.restore_child import DONE, FD, JOB
 from rempart.snapshot.tree import Node
@@ -30,6 +33,8 @@ from rempart.snapshot.wire import recv, send
 from rempart.storage.base import FileType, Handle
 
 HAVE_FADVISE = hasattr(os, "posix_fadvise")
+#: envelope reads at once (each a small ranged read: over a network mostly a round trip)
+KEY_READS = 4
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(rempart.__file__)))
 
 #: done(files, bytes) or failed(exception): called once per job, from a receiving thread
@@ -138,6 +143,15 @@ class RestoreProcs:
         self._closed = False
         self._advise_fds: dict[bytes, int] = {}  # packs opened to ask for read-ahead, oldest first
         self._start_timeout = start_timeout
+        # jobs planned by the walk, handed to their processes by the sender thread once the
+        # data keys they need are read (a vault answers each envelope read after a round trip)
+        self._lock_cv = threading.Condition(self._lock)
+        self._sends: deque[tuple[_Proc, int, list[tuple[bytes, int, int]], list[object], list[bytes], str] | None]
+        self._sends = deque()
+        self._keys: dict[bytes, Future[DataKey]] = {}
+        self._key_pool = ThreadPoolExecutor(max_workers=KEY_READS, thread_name_prefix="pack-keys")
+        self._send_thread = threading.Thread(target=self._sender, name="restore-send", daemon=True)
+        self._send_thread.start()
         try:
             for i in range(max(1, workers)):
                 proc = _Proc(root_fd, source.settings)
@@ -177,19 +191,42 @@ class RestoreProcs:
             self._next += 1
             proc.jobs[job] = (weight, done, failed)
             proc.load += weight
-        try:
-            keys = [(pack, self.session.pack_key(pack).raw) for pack in packs if pack not in proc.packs]
-        except (RempartError, OSError) as exc:  # a pack whose header cannot be read or unwrapped
-            self._finish(proc, job, _naming(exc, batch[0][0]))
-            return
-        try:
-            with proc.wlock:
-                for pack, raw in keys:
-                    proc.write(b"P", pack, raw, self._paths(pack).encode())
-                    proc.packs.add(pack)
-                proc.write(b"J", marshal.dumps((job, job_runs, files)))
-        except OSError:
-            pass  # the process died: its receiving thread reports every job it had
+        self._prefetch_keys(packs)
+        with self._lock:
+            self._sends.append((proc, job, job_runs, files, packs, batch[0][0]))
+            self._lock_cv.notify()
+
+    def _prefetch_keys(self, packs: list[bytes]) -> None:
+        """Start reading the envelopes of ``packs`` not asked for yet (one request each, several
+        at once): the walk goes on while they travel."""
+        for pack in packs:
+            if pack not in self._keys:
+                self._keys[pack] = self._key_pool.submit(self.session.pack_key, pack)
+
+    def _sender(self) -> None:
+        """Hands the planned jobs to their processes in order, each once the data keys of its
+        packs new to that process are there (so the walk never waits for a vault's answer)."""
+        while True:
+            with self._lock:
+                while not self._sends:
+                    self._lock_cv.wait()
+                item = self._sends.popleft()
+            if item is None:
+                return
+            proc, job, job_runs, files, packs, rel = item
+            try:
+                keys = [(pack, self._keys[pack].result().raw) for pack in packs if pack not in proc.packs]
+            except Exception as exc:  # a pack whose header cannot be read or unwrapped
+                self._finish(proc, job, _naming(exc, rel))
+                continue
+            try:
+                with proc.wlock:
+                    for pack, raw in keys:
+                        proc.write(b"P", pack, raw, self._paths(pack).encode())
+                        proc.packs.add(pack)
+                    proc.write(b"J", marshal.dumps((job, job_runs, files)))
+            except OSError:
+                pass  # the process died: its receiving thread reports every job it had
 
     def _plan(self, batch: list[tuple[str, Node]]) -> tuple[list[tuple[bytes, int, int]], list[object], list[bytes]]:
         """Index lookups and read ranges of ``batch``, its files sorted by where their first blob
@@ -239,6 +276,11 @@ class RestoreProcs:
         if self._closed:
             return
         self._closed = True
+        with self._lock:
+            self._sends.append(None)
+            self._lock_cv.notify()
+        self._send_thread.join()  # every planned job is in its process's pipe (or failed)
+        self._key_pool.shutdown(wait=True, cancel_futures=True)
         for p in self._procs:
             try:
                 with p.wlock:
