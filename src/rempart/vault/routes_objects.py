@@ -20,6 +20,7 @@ from rempart.core.errors import IntegrityError, PermissionDenied, RempartError, 
 from rempart.storage.base import FileType, Handle
 from rempart.vault import practices as ops
 from rempart.vault.deps import refuse, require_practice, vault_of
+from rempart.vault.mapped import read_range
 from rempart.vault.service import Practice
 from rempart.vault.staging import StagedUpload, stage
 from rempart.vault.tokens import Principal
@@ -208,7 +209,7 @@ def _get(request: Request, auth: Auth, h: Handle) -> Response:
             raise refuse(request, PermissionDenied(
                 "a backup token may read only pack headers; restoring needs a restore token"),
                 actor=auth[0].actor, practice=pr.name)
-    data = vault.backend(pr).load(h, offset=start, length=length)
+    data = read_range(vault.backend(pr), h, start, length)  # large ranges: a view of the mapped file
     metrics = request.app.state.metrics
     read = "range" if partial else "whole"
     metrics.reads.labels(h.type.value, read).inc()
