@@ -166,8 +166,16 @@ class Vault:
     def present_blobs(self, conn: Connection, pid: int, ids: Iterable[bytes]) -> set[bytes]:
         ids = list(ids)
         found: set[bytes] = set()
+        sqlite = conn.dialect.name == "sqlite"
         for i in range(0, len(ids), CHUNK):
             part = ids[i : i + CHUNK]
+            if sqlite:  # through the driver: half the time of SQLAlchemy's per-row results (a
+                # snapshot's ~6000 refs are checked while its agent waits for the answer)
+                marks = ",".join("?" * len(part))  # placeholders only: the ids are parameters
+                found.update(r[0] for r in conn.exec_driver_sql(
+                    f"SELECT blob_id FROM blobs WHERE practice_id = ? AND blob_id IN ({marks})",  # noqa: S608
+                    (pid, *part)).fetchall())
+                continue
             found.update(
                 r[0] for r in conn.execute(
                     sa.select(db.blobs.c.blob_id).where(db.blobs.c.practice_id == pid, db.blobs.c.blob_id.in_(part))
@@ -344,9 +352,13 @@ class Vault:
             verdict=verdict, detection=json.dumps(detection)[:20000],
             stats=json.dumps(plain.get("stats", {}))[:20000], false_positive=False, state="kept",
         ))
-        refs = [dict(practice_id=practice.id, snapshot=name, blob_id=r) for r in snap.refs]
-        for i in range(0, len(refs), 1000):
-            conn.execute(db.snapshot_refs.insert(), refs[i : i + 1000])
+        if conn.dialect.name == "sqlite":  # the driver's executemany with tuples (as blob rows)
+            conn.exec_driver_sql("INSERT INTO snapshot_refs (practice_id, snapshot, blob_id) VALUES (?, ?, ?)",
+                                 [(practice.id, name, r) for r in snap.refs])
+        else:
+            refs = [dict(practice_id=practice.id, snapshot=name, blob_id=r) for r in snap.refs]
+            for i in range(0, len(refs), 1000):
+                conn.execute(db.snapshot_refs.insert(), refs[i : i + 1000])
         conn.execute(db.practices.update().where(db.practices.c.id == practice.id).values(
             last_snapshot_at=sa.func.coalesce(sa.func.max(db.practices.c.last_snapshot_at, received), received)
             if conn.dialect.name == "sqlite" else
