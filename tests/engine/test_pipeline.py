@@ -128,9 +128,9 @@ def src(tmp_path: Path) -> Path:
 
 
 def test_trees_are_the_same_whatever_the_scheduling(rig: Rig, src: Path) -> None:
-    serial, _, _ = rig.archive(src, rig.tmp / "s1", workers=1, max_inflight=1)
-    parallel, _, _ = rig.archive(src, rig.tmp / "s2", workers=2, max_inflight=16)
-    wide, _, _ = rig.archive(src, rig.tmp / "s3", workers=3, max_inflight=2)
+    serial, _, _ = rig.archive(src, rig.tmp / "s1", workers=1, max_inflight=1, first_max_inflight=1)
+    parallel, _, _ = rig.archive(src, rig.tmp / "s2", workers=2, max_inflight=16, first_max_inflight=16)
+    wide, _, _ = rig.archive(src, rig.tmp / "s3", workers=3, max_inflight=2, first_max_inflight=2)
     assert rig.subtree(serial, src) == rig.subtree(parallel, src) == rig.subtree(wide, src)
     listing = rig.listing(serial, src)
     assert listing["xrays/2025/patient-005/pano.dcm"][5] == (src / "xrays/2025/patient-005/pano.dcm").read_bytes()
@@ -242,7 +242,7 @@ def test_pending_folders_stay_bounded(rig: Rig, tmp_path: Path) -> None:
         d = src / f"p{i // 30}" / f"patient-{i}"
         d.mkdir(parents=True)
         (d / "x.dcm").write_bytes(os.urandom(20_000))
-    _, archiver, _ = rig.archive(src, rig.tmp / "state", workers=2, max_inflight=4)
+    _, archiver, _ = rig.archive(src, rig.tmp / "state", workers=2, max_inflight=4, first_max_inflight=4)
     assert archiver.stats.files == 300 and archiver.folders_pending == 0
     # each file in flight keeps at most its folder chain pending (depth 4 here), not the 311 folders
     assert archiver.folders_pending_max <= 4 * (4 + 1)

@@ -29,7 +29,7 @@ Example (``rempart enroll`` writes one; every section but ``[repository]`` is op
     upload_kbps = 2000                # 0 = no cap (kilobytes per second)
     nice = 10                         # 0..19; Windows: below-normal priority class when > 0
     workers = 2
-    max_inflight_files = 256
+    max_inflight_files = 16
 
     [status]
     orange_after_hours = 26
@@ -101,7 +101,7 @@ class LimitSettings:
     upload_kbps: float = 0.0
     nice: int = 10
     workers: int = 2
-    max_inflight_files: int = 256
+    max_inflight_files: int = 16
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str], *, base: Path, pat
         upload_kbps=_num(lim, "upload_kbps", "[limits]", 0.0, lo=0),
         nice=int(_num(lim, "nice", "[limits]", 10, lo=0, hi=19, integer=True)),
         workers=int(_num(lim, "workers", "[limits]", 2, lo=1, hi=64, integer=True)),
-        max_inflight_files=int(_num(lim, "max_inflight_files", "[limits]", 256, lo=1, hi=4096, integer=True)),
+        max_inflight_files=int(_num(lim, "max_inflight_files", "[limits]", 16, lo=1, hi=1024, integer=True)),
     )
     if env.get("REMPART_UPLOAD_KBPS"):
         limits = replace(limits, upload_kbps=_env_num(env, "REMPART_UPLOAD_KBPS", lo=0))

@@ -108,7 +108,7 @@ def _command_name(argv: Sequence[str]) -> str | None:
 
 def _return_large_buffers_to_the_system() -> None:
     """Pin glibc's mmap threshold at 1 MiB. By default glibc raises it after the first large
-    buffer is freed (up to 32 MiB); from then on the pack buffers (12 MiB) and read buffers (1 MiB)
+    buffer is freed (up to 32 MiB); from then on the pack buffers (10 MiB) and read buffers (1 MiB)
     come from the heap, whose pages are kept after ``free``, and peak memory grows by tens of
     MiB (docs/benchmarks.md, "Peak memory"). A no-op where there is no glibc ``mallopt``."""
     if not sys.platform.startswith("linux"):
