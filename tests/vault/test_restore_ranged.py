@@ -5,10 +5,7 @@ fetched range is detected (the file is not restored, the restore fails naming it
 from __future__ import annotations
 
 import os
-import random
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +15,9 @@ import pytest
 from rempart.repository.repo import Repository
 from rempart.storage.base import FileType
 
+from .cabinet import back_up_cabinet, rempart
+
 ROUTE = "/v1/p/{practice}/{type}/{name}"
-PASS = "a long and private passphrase"
-
-
-def rempart(repo: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rempart.cli.main", "-q", "-r", repo, *args],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
 
 
 def served(vault: Any) -> dict[tuple[str, str], float]:
@@ -41,22 +34,7 @@ def served(vault: Any) -> dict[tuple[str, str], float]:
 @pytest.fixture
 def backed_up(own_vault: Any, tmp_path: Path) -> Iterator[tuple[Any, str, dict[str, str], Path]]:
     """A vault holding one snapshot of 400 small files (incompressible, 1-6 KiB) and a 3 MiB one."""
-    own_vault.start()
-    name, toks = own_vault.add_practice()
-    rng = random.Random(7)
-    src = tmp_path / "cabinet"
-    for d in range(8):
-        (src / f"dossier-{d}").mkdir(parents=True)
-        for i in range(50):
-            (src / f"dossier-{d}" / f"note-{i:03d}.bin").write_bytes(rng.randbytes(rng.randint(1000, 6000)))
-    (src / "scan.bin").write_bytes(rng.randbytes(3 * 2**20))
-    env = {"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": own_vault.pin,
-           "REMPART_KIT_PASSPHRASE": PASS, "REMPART_STATE_DIR": str(tmp_path / "st")}
-    repo = f"{own_vault.url}/{name}"
-    for args in (("init", "--kit", str(tmp_path / "kit")), ("backup", str(src))):
-        r = rempart(repo, env, *args)
-        assert r.returncode in (0, 30), r.stderr
-    env["REMPART_VAULT_TOKEN"] = toks["restore"]
+    _, repo, env, src = back_up_cabinet(own_vault, tmp_path, seed=7, folders=8, files=50, sizes=(1000, 6000))
     yield own_vault, repo, env, src
 
 

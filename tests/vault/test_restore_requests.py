@@ -7,10 +7,7 @@ fails the restore of its files, naming one, without hanging."""
 from __future__ import annotations
 
 import os
-import random
 import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,13 +24,9 @@ from rempart.repository.repo import Repository
 from rempart.snapshot.restorer import Restorer
 from rempart.storage.base import FileType, Handle
 
-PASS = "a long and private passphrase"
+from .cabinet import PASS, back_up_cabinet, rempart
+
 OBJECT = "/v1/p/{practice}/{type}/{name}"
-
-
-def rempart(repo: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rempart.cli.main", "-q", "-r", repo, *args],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
 
 
 def counters(vault: Any) -> dict[str, float]:
@@ -71,22 +64,8 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
 @pytest.fixture
 def backed_up(own_vault: Any, tmp_path: Path) -> tuple[Any, str, dict[str, str], Path]:
     """A vault holding a snapshot of ~7 MiB in packs of 1 MiB (several packs)."""
-    own_vault.start()
-    name, toks = own_vault.add_practice()
-    rng = random.Random(11)
-    src = tmp_path / "cabinet"
-    for d in range(4):
-        (src / f"dossier-{d}").mkdir(parents=True)
-        for i in range(60):
-            (src / f"dossier-{d}" / f"note-{i:03d}.bin").write_bytes(rng.randbytes(rng.randint(500, 20000)))
-    (src / "scan.bin").write_bytes(rng.randbytes(3 * 2**20))
-    env = {"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": own_vault.pin,
-           "REMPART_KIT_PASSPHRASE": PASS, "REMPART_STATE_DIR": str(tmp_path / "st")}
-    repo = f"{own_vault.url}/{name}"
-    for args in (("init", "--kit", str(tmp_path / "kit"), "--pack-size", "1"), ("backup", str(src), "--no-detect")):
-        r = rempart(repo, env, *args)
-        assert r.returncode in (0, 30), r.stderr
-    env["REMPART_VAULT_TOKEN"] = toks["restore"]
+    name, _, env, _ = back_up_cabinet(own_vault, tmp_path, seed=11, folders=4, files=60, sizes=(500, 20000),
+                                      init=("--pack-size", "1"), backup=("--no-detect",))
     return own_vault, name, env, tmp_path / "kit"
 
 
