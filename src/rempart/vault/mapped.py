@@ -7,7 +7,9 @@ of the vault's CPU while serving a restore. Here the file is mapped read-only an
 memoryview of the range: TLS encrypts straight from the page cache.
 
 Objects are immutable (create-only; GC only unlinks, and an unlinked file stays readable while
-mapped), so the view cannot change under the response. The mapping lives as long as a view of
+mapped), so the view cannot change under the response. A file truncated behind the vault's
+back (only an outside hand could) would end the process with SIGBUS while the range is sent,
+where a read would have raised an error. The mapping lives as long as a view of
 it (until the response is sent), then the garbage collector unmaps it. Small ranges are read as
 before (a mapping costs a few system calls).
 """
