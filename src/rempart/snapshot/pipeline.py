@@ -1,6 +1,7 @@
 """Pipeline pieces of the archiver: the in-flight gate, folders waiting for their files, the
-detection sample collector, and read-aheads of folder metadata and of file contents. Imports nothing heavy: the
-backup command starts the read-ahead before the rest of the program is imported."""
+detection sample collector, and read-aheads of folder metadata and of file contents. Imports
+nothing heavy: the backup command starts the metadata read-ahead before the rest of the program
+is imported."""
 
 from __future__ import annotations
 
