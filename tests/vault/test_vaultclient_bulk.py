@@ -95,3 +95,100 @@ print("httpx" in sys.modules)
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_ranged_read_into_a_buffer(vault: Any) -> None:
+    """``load_into`` fills the caller's buffer with exactly the asked range (what the restore
+    processes use to reuse their buffers), over the same keep-alive connection, and refuses a
+    range beyond the end or an unknown pack without leaving the connection unusable."""
+    from rempart.core.errors import IntegrityError
+
+    name, toks = vault.add_practice()
+    b = vault.backend(name, toks["backup"])
+    pk = make_pack([300_000, 700_000])[0]
+    h = Handle(FileType.DATA, pk.name)
+    b.save(h, pk.data)
+    b.close()
+    r = vault.backend(name, toks["restore"])
+    buf = bytearray(b"\xee" * 400_000)
+    for start, n in ((0, 300_000), (123_457, 400_000), (len(pk.data) - 5, 5)):
+        view = memoryview(buf)[:n]
+        r.load_into(h, start, view)
+        assert bytes(view) == pk.data[start : start + n]
+    assert buf[5:] == pk.data[123_457 + 5 : 123_457 + 400_000]  # the 5 tail bytes wrote only 5
+    assert len(r._bulk._idle) == 1
+    with pytest.raises(IntegrityError):  # beyond the end: a short answer is not taken as the range
+        r.load_into(h, len(pk.data) - 10, memoryview(buf)[:20])
+    with pytest.raises(NotFound):
+        r.load_into(Handle(FileType.DATA, "0" * 64), 0, memoryview(buf)[:10])
+    view = memoryview(buf)[:1000]
+    r.load_into(h, 1, view)  # still usable after the errors
+    assert bytes(view) == pk.data[1:1001]
+    r.close()
+
+
+def test_restore_process_reuses_its_run_buffers(vault: Any) -> None:
+    """A remote restore process reads each run into a pooled buffer and, once the run is
+    decoded, reuses that buffer for the next runs (no fresh memory per run), with the right
+    bytes every time; the pool stays within the fetch-ahead budget."""
+    import io
+
+    from rempart.snapshot.restore_child import BUF_STEP, FETCH_AHEAD, _RemoteChild, _Slot
+
+    name, toks = vault.add_practice()
+    b = vault.backend(name, toks["backup"])
+    pk = make_pack([3_000_000, 2_000_000])[0]
+    b.save(Handle(FileType.DATA, pk.name), pk.data)
+    b.close()
+    r = vault.backend(name, toks["restore"])
+    child = _RemoteChild(io.BytesIO(), 1, {"vault": r.settings(), "retry": (2, 0.01, 0.1)})
+    r.close()
+    pack = bytes.fromhex(pk.name)
+    buffers = set()
+    for start, end in ((0, 900_000), (10, 2 * BUF_STEP + 5), (4_000_000, 4_400_000), (1, 2)):
+        slot = _Slot(end - start)
+        view = child._load(slot, pack, start, end)
+        assert bytes(view) == pk.data[start:end]
+        assert slot.buf is not None and len(slot.buf) % BUF_STEP == 0
+        buffers.add(id(slot.buf))
+        child._release(slot)
+        assert slot.buf is None and slot.data is None
+    # 1 MiB buffer reused by the 1st, 3rd, 4th runs; the 3 MiB one made once for the 2nd
+    assert len(buffers) == 2
+    assert sum(map(len, child._free)) <= FETCH_AHEAD
+    child.vault.close()
+
+
+def test_large_uploads_are_sent_corked_and_the_cork_is_lifted(vault: Any) -> None:
+    """A pack upload goes with the socket corked (full segments instead of one per TLS record);
+    the cork is off again once the request is sent, so the kept-alive connection's next small
+    request is not held back by the kernel (a corked socket waits up to 200 ms)."""
+    import socket
+    import time
+
+    from rempart.storage import vaultclient
+
+    assert vaultclient._TCP_CORK, "TCP_CORK is not available on this system"
+    name, toks = vault.add_practice()
+    b = vault.backend(name, toks["backup"])
+    corked: list[int] = []
+    real = vaultclient._BulkConnections._corked_request
+
+    def spy(conn: Any, *args: Any) -> None:  # records the socket option while the request is sent
+        real(conn, *args)
+        corked.append(conn.sock.getsockopt(socket.IPPROTO_TCP, vaultclient._TCP_CORK))
+
+    vaultclient._BulkConnections._corked_request = staticmethod(spy)  # type: ignore[method-assign,assignment]
+    try:
+        pk = make_pack([vaultclient.CORK_MIN, 1000])[0]
+        b.save(Handle(FileType.DATA, pk.name), memoryview(pk.data))  # type: ignore[arg-type]
+    finally:
+        vaultclient._BulkConnections._corked_request = staticmethod(real)  # type: ignore[method-assign]
+    assert corked == [0]  # sent through the corked path, and uncorked afterwards
+    (conn,) = b._bulk._idle
+    assert conn.sock is not None and conn.sock.getsockopt(socket.IPPROTO_TCP, vaultclient._TCP_CORK) == 0
+    t = time.perf_counter()
+    for _ in range(5):
+        assert pk.name in {f.name for f in b.list(FileType.DATA)}
+    assert time.perf_counter() - t < 1.0  # five small requests, none waiting on a cork
+    b.close()

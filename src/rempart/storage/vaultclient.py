@@ -28,6 +28,7 @@ import http.client
 import json
 import random
 import re
+import socket
 import ssl
 import threading
 import time
@@ -133,6 +134,11 @@ def translate(resp: Any) -> E.RempartError:
     return cls(f"vault: {msg}", hint=hint)
 
 
+#: request bodies at least this long are sent with the socket corked (Linux TCP_CORK)
+CORK_MIN = 256 * 1024
+_TCP_CORK = getattr(socket, "TCP_CORK", 0)
+
+
 class _BulkConnections:
     """Keep-alive ``http.client`` connections for every request of a backend: reading a large
     body through them costs about a quarter of the client CPU of httpx/h11 (which handles every
@@ -171,7 +177,10 @@ class _BulkConnections:
             conn = self._take() if not fresh else self._new()
             reused = not fresh and conn.sock is not None
             try:
-                conn.request(method, path, body=body, headers=hdrs)
+                if body is not None and len(body) >= CORK_MIN and _TCP_CORK:
+                    self._corked_request(conn, method, path, body, hdrs)
+                else:
+                    conn.request(method, path, body=body, headers=hdrs)
                 resp = conn.getresponse()
                 data = resp.read()
                 break
@@ -183,6 +192,60 @@ class _BulkConnections:
                 conn.close()
                 raise
         resp_headers = {k.lower(): v for k, v in resp.getheaders()}
+        self._keep(conn, resp)
+        return resp.status, resp_headers, data
+
+    @staticmethod
+    def _corked_request(conn: http.client.HTTPConnection, method: str, path: str, body: Any,
+                        hdrs: dict[str, str]) -> None:
+        """Send a large request with the socket corked: TLS writes every record of at most
+        16 KiB with a write of its own, and with TCP_NODELAY (http.client sets it) each went
+        out as a segment of its own, through the whole loopback or network stack and waking
+        the vault each time; corked, the kernel sends full segments (64 KiB on loopback) and
+        the uncork at the end pushes the rest at once."""
+        if conn.sock is None:
+            conn.connect()
+        sock = conn.sock
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+        finally:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+
+    def get_into(self, path: str, headers: dict[str, str], into: memoryview
+                 ) -> tuple[int, dict[str, str], bytes]:
+        """A GET whose body, when it is a 206 of exactly ``len(into)`` bytes, is read straight
+        into ``into`` (returned body empty); any other answer's body is returned as usual."""
+        hdrs = {**self.headers, **headers}
+        for fresh in (False, True):
+            conn = self._take() if not fresh else self._new()
+            reused = not fresh and conn.sock is not None
+            try:
+                conn.request("GET", path, headers=hdrs)
+                resp = conn.getresponse()
+                if resp.status == 206 and resp.length == len(into):
+                    got = 0
+                    while got < len(into):
+                        n = resp.readinto(into[got:])
+                        if not n:
+                            raise http.client.IncompleteRead(b"", len(into) - got)
+                        got += n
+                    data = b""
+                else:
+                    data = resp.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                if not reused:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+        resp_headers = {k.lower(): v for k, v in resp.getheaders()}
+        self._keep(conn, resp)
+        return resp.status, resp_headers, data
+
+    def _keep(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
         kept = False
         if not resp.will_close:
             with self._lock:
@@ -191,7 +254,6 @@ class _BulkConnections:
                     kept = True
         if not kept:
             conn.close()
-        return resp.status, resp_headers, data
 
     def close(self) -> None:
         with self._lock:
@@ -289,10 +351,13 @@ class VaultBackend:
         return Reply(*self._send_bulk(path, headers, method=method, content=body))
 
     def _send_bulk(self, path: str, headers: dict[str, str] | None = None, *, method: str = "GET",
-                   content: Any = None) -> tuple[int, dict[str, str], bytes]:
+                   content: Any = None, into: memoryview | None = None) -> tuple[int, dict[str, str], bytes]:
         self.requests += 1
         try:
-            status, resp_headers, body = self._bulk.send(method, path, headers, content)
+            if into is not None:
+                status, resp_headers, body = self._bulk.get_into(path, headers or {}, into)
+            else:
+                status, resp_headers, body = self._bulk.send(method, path, headers, content)
         except TimeoutError as exc:
             raise E.TransientError(f"vault: {method} timed out") from exc
         except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
@@ -364,6 +429,29 @@ class VaultBackend:
         if length is not None and len(data) != length:
             raise E.IntegrityError(f"load {h}: short read ({len(data)} of {length} bytes)")
         return data
+
+    def load_into(self, h: Handle, offset: int, into: memoryview) -> None:
+        """Fill ``into`` with ``len(into)`` bytes of the object from ``offset`` (one ranged GET
+        read straight into the caller's buffer: a restore process reuses its buffers instead of
+        a fresh ``bytes`` per run, whose pages the kernel must map and zero every time). The
+        same checks as :meth:`load`: a 206 for exactly that range, else IntegrityError."""
+        n = len(into)
+        if offset < 0 or not n:
+            raise E.UserError(f"load {h}: negative offset or empty range")
+        headers = {"Range": f"bytes={offset}-{offset + n - 1}"}
+        path = self._path(h)
+        try:
+            status, resp_headers, data = self._retry(lambda: self._send_bulk(path, headers, into=into))
+        except E.UserError as exc:
+            if "range" in exc.message.lower():
+                raise E.IntegrityError(f"load {h}: short read (range beyond the end)") from exc
+            raise
+        if status != 206:
+            raise E.IntegrityError(f"load {h}: the vault ignored the byte range (HTTP {status})")
+        if not resp_headers.get("content-range", "").startswith(f"bytes {offset}-{offset + n - 1}/"):
+            raise E.IntegrityError(f"load {h}: the vault answered another byte range")
+        if data:
+            raise E.IntegrityError(f"load {h}: short read ({len(data)} of {n} bytes)")
 
     def stat(self, h: Handle) -> FileInfo:
         resp = self.request("HEAD", self._path(h))
