@@ -158,37 +158,3 @@ def test_restore_process_reuses_its_run_buffers(vault: Any) -> None:
     assert sum(map(len, child._free)) <= FETCH_AHEAD
     child.vault.close()
 
-
-def test_large_uploads_are_sent_corked_and_the_cork_is_lifted(vault: Any) -> None:
-    """A pack upload goes with the socket corked (full segments instead of one per TLS record);
-    the cork is off again once the request is sent, so the kept-alive connection's next small
-    request is not held back by the kernel (a corked socket waits up to 200 ms)."""
-    import socket
-    import time
-
-    from rempart.storage import vaultclient
-
-    assert vaultclient._TCP_CORK, "TCP_CORK is not available on this system"
-    name, toks = vault.add_practice()
-    b = vault.backend(name, toks["backup"])
-    corked: list[int] = []
-    real = vaultclient._BulkConnections._corked_request
-
-    def spy(conn: Any, *args: Any) -> None:  # records the socket option while the request is sent
-        real(conn, *args)
-        corked.append(conn.sock.getsockopt(socket.IPPROTO_TCP, vaultclient._TCP_CORK))
-
-    vaultclient._BulkConnections._corked_request = staticmethod(spy)  # type: ignore[method-assign,assignment]
-    try:
-        pk = make_pack([vaultclient.CORK_MIN, 1000])[0]
-        b.save(Handle(FileType.DATA, pk.name), memoryview(pk.data))  # type: ignore[arg-type]
-    finally:
-        vaultclient._BulkConnections._corked_request = staticmethod(real)  # type: ignore[method-assign]
-    assert corked == [0]  # sent through the corked path, and uncorked afterwards
-    (conn,) = b._bulk._idle
-    assert conn.sock is not None and conn.sock.getsockopt(socket.IPPROTO_TCP, vaultclient._TCP_CORK) == 0
-    t = time.perf_counter()
-    for _ in range(5):
-        assert pk.name in {f.name for f in b.list(FileType.DATA)}
-    assert time.perf_counter() - t < 1.0  # five small requests, none waiting on a cork
-    b.close()

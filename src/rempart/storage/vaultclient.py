@@ -28,7 +28,6 @@ import http.client
 import json
 import random
 import re
-import socket
 import ssl
 import threading
 import time
@@ -134,11 +133,6 @@ def translate(resp: Any) -> E.RempartError:
     return cls(f"vault: {msg}", hint=hint)
 
 
-#: request bodies at least this long are sent with the socket corked (Linux TCP_CORK)
-CORK_MIN = 256 * 1024
-_TCP_CORK = getattr(socket, "TCP_CORK", 0)
-
-
 class _BulkConnections:
     """Keep-alive ``http.client`` connections for every request of a backend: reading a large
     body through them costs about a quarter of the client CPU of httpx/h11 (which handles every
@@ -177,10 +171,7 @@ class _BulkConnections:
             conn = self._take() if not fresh else self._new()
             reused = not fresh and conn.sock is not None
             try:
-                if body is not None and len(body) >= CORK_MIN and _TCP_CORK:
-                    self._corked_request(conn, method, path, body, hdrs)
-                else:
-                    conn.request(method, path, body=body, headers=hdrs)
+                conn.request(method, path, body=body, headers=hdrs)
                 resp = conn.getresponse()
                 data = resp.read()
                 break
@@ -194,23 +185,6 @@ class _BulkConnections:
         resp_headers = {k.lower(): v for k, v in resp.getheaders()}
         self._keep(conn, resp)
         return resp.status, resp_headers, data
-
-    @staticmethod
-    def _corked_request(conn: http.client.HTTPConnection, method: str, path: str, body: Any,
-                        hdrs: dict[str, str]) -> None:
-        """Send a large request with the socket corked: TLS writes every record of at most
-        16 KiB with a write of its own, and with TCP_NODELAY (http.client sets it) each went
-        out as a segment of its own, through the whole loopback or network stack and waking
-        the vault each time; corked, the kernel sends full segments (64 KiB on loopback) and
-        the uncork at the end pushes the rest at once."""
-        if conn.sock is None:
-            conn.connect()
-        sock = conn.sock
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-        try:
-            conn.request(method, path, body=body, headers=hdrs)
-        finally:
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
 
     def get_into(self, path: str, headers: dict[str, str], into: memoryview
                  ) -> tuple[int, dict[str, str], bytes]:
