@@ -3,8 +3,10 @@
 ``ReaderPool`` starts up to N ``python -m rempart.snapshot.worker_main`` processes (one for a
 run that reads only what changed, more once files queue up) that share N + 1 pack buffers of
 shared memory, hands each file to the one with the fewest bytes outstanding, and runs
-one thread per process that answers its dedup questions, passes the packs it built to the write
-session (a stored pack's buffer goes to the next process that needs one) and reports each finished file.
+one thread per process that answers its dedup questions and passes the packs it built to the write
+session (a stored pack's buffer goes to the next process that needs one), and one more thread that
+reports each finished file: a question waits only for the interpreter lock, never behind the
+bookkeeping of files read before it (the process reads on only once it is answered).
 If a process dies, every file it still had is reported as failed and the backup stops with an
 error (also when it had no file left: it may have taken blobs it never stored), so nothing it
 claimed is referenced by a snapshot.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import queue
 import subprocess
 import sys
 import tempfile
@@ -138,6 +141,11 @@ class ReaderPool:
         self._waiting: deque[_Proc] = deque()  # processes that handed over a pack and have no buffer
         self._setup = setup
         self._workers = max(1, workers)
+        #: (process, kind, payload) of each file's outcome, in the order each process sent them,
+        #: then (process, b"", None) once its stream has ended; None stops the thread
+        self._results: queue.SimpleQueue[tuple[_Proc, bytes, Any] | None] = queue.SimpleQueue()
+        self._reporter = threading.Thread(target=self._report, name="reader-results", daemon=True)
+        self._reporter.start()
         try:
             if os.name != "posix":
                 raise OSError("shared pack buffers need a POSIX system")
@@ -228,6 +236,8 @@ class ReaderPool:
                 pass
         for t in self._threads:
             t.join()
+        self._results.put(None)
+        self._reporter.join()
         for p in self._procs:
             try:
                 assert p.popen.stdin is not None
@@ -271,8 +281,10 @@ class ReaderPool:
         self._done(entry[1], outcome)
 
     def _receive(self, proc: _Proc) -> None:
+        """Answer ``proc``'s questions and take its packs here; pass the rest on to ``_report``."""
         stdout = proc.popen.stdout
         assert stdout is not None
+        ended: tuple[str, BaseException | None, bool] = ("a reading process stopped unexpectedly", None, False)
         try:
             while True:
                 msg = recv(stdout)
@@ -284,6 +296,31 @@ class ReaderPool:
                     proc.write(b"A", self._claim([payload[i : i + 32] for i in range(0, len(payload), 32)]))
                 elif kind == b"P":
                     self._pack(proc, payload)
+                elif kind == b"H":
+                    proc.alive = True
+                    proc.ready.set()
+                elif kind == b"Z":
+                    proc.closed = True
+                else:
+                    self._results.put((proc, kind, payload))
+        except BaseException as exc:  # a failing store/claim (e.g. an upload error): stop the run
+            ended = (f"{type(exc).__name__}: {exc}", exc, True)
+        finally:
+            proc.ready.set()
+            self._results.put((proc, b"", ended))  # after every file it reported
+
+    def _report(self) -> None:
+        """Report each file's outcome, then each ended stream (every file its process still had
+        fails)."""
+        while True:
+            item = self._results.get()
+            if item is None:
+                return
+            proc, kind, payload = item
+            try:
+                if not kind:
+                    message, cause, kill = payload
+                    self._abandon(proc, message, cause, kill)
                 elif kind == b"F":
                     req, ids, size, mtime, ctime, ino, mode, samples = decode_result(payload)
                     raw = None
@@ -297,17 +334,8 @@ class ReaderPool:
                     req = ID.unpack_from(payload)[0]
                     message = payload[ID.size :].decode("utf-8", "replace")
                     self._finish(proc, req, ReadOutcome("oserror" if kind == b"E" else "failed", message=message))
-                elif kind == b"H":
-                    proc.alive = True
-                    proc.ready.set()
-                elif kind == b"Z":
-                    proc.closed = True
-        except BaseException as exc:  # a failing store/claim (e.g. an upload error): stop the run
-            self._abandon(proc, f"{type(exc).__name__}: {exc}", exc, kill=True)
-            return
-        finally:
-            proc.ready.set()
-        self._abandon(proc, "a reading process stopped unexpectedly", None)
+            except BaseException as exc:  # a failing report: stop the run
+                self._abandon(proc, f"{type(exc).__name__}: {exc}", exc, kill=True)
 
     def _pack(self, proc: _Proc, payload: bytes) -> None:
         buffer, length, digest = PACK.unpack_from(payload)
