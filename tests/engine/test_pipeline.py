@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.pagecache import resident_pages
 
 from rempart.crypto.aead import DataKey
 from rempart.crypto.keys import IdKey, RecoveryPrivateKey
@@ -368,27 +369,6 @@ def test_the_gate_bounds_files_and_bytes_in_flight_and_lets_one_large_file_throu
     assert not blocked.is_alive()
 
 
-def _resident(path: Path) -> int:
-    """Pages of ``path`` in the page cache (mincore(2) on a mapping of it)."""
-    import ctypes
-    import mmap
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
-    size = path.stat().st_size
-    pages = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
-    # a private mapping is writable (ctypes needs that for an address) and never writes the file
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE,
-                                          prot=mmap.PROT_READ | mmap.PROT_WRITE) as m:
-        view = (ctypes.c_char * size).from_buffer(m)
-        try:
-            if libc.mincore(ctypes.addressof(view), size, pages) != 0:
-                raise OSError(ctypes.get_errno(), "mincore failed")
-        finally:
-            del view
-    return sum(b & 1 for b in pages)
-
-
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise") or sys.platform != "linux", reason="Linux page cache")
 def test_content_read_ahead_brings_the_first_bytes_of_files_into_the_page_cache(tmp_path: Path) -> None:
     """The archiver asks the kernel for the first bytes of files it has handed out, so a reader
@@ -406,7 +386,7 @@ def test_content_read_ahead_brings_the_first_bytes_of_files_into_the_page_cache(
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped from the cache
     finally:
         os.close(fd)
-    if _resident(f) > 16:
+    if resident_pages(f) > 16:
         pytest.skip("this filesystem keeps the file in memory (tmpfs)")
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -419,9 +399,9 @@ def test_content_read_ahead_brings_the_first_bytes_of_files_into_the_page_cache(
     done.join(10)
     assert not done.is_alive(), "the read-ahead blocked"
     deadline = time.monotonic() + 5
-    while _resident(f) < (1 << 20) // mmap.PAGESIZE and time.monotonic() < deadline:  # the reads finish in the kernel
+    while resident_pages(f) < (1 << 20) // mmap.PAGESIZE and time.monotonic() < deadline:  # the reads finish in the kernel
         time.sleep(0.05)
-    resident = _resident(f)
+    resident = resident_pages(f)
     first, whole = (1 << 20) // mmap.PAGESIZE, (4 << 20) // mmap.PAGESIZE
     assert first <= resident < whole // 2, resident  # the first MiB, not the whole file
 

@@ -1,7 +1,8 @@
 """Local-directory backend.
 
 Layout: ``config``, ``data/<2 hex>/<id>``, ``index/<id>``, ``snapshots/<id>``, ``locks/<id>``,
-``tmp/`` for files being written. Writes go to ``tmp/``, are fsynced, then linked into place
+``tmp/`` for files being written. Writes go to ``tmp/`` (packs with ``O_DIRECT``, see
+``rempart.storage.direct``), are fsynced, then linked into place
 (``link`` fails if the name exists, so nothing is ever overwritten), and the directory is
 fsynced.
 """
@@ -25,6 +26,7 @@ from rempart.core.errors import (
 )
 from rempart.core.ids import is_hex_id
 from rempart.storage.base import BackendProperties, FileInfo, FileType, Handle
+from rempart.storage.direct import write_new_file
 
 _DIRS = [t for t in FileType if t is not FileType.CONFIG]
 
@@ -90,10 +92,7 @@ class LocalBackend:
             tmpdir.mkdir(exist_ok=True)
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with open(tmp, "xb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                write_new_file(tmp, data)  # fsynced; a pack from shared memory skips the page cache
                 try:
                     os.link(tmp, final)  # atomic and never replaces an existing file
                 except (AttributeError, NotImplementedError):  # pragma: no cover - no hard links
