@@ -187,6 +187,7 @@ def _serve(config: Any, ctx: Context) -> int:
     from rempart.vault.app import create_app
     from rempart.vault.bootstrap import open_vault
     from rempart.vault.httpproto import http_protocol
+    from rempart.vault.memory import keep_freed_memory
     from rempart.vault.reindex import reconcile
     from rempart.vault.tls import ensure_certificate, format_fingerprint
 
@@ -205,6 +206,7 @@ def _serve(config: Any, ctx: Context) -> int:
         scheme = "https"
         print(f"certificate SHA-256 fingerprint (pin): {format_fingerprint(fp)}", flush=True)
     print(f"rempart vault listening on {scheme}://{config.listen.host}:{config.listen.port}", flush=True)
+    keep_freed_memory()  # request bodies reuse warm heap pages instead of fresh ones each time
     uvicorn.run(app, host=config.listen.host, port=config.listen.port, log_level="warning",
                 access_log=False, timeout_graceful_shutdown=5, http=http_protocol(), **kw)
     return 0
