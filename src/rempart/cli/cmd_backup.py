@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
 def _backup(args: argparse.Namespace, ctx: Context, repo: Repository) -> int:
     from rempart.agent.backup import run_backup
     from rempart.agent.credentials import load_credential
-    from rempart.cli.common import human_bytes, print_json, progress_line
+    from rempart.cli.common import human_bytes, print_json, progress_line, silent
     from rempart.repository.locks import LockPolicy
     from rempart.snapshot.archiver import BackupOptions
 
@@ -145,7 +145,7 @@ def _backup(args: argparse.Namespace, ctx: Context, repo: Repository) -> int:
         result = run_backup(
             repo, cred, [Path(p) for p in args.paths], ctx.state_dir, ctx.clock,
             options=options, detection=detection, tags=args.tag, lock_policy=LockPolicy.from_env(ctx.env),
-            progress=lambda s: show(f"{s.files} files, {human_bytes(s.bytes_read)} read"),
+            progress=None if show is silent else lambda s: show(f"{s.files} files, {human_bytes(s.bytes_read)} read"),
         )
     for w in result.stats.warnings:
         print(f"warning: {w}", file=sys.stderr)

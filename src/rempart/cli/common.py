@@ -107,12 +107,27 @@ def human_bytes(n: float) -> str:
 
 @contextmanager
 def progress_line(ctx: Context, label: str) -> Iterator[Any]:
-    """A live status line on a terminal (rich); silent when quiet, piped or --json."""
+    """A live status line on a terminal (rich), redrawn at most 10 times a second; ``silent``
+    when quiet, piped or --json (a caller can then skip building its text)."""
     if ctx.quiet or not sys.stderr.isatty():
-        yield lambda text: None
+        yield silent
         return
+    import time
+
     from rich.console import Console
     from rich.status import Status
 
+    last = [0.0]
+
+    def show(text: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.1:
+            last[0] = now
+            status.update(f"{label} {text}")
+
     with Status(label, console=Console(stderr=True)) as status:
-        yield lambda text: status.update(f"{label} {text}")
+        yield show
+
+
+def silent(text: str) -> None:
+    """The status line of a run that shows none."""

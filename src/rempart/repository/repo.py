@@ -206,7 +206,9 @@ class WriteSession:
         with self._lock:
             self.stats["blobs_new"] += len(blobs)
             self.stats["bytes_new"] += sum(b[3] for b in blobs)
-        self._upload(lambda: (name, data, entries), done)
+        # never waits for an upload slot: the caller's buffers already bound the packs in flight,
+        # and its thread answers the reading processes' questions meanwhile
+        self._upload(lambda: (name, data, entries), done, bounded=False)
 
     def add_sealed(self, blobs: list[tuple[int, bytes, bytes | bytearray | memoryview, int]]) -> None:
         """Put sealed blobs (type, id, sealed bytes, plain length) that the caller checked or
@@ -229,14 +231,19 @@ class WriteSession:
                 self._packer.recycle(pack.buffer)
         self._upload(pack.build, done)
 
-    def _upload(self, build: Callable[[], tuple[str, memoryview, list[PackEntry]]], done: Callable[[], None]) -> None:
-        """Store the pack ``build()`` gives in an upload thread (at most ``max_inflight`` at
-        once: this waits for a slot), then index it; ``done()`` once its bytes are no longer used."""
-        self._slots.acquire()
+    def _upload(self, build: Callable[[], tuple[str, memoryview, list[PackEntry]]], done: Callable[[], None],
+                bounded: bool = True) -> None:
+        """Store the pack ``build()`` gives in an upload thread (if ``bounded``, at most
+        ``max_inflight`` at once: this waits for a slot), then index it; ``done()`` once its
+        bytes are no longer used. Every ``INDEX_EVERY_PACKS`` packs stored, the upload thread
+        writes an index file for them."""
+        if bounded:
+            self._slots.acquire()
         try:
             self._check_failures()
         except BaseException:
-            self._slots.release()  # else every failed upload leaks a slot and the next caller hangs
+            if bounded:
+                self._slots.release()  # else every failed upload leaks a slot and the next caller hangs
             raise
 
         def work() -> None:
@@ -258,10 +265,16 @@ class WriteSession:
                     self._unindexed.append(section)
                     self.stats["packs"] += 1
                     self.stats["bytes_stored"] += size
+                    batch = self._unindexed if len(self._unindexed) >= INDEX_EVERY_PACKS else []
+                    if batch:
+                        self._unindexed = []
+                if batch:  # packs stored (above, or by the other upload threads) before their index
+                    self._write_index(batch)
                 if self.on_upload:
                     self.on_upload(size)
             finally:
-                self._slots.release()
+                if bounded:
+                    self._slots.release()
 
         fut = self._pool.submit(work)
         with self._lock:  # several chunk threads upload: the list is shared
@@ -272,13 +285,8 @@ class WriteSession:
             done = [f for f in self._futures if f.done()]
             if done:
                 self._futures = [f for f in self._futures if not f.done()]
-            batch = self._unindexed if len(self._unindexed) >= INDEX_EVERY_PACKS else []
-            if batch:
-                self._unindexed = []
         for f in done:
             f.result()  # re-raise an upload error in the backup thread
-        if batch:
-            self._write_index(batch)
 
     def flush(self) -> None:
         """Upload the last partial pack, wait for every upload, write the index file."""
