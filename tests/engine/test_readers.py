@@ -645,3 +645,59 @@ def test_a_pack_of_thousands_of_tiny_blobs_keeps_its_header_in_the_shared_buffer
     listing = rig.listing(root, src)
     for i in (0, 1999, 3999):
         assert listing[f"f{i:05d}"][5] == i.to_bytes(4, "big")
+
+
+_EIO_HOOK = '''
+import errno, os
+_fdopen = os.fdopen
+class _Failing:
+    """A file that gives an I/O error once 1 MiB has been read (a failing disk, a lost share)."""
+    def __init__(self, f):
+        self.f, self.done = f, 0
+    def readinto(self, b):
+        if self.done >= 1 << 20:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        n = self.f.readinto(b)
+        self.done += n or 0
+        return n
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.f.close()
+def fdopen(fd, *a, **k):
+    f = _fdopen(fd, *a, **k)
+    try:
+        failing = os.readlink(f"/proc/self/fd/{fd}").endswith(".failing")
+    except OSError:
+        failing = False
+    return _Failing(f) if failing else f
+os.fdopen = fdopen
+'''
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="the fault hook names files through /proc")
+def test_a_read_error_in_the_middle_of_a_file_skips_it_and_keeps_the_backup_whole(
+        rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that fails after its first block (EIO) is skipped with a warning; the blocks the
+    process had asked about were claimed for it, so it stores them: another file with the same
+    bytes, read after it, restores whole, and the run does not fail. Before, the unanswered
+    question shifted the answers of the next file and the whole backup failed."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_EIO_HOOK)  # imported by each reading process at start
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p))
+    src = tmp_path / "data" / "src"
+    src.mkdir(parents=True)
+    head = os.urandom(3 << 20)
+    (src / "a.failing").write_bytes(head + os.urandom(2 << 20))
+    (src / "b.bin").write_bytes(head)  # the same chunks as a's first blocks: claimed by a
+    (src / "c.txt").write_text("after the failing file\n" * 100)
+    root, archiver, _ = rig.archive(src, rig.tmp / "p", processes=True, process_after=0, workers=1)
+    assert archiver._readers is not None and archiver._readers.processes == 1  # read by the process
+    assert [w for w in archiver.stats.warnings if "a.failing" in w and "Input/output error" in w]
+    listing = rig.listing(root, src)
+    assert listing["b.bin"][5] == head
+    assert listing["c.txt"][5] == (src / "c.txt").read_bytes()
+    assert listing.get("a.failing", ("skip",))[0] not in ("file",)  # never a partial copy

@@ -299,7 +299,19 @@ class _Worker:
             state = _Seal(r.plan)
             last: tuple[list[memoryview], list[bytes]] | None = None
             # the next block is read and hashed while the parent answers about the last one
-            for batch in run["chunker"].batches(f, overlap=True):
+            batches = run["chunker"].batches(f, overlap=True)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except OSError:
+                    # the file cannot be read on (a failing disk, a share gone): the parent counts
+                    # on us for what it claimed in the last answer (other files with those chunks
+                    # will not store them), and that block is still in memory: store it, then report
+                    if last is not None:
+                        self._seal(state, *last, self._answer())
+                    raise
                 ids = [idk.blob_id(c) for c in batch]
                 self._ask(ids)
                 if last is not None:
