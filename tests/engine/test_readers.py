@@ -533,6 +533,7 @@ def test_a_reading_process_asks_about_the_next_block_before_the_last_answer_arri
     large file) while the parent answers about the last one: two questions are out before
     the first answer, and every file is still stored and reported once the answers come."""
     from rempart.repository.repo import WriteSession
+    from rempart.snapshot import wire
     from rempart.snapshot import worker_main as wm
     from rempart.snapshot.wire import Inbox, Request, decode_result, encode_request, recv, send
     from rempart.snapshot.workers import _shared_buffer
@@ -599,7 +600,7 @@ def test_a_reading_process_asks_about_the_next_block_before_the_last_answer_arri
         send(to_worker, b"S", b"")
         msg = recv(stream)
         assert msg is not None and msg[0] == b"P"  # the one pack, with every blob
-        assert (len(msg[1]) - wm.PACK.size) // wm.PBLOB.size == len(small) + sum(sizes)
+        assert (len(msg[1]) - wire.PACK.size) // wire.PBLOB.size == len(small) + sum(sizes)
         assert recv(stream) == (b"Z", b"")
         serving.join(10)
         assert not serving.is_alive()

@@ -169,6 +169,23 @@ def test_chunk_blocks_with_overlap_cut_the_same_and_keep_the_last_block_valid() 
     assert [bytes(c) for c in first] != copy
 
 
+def test_the_last_block_of_a_file_stays_valid_while_the_next_file_starts() -> None:
+    """A reading process stores a large file's last block only once the next file's first
+    block is read and hashed: with overlap, a call's first block never lands in the buffer
+    holding the last block of the call before, whatever the parity of their block counts."""
+    import io
+
+    params = ChunkerParams()
+    chunker = Chunker(params, 7)
+    for sizes in ((300_000, 2_500_000), (2_500_000, 300_000), (3_700_000, 3_700_000), (1_200_000, 1_200_000)):
+        files = [os.urandom(n) for n in sizes]
+        *_, last = chunker.batches(io.BytesIO(files[0]), overlap=True)
+        kept = [bytes(c) for c in last]
+        first = next(iter(chunker.batches(io.BytesIO(files[1]), overlap=True)))
+        assert [bytes(c) for c in last] == kept  # still the first file's bytes
+        assert b"".join(bytes(c) for c in first) == files[1][: sum(len(c) for c in first)]
+
+
 def test_chunker_sizes_pyfastcdc_refuses_are_a_config_error_not_a_crash() -> None:
     """A repository config names its chunker sizes; sizes the compiled chunker would refuse
     (its average below its minimum) fail as ConfigError when the config is read, before any

@@ -64,6 +64,7 @@ class Chunker:
         self._max = params.max_size
         self._buf: bytearray | None = None
         self._buf2: bytearray | None = None  # the second buffer of ``batches(overlap=True)``
+        self._recent: bytearray | None = None  # the buffer of the last list yielded
 
     def chunks(self, stream: Readable) -> Iterator[memoryview]:
         """Yield chunk views; each is valid only until the next one is requested."""
@@ -74,7 +75,10 @@ class Chunker:
         """Yield the chunks block by block, as lists of views valid until the next list is
         requested (the reading processes ask about a whole block's ids at once); with
         ``overlap``, until the list after it (two buffers used in turn: a reading process
-        reads and hashes the next block while the parent answers about the last one).
+        reads and hashes the next block while the parent answers about the last one), also
+        across calls: the first list of a call is never in the buffer of the last list of
+        the call before (a process reads the next file while the parent answers about the
+        end of the last one).
 
         The same cut points as ``FastCDC.cut_stream`` (a cut depends only on the ``max_size``
         bytes from the chunk's start), but read in large blocks into buffers kept for the
@@ -87,6 +91,9 @@ class Chunker:
             self._buf2 = bytearray(READ_SIZE + self._max)
         buf, maxs = self._buf, self._max
         other = self._buf2 if overlap else buf
+        if overlap and self._recent is buf:  # the last call's final list may still be in use
+            assert other is not None
+            buf, other = other, buf
         view = memoryview(buf)
         cap = len(buf)
         readinto = stream.readinto
@@ -122,6 +129,7 @@ class Chunker:
             else:
                 start = end  # the last chunk ended exactly at the end of the buffer
             if batch:
+                self._recent = buf
                 yield batch
             if eof and start >= end:
                 return

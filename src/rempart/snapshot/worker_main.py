@@ -27,100 +27,35 @@ from __future__ import annotations
 
 import importlib
 import json
-import mmap
 import os
 import signal
 import stat as statmod
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from rempart.chunking.fastcdc import Chunker, ChunkerParams
 from rempart.crypto.aead import DataKey
 from rempart.crypto.idkey import IdKey
-from rempart.repository.blobs import compress, seal_blob_into
-from rempart.repository.format import BlobType
-from rempart.repository.packer import FullPack
+from rempart.repository.blobs import compress
 from rempart.snapshot.pipeline import collect_samples
 from rempart.snapshot.tree import canonical_json
 from rempart.snapshot.wire import (
     FEATURES,
     ID,
     ID32,
-    PACK,
-    PBLOB,
     Inbox,
     Request,
     decode_request,
     encode_result,
     send,
 )
+from rempart.snapshot.worker_parts import O_BINARY, O_NOFOLLOW, Packs, Read, SealState, open_ahead, settled
 
-O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-O_BINARY = getattr(os, "O_BINARY", 0)
-WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 SMALL = 256 * 1024  # files up to this size (at the walk) are read in groups
 GROUP_FILES = 64
 GROUP_BYTES = 1024 * 1024
-Read = tuple[bytes, int, os.stat_result, list[tuple[int, bytes]]]  # ids, size, stat, samples
-
-
-class _Packs:
-    """The process's packs, built in the parent's shared buffers (see the module docstring)."""
-
-    def __init__(self, out: int, key: DataKey, envelope: bytes, fds: list[int], capacity: int, limit: int,
-                 max_blobs: int, wait: Callable[[], None]) -> None:
-        self.out, self.key, self.envelope, self.limit, self.wait = out, key, envelope, limit, wait
-        self.max_blobs = max_blobs  # the buffer has room for this many header entries
-        self.maps = []
-        for fd in fds:
-            self.maps.append(mmap.mmap(fd, capacity))
-            os.close(fd)  # the mapping keeps the memory
-        self.views = [memoryview(m) for m in self.maps]
-        self.free: list[int] = []  # buffers the parent gave this process (``D``)
-        self.current = -1
-        self.pos = 0
-        self.blobs: list[tuple[int, bytes, int, int]] = []
-
-    def add(self, bid: bytes, plain_len: int, flag: int, payload: bytes | memoryview) -> None:
-        if self.current < 0:
-            while not self.free:
-                self.wait()  # reads messages until the parent gives a buffer back
-            self.current = self.free.pop()
-        n = seal_blob_into(self.key, BlobType.DATA, bid, flag, payload, self.views[self.current][self.pos :])
-        self.pos += n
-        self.blobs.append((BlobType.DATA, bid, n, plain_len))
-        if self.pos >= self.limit or len(self.blobs) >= self.max_blobs:
-            self.finish()
-
-    def finish(self) -> None:
-        """Write the header of the current pack and hand it to the parent."""
-        if self.current < 0:
-            return
-        buf = self.maps[self.current]
-        name, data, _ = FullPack(self.key, self.envelope, buf, self.pos, [b[:3] for b in self.blobs]).build()
-        if data.obj is not buf:
-            raise RuntimeError("pack header did not fit its shared buffer")
-        n = len(data)
-        data.release()
-        send(self.out, b"P", PACK.pack(self.current, n, bytes.fromhex(name)),
-             b"".join(PBLOB.pack(*b) for b in self.blobs))
-        self.current, self.pos, self.blobs = -1, 0, []
-
-
-class _Seal:
-    """Compress-and-seal state along one file: stop trying to compress data that does not
-    compress (JPEG, DICOM pixels), but try again every 16 chunks."""
-
-    __slots__ = ("compressible", "content", "misses", "offset", "plan", "samples")
-
-    def __init__(self, plan: list[tuple[int, int]]) -> None:
-        self.plan = plan
-        self.samples: list[tuple[int, bytes]] = []
-        self.content: list[bytes] = []
-        self.offset = self.misses = 0
-        self.compressible = True
 
 
 class _Worker:
@@ -133,7 +68,7 @@ class _Worker:
         self.pending: Callable[[], None] | None = None
         self.alone: deque[Request] = deque()  # requests to read on their own, before any other
         self.run: dict[str, Any] | None = None
-        self.packs: _Packs | None = None
+        self.packs: Packs | None = None
 
     def serve(self) -> None:
         while True:
@@ -162,8 +97,7 @@ class _Worker:
             elif kind == b"R":
                 first = decode_request(payload)
                 if first.size > SMALL:
-                    self._finish_pending()
-                    self._request(first)
+                    self._large(first)
                 else:
                     after = self._group(self._gather(first))  # asked about, not stored yet
                     self._finish_pending()  # the previous group's answer comes first
@@ -223,7 +157,7 @@ class _Worker:
         if p.get("features"):  # "module:function", given by the layer above (detection)
             module, _, func = p["features"].partition(":")
             features = getattr(importlib.import_module(module), func)
-        self.packs = _Packs(self.out, key, bytes.fromhex(p["envelope"]), p["buffers"], p["capacity"],
+        self.packs = Packs(self.out, key, bytes.fromhex(p["envelope"]), p["buffers"], p["capacity"],
                             p["pack_size"], p["max_blobs"], self._wait_buffer)
         self.run = {"id": idk, "level": p["level"], "features": features,
                     "chunker": Chunker(ChunkerParams.from_dict(p["chunker"]), idk.chunker_seed())}
@@ -242,7 +176,7 @@ class _Worker:
                 self.queued.append(msg)  # a read request sent meanwhile: served next
         return self.answers.popleft()
 
-    def _seal(self, state: _Seal, chunks: list[memoryview], ids: list[bytes], new: bytes | memoryview) -> None:
+    def _seal(self, state: SealState, chunks: list[memoryview], ids: list[bytes], new: bytes | memoryview) -> None:
         """Store the chunks the parent said are new (every one of them: it counts on it)."""
         assert self.run is not None and self.packs is not None
         level, packs = self.run["level"], self.packs
@@ -286,6 +220,77 @@ class _Worker:
         except Exception as exc:
             self._failed(r, exc)
 
+    def _large(self, r: Request) -> None:
+        """Read a large file; the answer about its last block is awaited (and the block stored)
+        only once the next file's first block is read and hashed (``pending``)."""
+        finish = None
+        try:
+            finish = self._read_deferred(r)
+        except EOFError:
+            raise
+        except Exception as exc:
+            self._failed(r, exc)
+        self._finish_pending()  # if the file ended before its first question
+        self.pending = finish
+
+    def _read_deferred(self, r: Request) -> Callable[[], None]:
+        run = self.run
+        if run is None:
+            raise RuntimeError("read request before the run's keys")
+        idk = run["id"]
+        fd = os.open(r.path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            st1 = os.fstat(fd)
+            if not statmod.S_ISREG(st1.st_mode):
+                raise OSError(0, "no longer a regular file")
+            state = SealState(r.plan)
+            last = self._blocks(f, state, idk, self._finish_pending)
+            st2 = os.fstat(fd)
+
+        def finish() -> None:
+            try:
+                if last is not None:
+                    self._seal(state, *last, self._answer())
+                result = settled(state, st1, st2)
+                if result is None:
+                    self.alone.append(r)  # changed while read: read again on its own
+                else:
+                    self._report(r, result)
+            except EOFError:
+                raise
+            except Exception as exc:
+                self._failed(r, exc)
+
+        return finish
+
+    def _blocks(self, f: Any, state: SealState, idk: IdKey, first_asked: Callable[[], None]
+                ) -> tuple[list[memoryview], list[bytes]] | None:
+        """Read, hash and ask about ``f`` block by block, storing each block once the next
+        one is asked about; returns the last block, asked about and not stored yet.
+        ``first_asked()`` runs once the first question is sent."""
+        assert self.run is not None
+        last: tuple[list[memoryview], list[bytes]] | None = None
+        batches = self.run["chunker"].batches(f, overlap=True)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return last
+            except OSError:
+                # the file cannot be read on (a failing disk, a share gone): the parent counts
+                # on us for what it claimed in the last answer (other files with those chunks
+                # will not store them), and that block is still in memory: store it, then report
+                if last is not None:
+                    self._seal(state, *last, self._answer())
+                raise
+            ids = [idk.blob_id(c) for c in batch]
+            self._ask(ids)
+            if last is not None:
+                self._seal(state, *last, self._answer())
+            else:
+                first_asked()
+            last = batch, ids
+
     def _read_once(self, r: Request) -> Read | None:
         run = self.run
         if run is None:
@@ -296,31 +301,13 @@ class _Worker:
             st1 = os.fstat(fd)
             if not statmod.S_ISREG(st1.st_mode):
                 raise OSError(0, "no longer a regular file")
-            state = _Seal(r.plan)
-            last: tuple[list[memoryview], list[bytes]] | None = None
+            state = SealState(r.plan)
             # the next block is read and hashed while the parent answers about the last one
-            batches = run["chunker"].batches(f, overlap=True)
-            while True:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                except OSError:
-                    # the file cannot be read on (a failing disk, a share gone): the parent counts
-                    # on us for what it claimed in the last answer (other files with those chunks
-                    # will not store them), and that block is still in memory: store it, then report
-                    if last is not None:
-                        self._seal(state, *last, self._answer())
-                    raise
-                ids = [idk.blob_id(c) for c in batch]
-                self._ask(ids)
-                if last is not None:
-                    self._seal(state, *last, self._answer())
-                last = batch, ids
+            last = self._blocks(f, state, idk, lambda: None)
             if last is not None:
                 self._seal(state, *last, self._answer())
             st2 = os.fstat(fd)
-        return _settled(state, st1, st2)
+        return settled(state, st1, st2)
 
     def _group(self, group: list[Request]) -> Callable[[], None] | None:
         """Read small files whole and ask about all their chunks at once; returns what stores
@@ -332,7 +319,7 @@ class _Worker:
             if run is None:
                 raise RuntimeError("read request before the run's keys")
             idk, chunker = run["id"], run["chunker"]
-            for r, fd in _open_ahead(group, self._failed):
+            for r, fd in open_ahead(group, self._failed):
                 try:
                     with os.fdopen(fd, "rb", buffering=0) as f:
                         st1 = os.fstat(fd)
@@ -363,10 +350,10 @@ class _Worker:
                 new = memoryview(self._answer())
                 at = 0
                 for r, _data, chunks, ids, st1, st2 in read:
-                    state = _Seal(r.plan)
+                    state = SealState(r.plan)
                     self._seal(state, chunks, ids, new[at : at + len(ids)])
                     at += len(ids)
-                    result = _settled(state, st1, st2)
+                    result = settled(state, st1, st2)
                     if result is None:
                         self.alone.append(r)
                     else:
@@ -378,38 +365,6 @@ class _Worker:
                     self._failed(item[0], exc)  # the parent takes the first report of each file
 
         return store
-
-
-def _open_ahead(group: list[Request], failed: Callable[[Request, Exception], None]) -> Iterator[tuple[Request, int]]:
-    """Open every file of ``group`` and ask the kernel to start reading them (on a cold cache
-    the disk then works on the next files while one is chunked), then yield them one by one;
-    a file that cannot be opened is reported through ``failed``. Unyielded ones are closed."""
-    opened: deque[tuple[Request, int]] = deque()
-    try:
-        for r in group:
-            try:
-                fd = os.open(r.path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
-            except OSError as exc:
-                failed(r, exc)
-                continue
-            opened.append((r, fd))
-            if WILLNEED is not None and len(group) > 1:
-                try:
-                    os.posix_fadvise(fd, 0, 0, WILLNEED)
-                except OSError:
-                    pass  # only a hint
-        while opened:
-            yield opened.popleft()  # the caller owns (closes) it from here
-    finally:
-        for _, fd in opened:
-            os.close(fd)
-
-
-def _settled(state: _Seal, st1: os.stat_result, st2: os.stat_result) -> Read | None:
-    """The file's read, or None if it changed while being read."""
-    if state.offset != st2.st_size or (st1.st_mtime_ns, st1.st_size) != (st2.st_mtime_ns, st2.st_size):
-        return None
-    return b"".join(state.content), state.offset, st2, state.samples
 
 
 def main() -> int:
