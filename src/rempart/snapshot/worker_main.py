@@ -234,18 +234,7 @@ class _Worker:
         self.pending = finish
 
     def _read_deferred(self, r: Request) -> Callable[[], None]:
-        run = self.run
-        if run is None:
-            raise RuntimeError("read request before the run's keys")
-        idk = run["id"]
-        fd = os.open(r.path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            st1 = os.fstat(fd)
-            if not statmod.S_ISREG(st1.st_mode):
-                raise OSError(0, "no longer a regular file")
-            state = SealState(r.plan)
-            last = self._blocks(f, state, idk, self._finish_pending)
-            st2 = os.fstat(fd)
+        state, last, st1, st2 = self._read_blocks(r, self._finish_pending)
 
         def finish() -> None:
             try:
@@ -292,10 +281,18 @@ class _Worker:
             last = batch, ids
 
     def _read_once(self, r: Request) -> Read | None:
+        state, last, st1, st2 = self._read_blocks(r, lambda: None)
+        if last is not None:
+            self._seal(state, *last, self._answer())
+        return settled(state, st1, st2)
+
+    def _read_blocks(self, r: Request, first_asked: Callable[[], None]
+                     ) -> tuple[SealState, tuple[list[memoryview], list[bytes]] | None, os.stat_result, os.stat_result]:
+        """Open ``r`` and go through it with ``_blocks``: (seal state, the last block, asked
+        about and not stored yet, stat before and after the reads)."""
         run = self.run
         if run is None:
             raise RuntimeError("read request before the run's keys")
-        idk = run["id"]
         fd = os.open(r.path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
         with os.fdopen(fd, "rb", buffering=0) as f:
             st1 = os.fstat(fd)
@@ -303,11 +300,9 @@ class _Worker:
                 raise OSError(0, "no longer a regular file")
             state = SealState(r.plan)
             # the next block is read and hashed while the parent answers about the last one
-            last = self._blocks(f, state, idk, lambda: None)
-            if last is not None:
-                self._seal(state, *last, self._answer())
+            last = self._blocks(f, state, run["id"], first_asked)
             st2 = os.fstat(fd)
-        return settled(state, st1, st2)
+        return state, last, st1, st2
 
     def _group(self, group: list[Request]) -> Callable[[], None] | None:
         """Read small files whole and ask about all their chunks at once; returns what stores

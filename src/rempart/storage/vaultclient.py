@@ -163,50 +163,40 @@ class _BulkConnections:
 
     def send(self, method: str, path: str, headers: dict[str, str] | None = None,
              body: Any = None) -> tuple[int, dict[str, str], bytes]:
-        """One request; ``body`` may be any bytes-like object (sent as it is, no copy). A
-        kept-alive connection the server closed meanwhile is retried once on a fresh one (the
-        request never reached the vault: RemoteDisconnected before any answer)."""
+        """One request; ``body`` may be any bytes-like object (sent as it is, no copy)."""
         hdrs = {**self.headers, **headers} if headers else self.headers
+        return self._exchange(method, path, hdrs, body, lambda resp: resp.read())
+
+    def get_into(self, path: str, headers: dict[str, str], into: memoryview
+                 ) -> tuple[int, dict[str, str], bytes]:
+        """A GET whose body, when it is a 206 of exactly ``len(into)`` bytes, is read straight
+        into ``into`` (returned body empty); any other answer's body is returned as usual."""
+
+        def read(resp: http.client.HTTPResponse) -> bytes:
+            if resp.status != 206 or resp.length != len(into):
+                return resp.read()
+            got = 0
+            while got < len(into):
+                n = resp.readinto(into[got:])
+                if not n:
+                    raise http.client.IncompleteRead(b"", len(into) - got)
+                got += n
+            return b""
+
+        return self._exchange("GET", path, {**self.headers, **headers}, None, read)
+
+    def _exchange(self, method: str, path: str, hdrs: dict[str, str], body: Any,
+                  read: Callable[[http.client.HTTPResponse], bytes]) -> tuple[int, dict[str, str], bytes]:
+        """Send one request and ``read`` its answer's body. A kept-alive connection the server
+        closed meanwhile is retried once on a fresh one (the request never reached the vault:
+        RemoteDisconnected before any answer)."""
         for fresh in (False, True):
             conn = self._take() if not fresh else self._new()
             reused = not fresh and conn.sock is not None
             try:
                 conn.request(method, path, body=body, headers=hdrs)
                 resp = conn.getresponse()
-                data = resp.read()
-                break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                conn.close()
-                if not reused:
-                    raise
-            except BaseException:
-                conn.close()
-                raise
-        resp_headers = {k.lower(): v for k, v in resp.getheaders()}
-        self._keep(conn, resp)
-        return resp.status, resp_headers, data
-
-    def get_into(self, path: str, headers: dict[str, str], into: memoryview
-                 ) -> tuple[int, dict[str, str], bytes]:
-        """A GET whose body, when it is a 206 of exactly ``len(into)`` bytes, is read straight
-        into ``into`` (returned body empty); any other answer's body is returned as usual."""
-        hdrs = {**self.headers, **headers}
-        for fresh in (False, True):
-            conn = self._take() if not fresh else self._new()
-            reused = not fresh and conn.sock is not None
-            try:
-                conn.request("GET", path, headers=hdrs)
-                resp = conn.getresponse()
-                if resp.status == 206 and resp.length == len(into):
-                    got = 0
-                    while got < len(into):
-                        n = resp.readinto(into[got:])
-                        if not n:
-                            raise http.client.IncompleteRead(b"", len(into) - got)
-                        got += n
-                    data = b""
-                else:
-                    data = resp.read()
+                data = read(resp)
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 conn.close()
