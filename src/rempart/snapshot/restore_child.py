@@ -312,7 +312,7 @@ class _RemoteChild(_Child):
         slot.buf = buf
         view = memoryview(buf)[:n]
         h = self._handle(pack)
-        self.backend._retry(lambda: self.vault.load_into(h, start, view))
+        self.backend.call(lambda: self.vault.load_into(h, start, view))
         return view
 
     def read(self, runs: list[Run], i: int) -> memoryview:

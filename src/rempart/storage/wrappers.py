@@ -88,7 +88,8 @@ class RetryBackend(Wrapper):
         self._sleep = sleep
         self._rng = rng or random.Random()
 
-    def _retry(self, fn: Callable[[], object]) -> object:
+    def call(self, fn: Callable[[], object]) -> object:
+        """``fn()``, tried again after a transient error, with backoff and jitter."""
         for attempt in range(self.attempts):
             try:
                 return fn()
@@ -112,20 +113,20 @@ class RetryBackend(Wrapper):
                 if attempts[0] == 1 or h.type is FileType.CONFIG:
                     raise
 
-        self._retry(once)
+        self.call(once)
 
     def load(self, h: Handle, *, offset: int = 0, length: int | None = None) -> bytes:
-        out = self._retry(lambda: self.inner.load(h, offset=offset, length=length))
+        out = self.call(lambda: self.inner.load(h, offset=offset, length=length))
         assert isinstance(out, bytes)
         return out
 
     def stat(self, h: Handle) -> FileInfo:
-        out = self._retry(lambda: self.inner.stat(h))
+        out = self.call(lambda: self.inner.stat(h))
         assert isinstance(out, FileInfo)
         return out
 
     def list(self, ftype: FileType) -> Iterator[FileInfo]:
-        items = self._retry(lambda: list(self.inner.list(ftype)))
+        items = self.call(lambda: list(self.inner.list(ftype)))
         assert isinstance(items, list)
         return iter(items)
 
