@@ -113,3 +113,23 @@ def test_read_ahead_survives_a_list_that_cannot_be_read(tmp_path: Path) -> None:
     ra = MetadataReadAhead([src], files=broken())
     ra.start().join(30)
     assert ra.visited == total
+
+
+def test_a_backup_removes_temporary_files_a_killed_backup_left_long_ago(
+        repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A backup killed while writing a pack leaves a file in the repository's tmp/; the next
+    backup removes it once untouched for an hour (a backup running beside it keeps its own
+    files fresh)."""
+    import time
+
+    from rempart.storage.local import TMP_GRACE
+
+    tmp = tmp_path / "repo" / "tmp"
+    stale, fresh = tmp / "ab.1.tmp", tmp / "cd.2.tmp"
+    now = time.time()
+    for p, age in ((stale, TMP_GRACE + 60), (fresh, 60.0)):
+        p.write_bytes(b"half a pack")
+        os.utime(p, (now - age, now - age))
+    code, _, err = run(capsys, "-q", "backup", str(repo))
+    assert code == 0, err
+    assert not stale.exists() and fresh.exists()

@@ -179,3 +179,19 @@ def test_a_pack_from_page_aligned_memory_is_written_past_the_page_cache(tmp_path
     be2 = LocalBackend(other, create=True)
     be2.save(h, payload)  # bytes: not page-aligned for ctypes, written the ordinary way
     assert be2.load(h) == payload
+
+
+def test_clean_tmp_takes_only_files_left_untouched_for_the_grace_period(tmp_path: Path) -> None:
+    """A writer still at work keeps its temporary file fresh: a cleanup with ``now`` removes
+    only what was last written more than ``older_than`` seconds before."""
+    from rempart.storage.local import TMP_GRACE
+
+    b = LocalBackend(tmp_path / "repo", create=True)
+    now = 1_800_000_000.0
+    stale, fresh = b.root / "tmp" / "a.1.tmp", b.root / "tmp" / "b.2.tmp"
+    keep = b.root / "tmp" / "notes.txt"  # not a temporary file of ours
+    for p, age in ((stale, TMP_GRACE + 60), (fresh, TMP_GRACE - 60), (keep, 10 * TMP_GRACE)):
+        p.write_bytes(b"half a pack")
+        os.utime(p, (now - age, now - age))
+    assert b.clean_tmp(older_than=TMP_GRACE, now=now) == 1
+    assert not stale.exists() and fresh.exists() and keep.exists()

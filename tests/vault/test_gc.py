@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,21 @@ def test_reupload_of_a_pack_marked_for_deletion_survives_the_sweep(svc: Any) -> 
     assert v.exists(p, ida) == set(ida)
     s = make_snapshot(ida)
     put(v, name, Handle(FileType.SNAPSHOT, s.name), s.data)
+
+
+def test_gc_removes_uploads_cut_short_long_ago_and_keeps_one_arriving(svc: Any) -> None:
+    """A vault killed mid-upload leaves a half-written file in the practice's tmp/; the next GC
+    pass removes it once untouched for the grace period, never one still being written."""
+    from rempart.storage.local import TMP_GRACE
+
+    v, clock, name = svc
+    tmp = v.config.storage.path / name / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    now = clock.now().timestamp()
+    stale, arriving = tmp / "ab.1.tmp", tmp / "cd.2.tmp"
+    for p, age in ((stale, TMP_GRACE + 1), (arriving, 5.0)):
+        p.write_bytes(b"part of a pack")
+        os.utime(p, (now - age, now - age))
+    rep = gc.run_gc(v, v.practice(name), actor="t")
+    assert rep.tmp_removed == 1
+    assert not stale.exists() and arriving.exists()

@@ -18,6 +18,8 @@ from rempart.repository.locks import LockPolicy
 from rempart.repository.repo import Repository, WriteSession
 from rempart.snapshot.archiver import Archiver, BackupOptions, BackupStats, FileObserver
 from rempart.snapshot.cache import StateCache
+from rempart.storage.local import TMP_GRACE, LocalBackend
+from rempart.storage.wrappers import beneath
 
 
 @dataclass
@@ -76,6 +78,9 @@ def run_backup(
         # held from before the index is read until the snapshot is stored: no prune meanwhile;
         # nothing is stored once it could have expired (the process was paused too long)
         lock = take_backup_lock(backend, repo.config.id, clock, lock_policy)
+        folder_backend = beneath(backend)
+        if isinstance(folder_backend, LocalBackend):  # temporary files of a backup killed earlier
+            folder_backend.clean_tmp(older_than=TMP_GRACE, now=clock.now().timestamp())
         repo.backend = lock.guard(backend)
         for attempt in range(2):
             repo.load_index()

@@ -28,6 +28,11 @@ from rempart.core.ids import is_hex_id
 from rempart.storage.base import BackendProperties, FileInfo, FileType, Handle
 from rempart.storage.direct import write_new_file
 
+#: how long a temporary file must have been left untouched before a cleanup takes it for the
+#: leftover of a killed writer (an upload still arriving, or a backup still writing, keeps its
+#: file fresh)
+TMP_GRACE = 3600.0
+
 _DIRS = [t for t in FileType if t is not FileType.CONFIG]
 
 
@@ -147,10 +152,17 @@ class LocalBackend:
     def close(self) -> None:
         pass
 
-    def clean_tmp(self) -> int:
-        """Remove leftovers of killed writers; returns how many were removed."""
+    def clean_tmp(self, older_than: float = 0.0, now: float | None = None) -> int:
+        """Remove leftovers of killed writers (``tmp/*.tmp``); returns how many were removed.
+        With ``now`` (seconds since the epoch), only files last written more than
+        ``older_than`` seconds before it: a writer still at work keeps its file fresh."""
         n = 0
         for p in (self.root / "tmp").glob("*.tmp"):
-            p.unlink(missing_ok=True)
+            try:
+                if now is not None and p.stat().st_mtime > now - older_than:
+                    continue
+                p.unlink()
+            except FileNotFoundError:
+                continue  # its writer finished meanwhile
             n += 1
         return n

@@ -218,3 +218,11 @@ class FaultyBackend(Wrapper):
     def remove(self, h: Handle) -> None:
         self._check("remove")
         self.inner.remove(h)
+
+
+def beneath(backend: Backend) -> Backend:
+    """The backend behind any permission checks and retries (wrappers that change nothing
+    stored): e.g. to reach a local folder's own housekeeping."""
+    while isinstance(backend, (PermissionedBackend, RetryBackend)):
+        backend = backend.inner
+    return backend

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 from rempart.core.errors import NotFound, PermissionDenied
 from rempart.repository.format import BlobType, PackEntry, encode_index
 from rempart.storage.base import FileType, Handle
+from rempart.storage.local import TMP_GRACE
 from rempart.vault import db
 from rempart.vault.retention import SnapRecord, select_kept
 from rempart.vault.service import CHUNK, Practice, Vault
@@ -44,6 +45,7 @@ class GcReport:
     retained_by_storage: list[str] = field(default_factory=list)
     freed_bytes: int = 0
     new_index: str | None = None
+    tmp_removed: int = 0  # leftovers of uploads cut short (local storage)
 
 
 def referenced_packs(conn: Connection, pid: int, packs: list[str]) -> set[str]:
@@ -184,6 +186,9 @@ def run_gc(vault: Vault, practice: Practice, *, actor: str) -> GcReport:
     forget(vault, practice, actor=actor, report=report)
     if report.frozen:
         return report
+    clean = getattr(vault.store.backend(practice.name), "clean_tmp", None)
+    if clean is not None:  # local storage: half-written uploads of a vault killed meanwhile
+        report.tmp_removed = clean(older_than=TMP_GRACE, now=vault.clock.now().timestamp())
     _sweep(vault, practice, ("deleting",), ("snapshots",), report)
     if not _mark(vault, practice, actor=actor, report=report):
         return report
