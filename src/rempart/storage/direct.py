@@ -4,7 +4,7 @@ A buffered ``write`` of a 10 MiB pack costs ~12 ms of kernel CPU on the test mac
 into the page cache and its block allocation), every pack of a backup, on the cores that chunk
 and compress; the device then copies the same pages again on writeback. With ``O_DIRECT`` the
 device reads the pages of the caller's buffer itself: ~1.3 ms of CPU per pack, the same time to
-durable (measured in docs/benchmarks.md, "Direct pack writes").
+durable (docs/benchmarks.md, "Summary (session 7)", "Packs written with `O_DIRECT`").
 
 ``O_DIRECT`` needs the buffer's address, the length and the file offset aligned to the
 device's logical block: the whole 4 KiB blocks at the start of a page-aligned buffer (a pack
