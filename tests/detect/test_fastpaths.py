@@ -152,3 +152,55 @@ def test_run_without_deletions_keeps_plain_rows_out_of_sqlite_and_still_heals() 
     assert "docs/letter.txt" not in result.ledger.entries  # healed
     assert "docs/other.txt" in result.ledger.entries and "docs/wiped.txt" in result.ledger.entries
     assert result.damaged_paths == ["docs/wiped.txt"]
+
+
+def _sample_files() -> list[tuple[str, bytes]]:
+    r = random.Random(7)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("word/document.xml", "<w:document>" + "lorem ipsum " * 200 + "</w:document>")
+        z.writestr("[Content_Types].xml", "<Types/>")
+    note = b"All your files are encrypted. To decrypt them pay bitcoin. Visit our .onion site with Tor.\n" * 3
+    return [
+        ("letter.txt", b"Dear patient, your appointment is on Monday.\n" * 40),
+        ("report.docx", buf.getvalue()),
+        ("scan.docx", r.randbytes(30_000)),  # a document that is random bytes: new-random
+        ("README-DECRYPT.txt", note),
+        ("empty.csv", b""),
+        ("photo.jpg", b"\xff\xd8\xff\xe0" + r.randbytes(5000)),
+        ("export.csv", b"id;name;date\n" + b"1;Dupont;2026-01-02\n" * 300),
+        ("blob.b64", __import__("base64").b64encode(r.randbytes(6000))),
+        ("archive.zip", buf.getvalue()),
+    ]
+
+
+def test_a_new_file_judged_in_the_reading_process_gives_the_same_row() -> None:
+    """read_verdict (run by the archiver's reading processes, its verdict sent as JSON) and
+    add_change(None, ...) in the backup process store the same row for every kind of file."""
+    import json
+
+    from rempart.detect.judge import read_verdict
+
+    rows = []
+    for how in ("parent", "reader"):
+        db = sqlite3.connect(":memory:")
+        judge = RunJudge(db)
+        for name, data in _sample_files():
+            path = f"Practice/Docs/{name}"
+            plan = sample_plan(len(data))
+            samples = [(off, data[off : off + n]) for off, n in plan]
+            feats_dict, judged = read_verdict(name, len(data), samples)
+            cur = FileFeatures.from_dict(feats_dict)
+            assert cur == features_of(name, data)
+            if how == "parent":
+                judge.add_change(path, None, cur)
+            else:
+                judge.add_judged_new(path, json.loads(json.dumps(judged)))
+        judge.add_deletions([("Practice/Docs/old.txt", None)])  # with deletions every row is written
+        judge.finish()
+        rows.append(db.execute("SELECT path, dir, new, kind, damaged, ok, db, fp, arch, cand_kind, cand_inv, "
+                               "size, enc, note FROM chg ORDER BY seq").fetchall())
+    assert len(rows[0]) == len(_sample_files())
+    assert {r[3] for r in rows[0]} >= {"new", "new-random"}  # the sample covers several verdicts
+    assert any(r[13] for r in rows[0])  # and a ransom note
+    assert rows[0] == rows[1]

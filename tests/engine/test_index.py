@@ -265,3 +265,58 @@ def test_blob_stored_twice_is_located_in_the_copy_that_still_exists() -> None:
         repo.load_index()
         loc = repo.index.get(bid)
         assert loc is not None and loc.pack.hex() == y
+
+
+def test_index_cache_commits_per_batch_and_a_failed_run_leaves_it_usable(tmp_path: Path) -> None:
+    """Packs join the persisted cache in one transaction per batch (a commit per pack rewrote
+    most b-tree pages every time); a run that fails mid-batch still commits what it stored, and
+    leaves no transaction open that would lock the cache for the next run."""
+    import time
+
+    mem = MemoryBackend()
+    priv, idk = RecoveryPrivateKey.generate(), IdKey.generate()
+    mem.save(CONFIG, new_config("2026-01-01T00:00:00Z", priv, idk, pack_size=8192).to_bytes())
+    faulty = FaultyBackend(mem)
+    repo = Repository.open(faulty)
+    cache = tmp_path / "index.sqlite"
+    repo.use_index_cache(cache)
+    commits: list[str] = []
+    repo.index._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    w = WriteSession(repo, idk)
+    stored = [w.add_blob(BlobType.DATA, os.urandom(3000), compressible=False)[0] for _ in range(15)]
+    deadline = time.monotonic() + 30
+    while w.stats["packs"] < 4 and time.monotonic() < deadline:  # full packs, stored by the upload thread
+        time.sleep(0.01)
+    assert w.stats["packs"] >= 4 and commits == []  # fewer than INDEX_EVERY_PACKS: not committed yet
+    indexed = [b for b in stored if b in repo.index]  # visible to this run at once
+    assert len(indexed) >= 9
+    faulty.fail("save", times=1000)  # the storage goes away
+    with pytest.raises(Exception, match="injected failure"):
+        for _ in range(30):
+            w.add_blob(BlobType.DATA, os.urandom(3000), compressible=False)
+        w.flush()
+    w.close()
+    assert commits  # committed at close, although the run failed
+
+    other = BlobIndex(cache, repo_id=repo.config.id)  # the next run: not locked
+    other.add_pack(b"\xcc" * 32, [PackEntry(BlobType.DATA, b"\x05" * 32, 0, 10)])
+    assert all(b in other for b in indexed) and b"\x05" * 32 in other
+    other.close()
+    repo.close()
+
+
+def test_index_cache_commits_once_per_sixteen_packs() -> None:
+    mem = MemoryBackend()
+    priv, idk = RecoveryPrivateKey.generate(), IdKey.generate()
+    mem.save(CONFIG, new_config("2026-01-01T00:00:00Z", priv, idk, pack_size=8192).to_bytes())
+    repo = Repository.open(mem)
+    commits: list[str] = []
+    repo.index._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    w = WriteSession(repo, idk)
+    for _ in range(120):  # about 40 packs
+        w.add_blob(BlobType.DATA, os.urandom(3000), compressible=False)
+    w.flush()
+    w.close()
+    packs = len(list(mem.list(FileType.DATA)))
+    assert packs >= 35
+    assert len(commits) <= packs // 16 + 3  # per batch, at flush and at close; not per pack

@@ -58,8 +58,8 @@ class AgentDetection:
 
     # --- FileObserver -------------------------------------------------------------------
 
-    #: the archiver's reading processes compute features themselves with this function
-    worker_features = "rempart.detect.features:features_dict"
+    #: the archiver's reading processes compute features (and a new file's verdict) with this
+    worker_features = "rempart.detect.judge:read_verdict"
 
     def sample_plan(self, size: int) -> list[tuple[int, int]]:
         return sample_plan(size)
@@ -80,6 +80,10 @@ class AgentDetection:
         last = getattr(self._local, "last", None)
         feats = last[1] if last is not None and last[0] is cur else FileFeatures.from_dict(cur)
         self._run().add_change(path, FileFeatures.from_dict(prev) if prev else None, feats)
+
+    def judged_new(self, path: str, judged_raw: str) -> None:
+        if path not in self._canaries:
+            self._run().add_judged_new(path, json.loads(judged_raw))
 
     def _run(self) -> RunJudge:
         judge = self._judge

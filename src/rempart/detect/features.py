@@ -169,12 +169,6 @@ def extract_features(sample: FileSample) -> FileFeatures:
     return features_of(sample.name, sample.size, sample.ranges)
 
 
-def features_dict(name: str, size: int, sampled: Sequence[tuple[int, bytes]]) -> dict[str, Any]:
-    """``features_of(...).to_dict()``: what the archiver's reading processes compute for each
-    file (named by the detection layer; this module is all they import of it)."""
-    return features_of(name, size, sampled).to_dict()
-
-
 def features_of(name: str, size: int, sampled: Sequence[tuple[int, bytes]]) -> FileFeatures:
     """:func:`extract_features` without building a :class:`FileSample` (the archiver's path)."""
     view = SampleView(size, sampled)

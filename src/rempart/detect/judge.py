@@ -16,7 +16,7 @@ import sqlite3
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rempart.detect import verdict as v
@@ -88,6 +88,40 @@ def fingerprint(f: FileFeatures) -> bytes:
         return repr((f.size, f.type, f.hashes)).encode()
 
 
+def _new_row(fv: v.FileVerdict, cur: FileFeatures, base: str, *, fingerprint_now: bool) -> tuple[Any, ...]:
+    """A new file's change row after (path, dir, new): integers, not booleans (sqlite3 binds a
+    bool through its slow path). The fingerprint is packed when the row is written, unless
+    ``fingerprint_now``."""
+    ctype, valid, kind = cur.type, cur.valid, fv.kind
+    archive = None
+    if valid and ctype in _ARCHIVE_TYPES:
+        archive = cur.entries if cur.entries is not None else -1
+    return (
+        kind, int(fv.damaged), int(bool(valid) or ctype == "text"), int(cur.db),
+        fingerprint(cur) if fingerprint_now else cur, archive, int(kind in _NEW_ODD),
+        int(valid is not True and ctype not in ("text", "empty")),
+        cur.size, int(bool(cur.encoded)), int(cur.note >= NOTE_SCORE or note_name(base)),
+    )
+
+
+def judge_new_file(cur: FileFeatures, name: str) -> list[Any]:
+    """What :meth:`RunJudge.add_judged_new` takes for a new file named ``name``: its verdict and
+    flags, computed where the file was read (the archiver's reading processes), so the backup
+    process only stores the row. The fingerprint travels as hex (JSON)."""
+    row = list(_new_row(v.compare(None, cur), cur, name, fingerprint_now=True))
+    row[4] = row[4].hex()
+    return row
+
+
+def read_verdict(name: str, size: int, sampled: Sequence[tuple[int, bytes]]) -> tuple[dict[str, Any], list[Any]]:
+    """What the archiver's reading processes compute for each file: its features (stored with
+    the file) and :func:`judge_new_file` (used if the file turns out to be new)."""
+    from rempart.detect.features import features_of  # and the format checks: in those processes only
+
+    cur = features_of(name, size, sampled)
+    return cur.to_dict(), judge_new_file(cur, name)
+
+
 class RunJudge:
     """Collects one backup's changes and deletions; thread-safe ``add_change``."""
 
@@ -107,29 +141,28 @@ class RunJudge:
     def add_change(self, path: str, prev: FileFeatures | None, cur: FileFeatures) -> v.FileVerdict:
         fv = v.compare(prev, cur)
         folder, base = _split(path)
-        ctype, valid = cur.type, cur.valid
         if prev is None:
-            kind = fv.kind
-            archive = None
-            if valid and ctype in _ARCHIVE_TYPES:
-                archive = cur.entries if cur.entries is not None else -1
-            row: tuple[Any, ...] = (  # integers, not booleans: sqlite3 binds a bool through its slow path
-                path, folder, 1, kind, int(fv.damaged), int(bool(valid) or ctype == "text"), int(cur.db),
-                cur, archive, int(kind in _NEW_ODD),  # the fingerprint is packed when written
-                int(valid is not True and ctype not in ("text", "empty")),
-                cur.size, int(bool(cur.encoded)), int(cur.note >= NOTE_SCORE or note_name(base)),
-            )
+            row: tuple[Any, ...] = (path, folder, 1, *_new_row(fv, cur, base, fingerprint_now=False))
         else:
+            ctype, valid = cur.type, cur.valid
             row = (
                 path, folder, 0, fv.kind, int(fv.damaged), int(bool(valid) or ctype == "text"),
                 int(cur.db or prev.db), None, None, 0, 0, cur.size, int(bool(cur.encoded)), 0,
             )
+        self._add(row)
+        return fv
+
+    def add_judged_new(self, path: str, judged: Sequence[Any]) -> None:
+        """A new file judged already by :func:`judge_new_file` (in the process that read it)."""
+        kind, damaged, ok, db, fp, *rest = judged
+        self._add((path, _split(path)[0], 1, kind, damaged, ok, db, bytes.fromhex(fp), *rest))
+
+    def _add(self, row: tuple[Any, ...]) -> None:
         with self._lock:
             self._chg.append(row)
             self.changes += 1
             if len(self._chg) >= self.spill:
                 self._flush_changes()
-        return fv
 
     def add_deletions(self, deletions: Iterable[tuple[str, FileFeatures | None]]) -> None:
         for path, prev in deletions:
@@ -155,7 +188,7 @@ class RunJudge:
         self._insert(
             "INSERT INTO chg (path,dir,new,kind,damaged,ok,db,fp,arch,cand_kind,cand_inv,size,enc,note) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [r if r[7] is None else (*r[:7], fingerprint(r[7]), *r[8:]) for r in rows])
+            [r if r[7] is None or type(r[7]) is bytes else (*r[:7], fingerprint(r[7]), *r[8:]) for r in rows])
 
     def _keep_plain_rows(self) -> None:
         """Without deletions nothing is paired, so the buffered rows that are neither damaged nor

@@ -259,19 +259,37 @@ class BlobIndex:
 
     # --- updates ------------------------------------------------------------------------
 
-    def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
-        """Record a pack's blobs; a blob already known keeps its first location."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._add_pack(pack_id, entries)
+    def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry], *, commit: bool = True) -> None:
+        """Record a pack's blobs; a blob already known keeps its first location. Without
+        ``commit`` the rows join an open transaction, which :meth:`commit` ends: they answer
+        lookups at once, and the b-tree pages they touch are written once per transaction, not
+        once per pack (blob ids are random: a pack touches most leaves)."""
+        with self._lock:
+            self._begin()
+            self._add_packs([(pack_id, entries)])
+            if commit:
+                self._db.execute("COMMIT")
 
-    def _add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
+    def commit(self) -> None:
+        """End the transaction ``add_pack(commit=False)`` left open, if any."""
+        with self._lock:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+
+    def _begin(self) -> None:
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
+
+    def _add_packs(self, packs: Iterable[tuple[bytes, Iterable[PackEntry]]]) -> None:
         db = self._db
-        db.execute("INSERT OR IGNORE INTO packs (id) VALUES (?)", (pack_id,))
-        (pid,) = db.execute("SELECT pid FROM packs WHERE id = ?", (pack_id,)).fetchone()
+        rows = []
+        for pack_id, entries in packs:
+            db.execute("INSERT OR IGNORE INTO packs (id) VALUES (?)", (pack_id,))
+            (pid,) = db.execute("SELECT pid FROM packs WHERE id = ?", (pack_id,)).fetchone()
+            rows += [(e.id, pid, int(e.type), e.offset, e.length) for e in entries]
         # in id order: each b-tree leaf is visited once (random order costs ~30 % more CPU and
-        # needs a larger page cache for the same speed)
-        rows = sorted((e.id, pid, int(e.type), e.offset, e.length) for e in entries)
+        # needs a larger page cache for the same speed); a blob in two packs keeps the first
+        rows.sort(key=lambda r: r[0])
         db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
         bloom = self._bloom
         if bloom is not None:  # else it is built from the table when first needed
@@ -295,9 +313,8 @@ class BlobIndex:
         anything is written; returns the number of packs recorded."""
         packs = [(p, e) for p, e in parse_index(data) if only is None or p in only]
         with self._lock, self._db:
-            self._db.execute("BEGIN")
-            for pack_id, entries in packs:
-                self._add_pack(pack_id, entries)
+            self._begin()
+            self._add_packs(packs)
             if name is not None:
                 self._db.execute("INSERT OR IGNORE INTO index_files VALUES (?)", (name,))
         return len(packs)
@@ -316,7 +333,7 @@ class BlobIndex:
         how many were forgotten."""
         gone = [p for p in self.pack_ids() if p not in present]
         with self._lock, self._db:
-            self._db.execute("BEGIN")
+            self._begin()
             for p in gone:
                 (pid,) = self._db.execute("SELECT pid FROM packs WHERE id = ?", (p,)).fetchone()
                 self._db.execute("DELETE FROM blobs WHERE pid = ?", (pid,))
@@ -327,7 +344,7 @@ class BlobIndex:
 
     def clear(self) -> None:
         with self._lock, self._db:
-            self._db.execute("BEGIN")
+            self._begin()
             for table in ("blobs", "packs", "index_files"):
                 self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             self._set_intact(False)

@@ -33,6 +33,9 @@ from rempart.repository.index import BlobIndex, RefSet
 from rempart.repository.packer import FullPack, Packer
 from rempart.storage.base import Backend, FileType, Handle
 
+#: every this many packs stored, the index cache commits and an index file is written: blob
+#: ids are random, so each commit rewrites most of the cache's b-tree leaves (a commit per pack
+#: wrote ~140 MB of SQLite pages for a 1.7 GB first backup; docs/benchmarks.md, session 8)
 INDEX_EVERY_PACKS = 16
 
 
@@ -258,7 +261,7 @@ class WriteSession:
                     del data  # the buffer is reused for a later pack (never resized: stale views are harmless)
                     done()  # also after a failed upload (the run fails): nobody waits for it forever
                 pid = bytes.fromhex(name)
-                self.repo.index.add_pack(pid, entries)
+                self.repo.index.add_pack(pid, entries, commit=False)
                 section = encode_index_pack(pid, entries)
                 with self._lock:
                     self._pending.difference_update(e.id for e in entries)  # now in the index
@@ -269,7 +272,7 @@ class WriteSession:
                     if batch:
                         self._unindexed = []
                 if batch:  # packs stored (above, or by the other upload threads) before their index
-                    self._write_index(batch)
+                    self._index(batch)
                 if self.on_upload:
                     self.on_upload(size)
             finally:
@@ -301,7 +304,13 @@ class WriteSession:
         with self._lock:
             batch, self._unindexed = self._unindexed, []
         if batch:
-            self._write_index(batch)
+            self._index(batch)
+        self.repo.index.commit()
+
+    def _index(self, sections: list[bytes]) -> None:
+        """Commit the packs indexed in the cache so far, then write an index file of ``sections``."""
+        self.repo.index.commit()
+        self._write_index(sections)
 
     def _write_index(self, sections: list[bytes]) -> None:
         data = join_index(sections)
@@ -323,4 +332,7 @@ class WriteSession:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        # also after a failed run: the packs indexed so far are stored, and an open transaction
+        # would keep the cache locked for the next run of a long-lived agent
+        self.repo.index.commit()
         self.refs.close()

@@ -59,6 +59,9 @@ class FileObserver(Protocol):
 
     def changed(self, path: str, prev: dict[str, Any] | None, cur: dict[str, Any], new: bool) -> None: ...
 
+    #: a new file whose verdict its reading process computed already (``worker_features``)
+    def judged_new(self, path: str, judged_raw: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class BackupOptions:
@@ -454,9 +457,9 @@ class Archiver:
 
     def _record_read(self, spath: str, node: Node, prev: CachedFile | None, out: ReadOutcome) -> None:
         content, size = out.content or [], out.size
-        if out.features_raw is not None:  # computed by a reading process
+        features: dict[str, Any] | None = None
+        if out.features_raw is not None:  # computed by a reading process; parsed when needed
             raw = out.features_raw or None
-            features = json.loads(raw) if raw else None
         else:
             name = os.path.basename(spath)
             features = self.observer.features(name, size, out.samples or []) if self.observer else None
@@ -470,8 +473,13 @@ class Archiver:
                 self.stats.files_new += 1
             elif prev.content != content:
                 self.stats.files_changed += 1
-        if self.observer is not None and features is not None and (prev is None or prev.content != content):
-            self.observer.changed(spath, prev.features if prev else None, features, prev is None)
+        if self.observer is not None and (raw or features is not None) and (prev is None or prev.content != content):
+            if prev is None and out.judged_raw is not None:
+                self.observer.judged_new(spath, out.judged_raw)  # most files of a first backup
+            else:
+                if features is None:
+                    features = json.loads(raw or "{}")
+                self.observer.changed(spath, prev.features if prev else None, features, prev is None)
         self.cache.record(spath, size, out.mtime_ns, out.ctime_ns, out.inode, content, raw, self.now)
 
     def _read_once(self, path: Path) -> tuple[list[bytes], int, os.stat_result, list[tuple[int, bytes]]] | None:

@@ -39,6 +39,7 @@ RESULT = struct.Struct("<QQqqQII")  # request, size, mtime, ctime, inode, mode, 
 ID = struct.Struct("<Q")
 ID32 = struct.Struct("<I")
 FEATURES = 2**64 - 1  # in place of a sample's offset: the file's features, as canonical JSON
+JUDGED = 2**64 - 2  # the same: the observer's judgement of the file as a new file (JSON)
 
 
 class Request(NamedTuple):
@@ -64,6 +65,7 @@ class ReadOutcome:
     message: str = ""
     error: BaseException | None = None  # "failed" because the parent could not take a blob
     features_raw: str | None = None  # computed by the reading process (then no samples)
+    judged_raw: str | None = None  # with them: the observer's verdict were the file new (JSON)
 
 
 def send(fd: int, kind: bytes, *parts: bytes | bytearray | memoryview) -> None:

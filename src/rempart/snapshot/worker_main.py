@@ -45,6 +45,7 @@ from rempart.snapshot.wire import (
     FEATURES,
     ID,
     ID32,
+    JUDGED,
     Inbox,
     Request,
     decode_request,
@@ -197,8 +198,10 @@ class _Worker:
         content, size, st, samples = result
         fn = self.run["features"] if self.run else None
         if fn is not None:  # computed here: the parent gets the features, not the samples
-            feats = fn(os.path.basename(r.path), size, samples)
+            feats, judged = fn(os.path.basename(r.path), size, samples)
             samples = [(FEATURES, canonical_json(feats).encode() if feats else b"")]
+            if judged is not None:
+                samples.append((JUDGED, canonical_json(judged).encode()))
         send(self.out, b"F", *encode_result(r.req, content, size, st, samples))
 
     def _failed(self, r: Request, exc: Exception) -> None:

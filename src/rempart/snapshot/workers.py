@@ -32,6 +32,7 @@ from rempart.snapshot.wire import (
     FEATURES,
     ID,
     ID32,
+    JUDGED,
     PACK,
     PBLOB,
     ReadOutcome,
@@ -323,11 +324,14 @@ class ReaderPool:
                     self._abandon(proc, message, cause, kill)
                 elif kind == b"F":
                     req, ids, size, mtime, ctime, ino, mode, samples = decode_result(payload)
-                    raw = None
+                    raw = judged = None
                     if samples and samples[0][0] == FEATURES:
-                        raw, samples = samples[0][1].decode(), []
+                        raw = samples[0][1].decode()
+                        if len(samples) > 1 and samples[1][0] == JUDGED:
+                            judged = samples[1][1].decode()
+                        samples = []
                     self._finish(proc, req, ReadOutcome("ok", ids, size, mtime, ctime, ino, mode, samples,
-                                                        features_raw=raw))
+                                                        features_raw=raw, judged_raw=judged))
                 elif kind == b"C":
                     self._finish(proc, ID.unpack(payload)[0], ReadOutcome("changed"))
                 elif kind in (b"E", b"X"):
