@@ -10,19 +10,31 @@ MB = 1e6
 MIB = 2**20
 
 
+#: taken from the runs that sampled memory; every other figure from the timed runs (the two
+#: are the same runs with ``compare.py --memory inline`` and in results from before that option)
+_MEMORY_KEYS = frozenset({"peak_rss", "maxrss", "tree_rss", "tree_pss"})
+
+
+def _runs(result: dict[str, Any], key: str, *, memory_runs: bool | None = None) -> list[dict[str, Any]]:
+    sampled = key in _MEMORY_KEYS if memory_runs is None else memory_runs
+    flag = "sampled" if sampled else "timed"
+    return [r for r in result["runs"] if r.get(flag, True)]
+
+
 def _vals(result: dict[str, Any], tool: str, phase: str, key: str) -> list[float]:
     out = []
-    for run in result["runs"]:
+    for run in _runs(result, key):
         rec = run["tools"].get(tool, {}).get(phase)
         if rec is not None and rec.get(key) is not None:
             out.append(float(rec[key]))
     return out
 
 
-def _ratio(result: dict[str, Any], a: str, b: str, phase: str, key: str) -> float:
+def _ratio(result: dict[str, Any], a: str, b: str, phase: str, key: str, *,
+           memory_runs: bool | None = None) -> float:
     """Median over runs of a/b measured in the same run (pairs share the machine's mood)."""
     rs = []
-    for run in result["runs"]:
+    for run in _runs(result, key, memory_runs=memory_runs):
         ra, rb = run["tools"].get(a, {}).get(phase), run["tools"].get(b, {}).get(phase)
         if ra and rb and rb.get(key) and ra.get(key) is not None:
             rs.append(ra[key] / rb[key])
@@ -126,6 +138,15 @@ def targets_table(result: dict[str, Any]) -> str:
     size = _ratio(result, me, "restic", "day", "repo_bytes")
     met = abs(size - 1) <= 0.03
     rows.append(f"| repository size x | 0.97-1.03 | - | {size:.3f} | {'yes' if met or size < 1 else '**no**'} |")
+    sampled_only = [r for r in result["runs"] if not r.get("timed", True)]
+    if sampled_only:
+        def thr_sampled(ph: str) -> float:
+            return 1 / _ratio(result, me, "restic", ph, "wall_s", memory_runs=True)
+
+        rows.append("")
+        rows.append(f"Times are from the {len(_runs(result, 'wall_s'))} timed run(s), memory from the "
+                    f"{len(sampled_only)} run(s) that sampled it. Timed while sampling (that run): initial "
+                    f"backup throughput x{thr_sampled('initial'):.2f}, restore x{thr_sampled('restore'):.2f}.")
     return "\n".join(rows)
 
 
@@ -139,7 +160,7 @@ def detection_table(result: dict[str, Any]) -> str:
         b = median(_vals(result, "rempart-nodetect", ph, "wall_s"))
         rows.append(f"| {ph} | {a:.2f} | {b:.2f} | {a - b:+.2f} | {100 * (a - b) / b:+.0f}% |")
     verdicts = [r["tools"]["rempart"][ph].get("detection", {}).get("verdict")
-                for r in result["runs"] for ph in ("initial", "nochange", "day")]
+                for r in result["runs"] for ph in ("initial", "nochange", "day")]  # every run: all benign
     alerts = sum(1 for v in verdicts if v == "suspicious")
     rows.append("")
     rows.append(f"Detection verdicts on the benign runs: {alerts} alert(s) out of {len(verdicts)} backups.")
@@ -150,7 +171,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     src = result["runs"][0]["source"] if result["runs"] else {}
     parts = [
-        f"Run started {result['started']}; {len(result['runs'])} run(s); cache mode "
+        f"Run started {result['started']}; {len(_runs(result, 'wall_s'))} timed run(s), "
+        f"{len(_runs(result, 'tree_pss'))} sampling memory; cache mode "
         f"`{result['args']['cache']}`; generator {result['generator']}.",
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}, Python {m['python']}; "
         f"load average at start {m['loadavg_start'][0]:.2f}, at end {m.get('loadavg_end', [0])[0]:.2f}.",

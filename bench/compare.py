@@ -73,10 +73,11 @@ def machine_info(tools: list[Tool]) -> dict[str, Any]:
             "loadavg_start": os.getloadavg()}
 
 
-def measure_backup(tool: Tool, data: Path, label: str, cache: str, source_bytes: int) -> dict[str, Any]:
+def measure_backup(tool: Tool, data: Path, label: str, cache: str, source_bytes: int,
+                   sample: bool = True) -> dict[str, Any]:
     prepare_cache(cache, data)
     before, _ = tree_size(tool.repo)
-    m = run_measured(tool.backup_argv(data, label), env=tool.env(), ok_codes=tool.backup_ok_codes())
+    m = run_measured(tool.backup_argv(data, label), env=tool.env(), ok_codes=tool.backup_ok_codes(), sample=sample)
     after, _ = tree_size(tool.repo)
     cache_bytes, _ = tree_size(tool.cache_dir)
     rec: dict[str, Any] = {
@@ -95,12 +96,12 @@ def measure_backup(tool: Tool, data: Path, label: str, cache: str, source_bytes:
 
 
 def measure_restore(tool: Tool, target: Path, data: Path, cache: str, source_bytes: int,
-                    verify: bool) -> dict[str, Any]:
+                    verify: bool, sample: bool = True) -> dict[str, Any]:
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     prepare_cache(cache, tool.repo)
     argv, cwd = tool.restore_argv(target)
-    m = run_measured(argv, env=tool.env(), cwd=cwd)
+    m = run_measured(argv, env=tool.env(), cwd=cwd, sample=sample)
     rec: dict[str, Any] = {"wall_s": m.wall_s, "mb_s": source_bytes / 1e6 / m.wall_s, "cpu_s": m.cpu_s,
                            "peak_rss": m.peak_rss_bytes, "maxrss": m.maxrss_bytes,
                            "tree_rss": m.tree_rss_bytes, "tree_pss": m.tree_pss_bytes, "exit": m.returncode}
@@ -127,7 +128,10 @@ def compare_trees(a: Path, b: Path) -> str:
     return "identical" if na == nb else f"file count {na} != {nb}"
 
 
-def one_run(run: int, args: argparse.Namespace, gen: Any, log: Any) -> dict[str, Any]:
+def one_run(run: int, args: argparse.Namespace, gen: Any, log: Any, *, timed: bool = True,
+            sampled: bool = True) -> dict[str, Any]:
+    """One repetition of every phase for every tool. ``sampled``: memory sampled meanwhile;
+    ``timed``: its times count (a run made only for the memory figures does not)."""
     work = Path(args.workdir)
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
@@ -141,12 +145,12 @@ def one_run(run: int, args: argparse.Namespace, gen: Any, log: Any) -> dict[str,
     for t in tools.values():
         shutil.rmtree(t.home, ignore_errors=True)
         t.init()
-    res: dict[str, Any] = {"order": order, "tools": {n: {} for n in order}}
+    res: dict[str, Any] = {"order": order, "tools": {n: {} for n in order}, "timed": timed, "sampled": sampled}
     base_bytes, base_files = tree_size(data)
     res["source"] = {"initial_bytes": base_bytes, "initial_files": base_files}
     for phase, label in (("initial", "day0"), ("nochange", "day0b")):
         for n in order:
-            rec = measure_backup(tools[n], data, label, args.cache, base_bytes)
+            rec = measure_backup(tools[n], data, label, args.cache, base_bytes, sampled)
             res["tools"][n][phase] = rec
             log(f"  {phase:8s} {n:17s} {rec['wall_s']:7.2f}s {rec['mb_s']:7.1f} MB/s "
                 f"cpu {rec['cpu_s']:6.1f}s rss {rec['peak_rss'] / 2**20:6.0f} MiB  +{rec['added_bytes'] / 1e6:9.2f} MB")
@@ -154,7 +158,7 @@ def one_run(run: int, args: argparse.Namespace, gen: Any, log: Any) -> dict[str,
     day_bytes, day_files = tree_size(data)
     res["source"].update(day_bytes=day_bytes, day_files=day_files)
     for n in order:
-        rec = measure_backup(tools[n], data, "day1", args.cache, day_bytes)
+        rec = measure_backup(tools[n], data, "day1", args.cache, day_bytes, sampled)
         res["tools"][n]["day"] = rec
         log(f"  {'day':8s} {n:17s} {rec['wall_s']:7.2f}s {rec['mb_s']:7.1f} MB/s "
             f"cpu {rec['cpu_s']:6.1f}s rss {rec['peak_rss'] / 2**20:6.0f} MiB  +{rec['added_bytes'] / 1e6:9.2f} MB")
@@ -162,7 +166,7 @@ def one_run(run: int, args: argparse.Namespace, gen: Any, log: Any) -> dict[str,
         if n == "rempart-nodetect" and "rempart" in order:
             continue  # same restore code as rempart
         rec = measure_restore(tools[n], work / "restore", data, args.cache, day_bytes,
-                              verify=args.verify == "all" or (args.verify == "first" and run == 0))
+                              verify=args.verify == "all" or (args.verify == "first" and run == 0), sample=sampled)
         res["tools"][n]["restore"] = rec
         log(f"  {'restore':8s} {n:17s} {rec['wall_s']:7.2f}s {rec['mb_s']:7.1f} MB/s "
             f"cpu {rec['cpu_s']:6.1f}s rss {rec['peak_rss'] / 2**20:6.0f} MiB  {rec.get('verified', '')}")
@@ -197,6 +201,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "once (warm); auto = cold when possible")
     p.add_argument("--verify", choices=("first", "all", "none"), default="first",
                    help="byte-compare restored trees with the source (default: first run)")
+    p.add_argument("--memory", choices=("separate", "inline"), default="separate",
+                   help="separate (default): the timed runs do not sample memory, one more run does "
+                   "(its times are shown apart); inline: every run samples memory while it is timed")
     p.add_argument("--keep", action="store_true", help="keep repositories after each run")
     p.add_argument("--json", dest="json_out", help="write raw results here")
     p.add_argument("--markdown", help="write the tables here")
@@ -252,9 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"started": started, "args": dict(vars(args)), "generator": gen_name, "machine": info,
               "notes": notes, "runs": runs,
               "command": "python bench/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    for r in range(args.runs):
+    separate = args.memory == "separate"
+    for r in range(args.runs + separate):
+        memory_run = separate and r == args.runs
+        if memory_run:
+            log(f"run {r + 1}: memory sampled, times not counted")
         try:
-            runs.append(one_run(r, args, gen, log))
+            runs.append(one_run(r, args, gen, log, timed=not memory_run, sampled=not separate or memory_run))
         except CommandFailed as exc:
             log(f"run {r + 1} failed: {exc}")
             if not runs:
