@@ -320,3 +320,15 @@ def test_index_cache_commits_once_per_sixteen_packs() -> None:
     packs = len(list(mem.list(FileType.DATA)))
     assert packs >= 35
     assert len(commits) <= packs // 16 + 3  # per batch, at flush and at close; not per pack
+
+
+def test_index_file_with_an_unknown_blob_type_is_refused() -> None:
+    from rempart.core.errors import IntegrityError
+
+    pid = b"\x07" * 32
+    good = encode_index([(pid, [PackEntry(BlobType.DATA, b"\x05" * 32, 0, 100)])])
+    assert [e.type for _, es in parse_index(good) for e in es] == [BlobType.DATA]
+    at = good.index(b"\x05" * 32) - 1  # the entry's type byte, just before its id
+    bad = good[:at] + b"\x07" + good[at + 1 :]
+    with pytest.raises(IntegrityError, match="malformed"):
+        list(parse_index(bad))

@@ -3,6 +3,7 @@ pending folders, failures that propagate, capped warnings, the one-copy blob sea
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import sys
@@ -426,3 +427,53 @@ def test_block_reader_cuts_exactly_where_fastcdc_cut_stream_does() -> None:
             expected = [bytes(c.data) for c in chunker._cdc.cut_stream(io.BytesIO(data))]
             got = [bytes(c) for c in chunker.chunks(io.BytesIO(data))]  # the same chunker, reused
             assert got == expected, size
+
+
+def _walk_lanes(tree: dict[str, Any], files: dict[str, list[int]]) -> list[str]:
+    """List folders as the archiver does: each listed folder queues its subfolders and charges
+    the sizes of its files; returns the order in which folders were listed."""
+    from rempart.snapshot.pipeline import Lanes
+
+    lanes: Lanes[str] = Lanes()
+    order = []
+    lanes.push(sorted(p for p in tree if "/" not in p))
+    while (path := lanes.next()) is not None:
+        order.append(path)
+        for size in files.get(path, []):
+            lanes.charge(size)
+        lanes.push(sorted(p for p in tree if "/" in p and p.rsplit("/", 1)[0] == path))
+    return order
+
+
+def test_lanes_walk_every_folder_once_depth_first_within_a_lane() -> None:
+    from rempart.snapshot.pipeline import Lanes
+
+    lanes: Lanes[str] = Lanes()
+    lanes.push(["a"])
+    assert lanes.next() == "a"
+    lanes.push(["a/x", "a/y"])  # two waiting: the second lane takes the shallowest, last one
+    assert lanes.next() == "a/x"
+    lanes.push(["a/x/1"])
+    order = ["a", "a/x"]
+    while (p := lanes.next()) is not None:
+        order.append(p)
+    assert sorted(order) == ["a", "a/x", "a/x/1", "a/y"] and len(order) == 4
+
+
+def test_lanes_interleave_small_file_folders_with_large_file_folders() -> None:
+    """Documents (many small files) then X-rays (few large ones), as in a practice folder: the
+    walk alternates between them instead of finishing the documents first."""
+    tree: dict[str, Any] = {"Documents": {}, "Imaging": {}}
+    files: dict[str, list[int]] = {}
+    for i in range(10):
+        tree[f"Documents/{i:02d}"] = {}
+        files[f"Documents/{i:02d}"] = [15_000] * 1000  # 1000 letters of 15 kB
+        tree[f"Imaging/{i:02d}"] = {}
+        files[f"Imaging/{i:02d}"] = [8_000_000] * 10  # 10 X-rays of 8 MB
+    order = _walk_lanes(tree, files)
+    assert sorted(order) == sorted(tree) and len(order) == len(tree)
+    kinds = [p.split("/")[0] for p in order if "/" in p]
+    first_imaging = kinds.index("Imaging")
+    assert first_imaging < 3  # not after the ten document folders
+    switches = sum(1 for a, b in itertools.pairwise(kinds) if a != b)
+    assert switches >= 10  # they take turns all along

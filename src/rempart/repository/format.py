@@ -46,6 +46,9 @@ class BlobType(enum.IntEnum):
     TREE = 1
 
 
+_BLOB_TYPES = {int(t): t for t in BlobType}
+
+
 @dataclass(frozen=True, slots=True)
 class PackEntry:
     type: BlobType
@@ -221,12 +224,12 @@ def parse_index(data: bytes) -> Iterator[tuple[bytes, list[PackEntry]]]:
             end = pos + n * _IDX_ENTRY.size
             if end > len(data):
                 raise IntegrityError("index file is truncated")
-            entries = [
-                PackEntry(BlobType(t), i, o, ln) for t, i, o, ln in _IDX_ENTRY.iter_unpack(data[pos:end])
+            entries = [  # a dict, not BlobType(t): a restore parses every index file first
+                PackEntry(_BLOB_TYPES[t], i, o, ln) for t, i, o, ln in _IDX_ENTRY.iter_unpack(data[pos:end])
             ]
             pos = end
             yield pack_id, entries
         if pos != len(data):
             raise IntegrityError("index file has trailing bytes")
-    except (struct.error, ValueError, IndexError) as exc:
+    except (struct.error, ValueError, IndexError, KeyError) as exc:
         raise IntegrityError("index file is malformed") from exc

@@ -26,7 +26,7 @@ from rempart.core.errors import RempartError
 from rempart.repository.format import BlobType
 from rempart.repository.repo import WriteSession
 from rempart.snapshot.cache import CachedFile, StateCache
-from rempart.snapshot.pipeline import ContentReadAhead, Folder, Gate, collect_samples
+from rempart.snapshot.pipeline import ContentReadAhead, Folder, Gate, Lanes, collect_samples
 from rempart.snapshot.tree import (
     KIND_DIR,
     KIND_FILE,
@@ -160,6 +160,8 @@ class Archiver:
         inflight = options.first_max_inflight if self._first_run else options.max_inflight
         self._slots = Gate(inflight, options.max_inflight_bytes)
         self._read_ahead = ContentReadAhead(options.read_ahead)
+        #: folders listed, not walked yet: (path, done)
+        self._lanes: Lanes[tuple[str, Callable[[bytes | None], None]]] = Lanes()
         #: folders listed whose tree is not saved yet (and the most at once): bounded by the
         #: walk depth plus, per file in flight (``max_inflight``), the folders above it
         self.folders_pending = 0
@@ -174,6 +176,8 @@ class Archiver:
         try:
             self._virtual_dir(Path(os.sep) if os.name != "nt" else Path(""), sorted(set(paths)), 0,
                               root.set_result)
+            while (folder := self._lanes.next()) is not None:
+                self._dir(*folder)
             tree = root.result()
         finally:
             self._pool.shutdown(wait=True)
@@ -201,6 +205,7 @@ class Archiver:
             parts = p.parts[depth + 1 :] if p.anchor else p.parts[depth:]
             groups.setdefault(parts[0] if parts else "", []).append(p)
         folder = self._open_folder(str(base), done)
+        subs: list[tuple[str, Callable[[bytes | None], None]]] = []
         for name, members in sorted(groups.items()):
             child = base / name
             if any(m == child for m in members):
@@ -212,19 +217,20 @@ class Archiver:
                 except OSError as exc:
                     self._warn(f"{child}: {exc.strerror}")
                     continue
-                self._add_entry(folder, name, str(child), st, self.cache.lookup(str(child)))
+                self._add_entry(folder, name, str(child), st, self.cache.lookup(str(child)), subs)
             else:
                 st = os.stat(child)
                 node = Node(name=name, type=KIND_DIR, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
                 folder.nodes.append(node)
                 self._hold(folder)
                 self._virtual_dir(child, members, depth + 1, partial(self._subfolder_done, folder, node))
+        self._lanes.push(subs)
         self.cache.maybe_flush()
         self._release(folder)
 
     def _dir(self, path: str, done: Callable[[bytes | None], None]) -> None:
-        """Walk one folder; ``done(tree id)`` runs once its tree is saved (maybe later, in
-        another thread)."""
+        """List one folder, hand out its files and queue its subfolders (``Lanes``);
+        ``done(tree id)`` runs once its tree is saved (maybe later, in another thread)."""
         folder = self._open_folder(path, done)
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
@@ -233,6 +239,7 @@ class Archiver:
             entries = []
         cached = self.cache.lookup_dir(path)
         excludes = self.options.excludes
+        subs: list[tuple[str, Callable[[bytes | None], None]]] = []
         for e in entries:
             if excludes and self._excluded(e.name):
                 continue
@@ -241,11 +248,13 @@ class Archiver:
             except OSError as exc:
                 self._warn(f"{e.path}: {exc.strerror}")
                 continue
-            self._add_entry(folder, e.name, e.path, st, cached.get(e.name))
+            self._add_entry(folder, e.name, e.path, st, cached.get(e.name), subs)
+        self._lanes.push(subs)
         self.cache.maybe_flush()
         self._release(folder)
 
-    def _add_entry(self, folder: Folder, name: str, path: str, st: os.stat_result, prev: CachedFile | None) -> None:
+    def _add_entry(self, folder: Folder, name: str, path: str, st: os.stat_result, prev: CachedFile | None,
+                   subs: list[tuple[str, Callable[[bytes | None], None]]]) -> None:
         self._raise_if_failed()
         kind = kind_of(st.st_mode)
         node = Node(name=name, type=kind, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
@@ -255,7 +264,7 @@ class Archiver:
             self.stats.dirs += 1
             self._hold(folder)
             folder.nodes.append(node)
-            self._dir(path, partial(self._subfolder_done, folder, node))
+            subs.append((path, partial(self._subfolder_done, folder, node)))
             return
         elif kind == KIND_SYMLINK:
             try:
@@ -336,6 +345,7 @@ class Archiver:
             self.stats.files_unchanged += 1
             self.cache.record_row(prev.row)  # same stat, same content
             return
+        self._lanes.charge(st.st_size)
         weight = min(st.st_size, self.options.read_ahead)
         self._slots.acquire(weight)
         self._hold(folder)
