@@ -702,3 +702,73 @@ def test_a_read_error_in_the_middle_of_a_file_skips_it_and_keeps_the_backup_whol
     assert listing["b.bin"][5] == head
     assert listing["c.txt"][5] == (src / "c.txt").read_bytes()
     assert listing.get("a.failing", ("skip",))[0] not in ("file",)  # never a partial copy
+
+
+def test_a_reading_process_compresses_ahead_only_while_answers_say_new(rig: Rig, tmp_path: Path) -> None:
+    """Chunks are compressed as soon as they are asked about while the answers say "new" (a
+    first backup); an answer that is mostly "stored already" turns that off for the next file,
+    an answer that is mostly "new" back on. Either way exactly the new chunks are stored."""
+    from rempart.repository.repo import WriteSession
+    from rempart.snapshot import wire
+    from rempart.snapshot import worker_main as wm
+    from rempart.snapshot.wire import Inbox, Request, decode_result, encode_request, recv, send
+    from rempart.snapshot.workers import _shared_buffer
+
+    files = []
+    for i in range(3):
+        f = tmp_path / f"big{i}.bin"
+        f.write_bytes(os.urandom(3_000_000))
+        files.append(f)
+    repo = Repository.open(rig.backend)
+    repo.load_index()
+    session = WriteSession(repo, rig.idk)
+    setup = session.reader_setup()
+    fds = [_shared_buffer(int(setup["capacity"])) for _ in range(2)]
+    to_worker, from_parent = os.pipe()[::-1]
+    from_worker, to_parent = os.pipe()
+    worker = wm._Worker(Inbox(from_parent), to_parent)
+    worker._setup({k: v.hex() if isinstance(v, bytes) else v for k, v in setup.items()} | {"buffers": fds})
+    worker.packs.free.append(0)  # type: ignore[union-attr]
+    calls: list[bool] = []
+    real = worker._compress
+
+    def spy(state: Any, chunks: Any) -> Any:
+        calls.append(state.ahead)
+        return real(state, chunks)
+
+    worker._compress = spy  # type: ignore[method-assign]
+    serving = threading.Thread(target=worker.serve, daemon=True)
+    stream = os.fdopen(from_worker, "rb")
+    stored = 0
+    try:
+        serving.start()
+        aheads = []
+        for i, (f, new) in enumerate(zip(files, (b"\x01", b"\x00", b"\x01"), strict=True)):
+            calls.clear()
+            send(to_worker, b"R", encode_request(Request(i, str(f), f.stat().st_size, [], 0)))
+            while True:
+                msg = recv(stream)
+                assert msg is not None and msg[0] in (b"Q", b"F"), msg
+                if msg[0] == b"F":
+                    assert decode_result(msg[1])[0] == i
+                    break
+                n = len(msg[1]) // 32
+                send(to_worker, b"A", new * n)
+                stored += n if new == b"\x01" else 0
+            aheads.append(set(calls))
+        # file 0: ahead (a first run); file 1 begins ahead, its all-"stored" answers turn it
+        # off for file 2, which is compressed after its answers (and turns it back on)
+        assert aheads[0] == {True} and aheads[1] == {True} and aheads[2] == {False}
+        assert worker.ahead is True
+        send(to_worker, b"S", b"")
+        blobs = 0
+        while (msg := recv(stream)) is not None and msg[0] != b"Z":
+            assert msg[0] == b"P"
+            blobs += (len(msg[1]) - wire.PACK.size) // wire.PBLOB.size
+        assert blobs == stored and stored > 0
+        serving.join(10)
+    finally:
+        stream.close()
+        for fd in (to_worker, from_parent, to_parent):
+            os.close(fd)
+        session.close()

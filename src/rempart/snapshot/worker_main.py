@@ -54,6 +54,10 @@ from rempart.snapshot.wire import (
 )
 from rempart.snapshot.worker_parts import O_BINARY, O_NOFOLLOW, Packs, Read, SealState, open_ahead, settled
 
+#: a block asked about and not stored yet: its chunks, their ids, and their compressed form if
+#: compressed before the answer
+_Block = tuple[list[memoryview], list[bytes], list[tuple[int, bytes | memoryview]] | None]
+
 SMALL = 256 * 1024  # files up to this size (at the walk) are read in groups
 GROUP_FILES = 64
 GROUP_BYTES = 1024 * 1024
@@ -70,6 +74,9 @@ class _Worker:
         self.alone: deque[Request] = deque()  # requests to read on their own, before any other
         self.run: dict[str, Any] | None = None
         self.packs: Packs | None = None
+        #: compress a file's chunks before the answer about them (``_compress``): most of the
+        #: last answer's chunks were new (a first backup: all of them)
+        self.ahead = True
 
     def serve(self) -> None:
         while True:
@@ -175,22 +182,50 @@ class _Worker:
                 raise EOFError("the backup process went away")
             if not self._given(msg):
                 self.queued.append(msg)  # a read request sent meanwhile: served next
-        return self.answers.popleft()
+        answer = self.answers.popleft()
+        if answer:
+            self.ahead = 2 * answer.count(1) >= len(answer)
+        return answer
 
-    def _seal(self, state: SealState, chunks: list[memoryview], ids: list[bytes], new: bytes | memoryview) -> None:
-        """Store the chunks the parent said are new (every one of them: it counts on it)."""
+    def _compress(self, state: SealState, chunks: list[memoryview]) -> list[tuple[int, bytes | memoryview]] | None:
+        """With ``state.ahead``: every chunk compressed now, while the parent answers about them.
+        The wait for an answer was ~2.4 s of a reading process's ~14 s in a first backup of
+        the 2 GiB practice folder (docs/benchmarks.md, session 8); wasted work only for chunks
+        the answer says are stored already, so a process stops once an answer is mostly those."""
+        if not state.ahead:
+            return None
+        assert self.run is not None
+        level = self.run["level"]
+        out = []
+        for c in chunks:
+            flag, payload = compress(c, level if state.compressible else 0)
+            out.append((flag, payload))
+            state.misses = 0 if flag else state.misses + 1
+            state.chunks += 1
+            state.compressible = state.misses < 2 or state.chunks % 16 == 0
+        return out
+
+    def _seal(self, state: SealState, chunks: list[memoryview], ids: list[bytes],
+              compressed: list[tuple[int, bytes | memoryview]] | None, new: bytes | memoryview) -> None:
+        """Store the chunks the parent said are new (every one of them: it counts on it),
+        compressed now or already (``compressed``, from ``_compress``)."""
         assert self.run is not None and self.packs is not None
         level, packs = self.run["level"], self.packs
-        for c, bid, is_new in zip(chunks, ids, new, strict=True):
+        for k, (c, bid, is_new) in enumerate(zip(chunks, ids, new, strict=True)):
             if state.plan:
                 collect_samples(state.plan, state.samples, state.offset, c)
-            ok = True
-            if is_new:
-                flag, payload = compress(c, level if state.compressible else 0)
-                packs.add(bid, len(c), flag, payload)
-                ok = flag != 0
-            state.misses = 0 if ok else state.misses + 1
-            state.compressible = state.misses < 2 or len(state.content) % 16 == 0
+            if compressed is not None:
+                if is_new:
+                    flag, payload = compressed[k]
+                    packs.add(bid, len(c), flag, payload)
+            else:
+                ok = True
+                if is_new:
+                    flag, payload = compress(c, level if state.compressible else 0)
+                    packs.add(bid, len(c), flag, payload)
+                    ok = flag != 0
+                state.misses = 0 if ok else state.misses + 1
+                state.compressible = state.misses < 2 or len(state.content) % 16 == 0
             state.content.append(bid)
             state.offset += len(c)
 
@@ -255,13 +290,13 @@ class _Worker:
 
         return finish
 
-    def _blocks(self, f: Any, state: SealState, idk: IdKey, first_asked: Callable[[], None]
-                ) -> tuple[list[memoryview], list[bytes]] | None:
-        """Read, hash and ask about ``f`` block by block, storing each block once the next
-        one is asked about; returns the last block, asked about and not stored yet.
-        ``first_asked()`` runs once the first question is sent."""
+    def _blocks(self, f: Any, state: SealState, idk: IdKey, first_asked: Callable[[], None]) -> _Block | None:
+        """Read, hash and ask about ``f`` block by block (compressing each at once when
+        ``state.ahead``), storing each block once the next one is asked about; returns the
+        last block, asked about and not stored yet. ``first_asked()`` runs once the first
+        question is sent."""
         assert self.run is not None
-        last: tuple[list[memoryview], list[bytes]] | None = None
+        last: _Block | None = None
         batches = self.run["chunker"].batches(f, overlap=True)
         while True:
             try:
@@ -277,11 +312,12 @@ class _Worker:
                 raise
             ids = [idk.blob_id(c) for c in batch]
             self._ask(ids)
+            compressed = self._compress(state, batch)
             if last is not None:
                 self._seal(state, *last, self._answer())
             else:
                 first_asked()
-            last = batch, ids
+            last = batch, ids, compressed
 
     def _read_once(self, r: Request) -> Read | None:
         state, last, st1, st2 = self._read_blocks(r, lambda: None)
@@ -290,7 +326,7 @@ class _Worker:
         return settled(state, st1, st2)
 
     def _read_blocks(self, r: Request, first_asked: Callable[[], None]
-                     ) -> tuple[SealState, tuple[list[memoryview], list[bytes]] | None, os.stat_result, os.stat_result]:
+                     ) -> tuple[SealState, _Block | None, os.stat_result, os.stat_result]:
         """Open ``r`` and go through it with ``_blocks``: (seal state, the last block, asked
         about and not stored yet, stat before and after the reads)."""
         run = self.run
@@ -301,7 +337,7 @@ class _Worker:
             st1 = os.fstat(fd)
             if not statmod.S_ISREG(st1.st_mode):
                 raise OSError(0, "no longer a regular file")
-            state = SealState(r.plan)
+            state = SealState(r.plan, self.ahead)
             # the next block is read and hashed while the parent answers about the last one
             last = self._blocks(f, state, run["id"], first_asked)
             st2 = os.fstat(fd)
@@ -313,6 +349,7 @@ class _Worker:
         A file that changed meanwhile (or grew large) is read again on its own."""
         run = self.run
         read: list[tuple[Request, bytes, list[memoryview], list[bytes], os.stat_result, os.stat_result]] = []
+        prepared: list[tuple[SealState, list[tuple[int, bytes | memoryview]] | None]] = []
         try:
             if run is None:
                 raise RuntimeError("read request before the run's keys")
@@ -336,6 +373,9 @@ class _Worker:
             if not read:
                 return None
             self._ask([i for item in read for i in item[3]])
+            for item in read:  # while the parent answers
+                state = SealState(item[0].plan, self.ahead)
+                prepared.append((state, self._compress(state, item[2])))
         except EOFError:
             raise
         except Exception as exc:
@@ -347,9 +387,8 @@ class _Worker:
             try:
                 new = memoryview(self._answer())
                 at = 0
-                for r, _data, chunks, ids, st1, st2 in read:
-                    state = SealState(r.plan)
-                    self._seal(state, chunks, ids, new[at : at + len(ids)])
+                for (r, _data, chunks, ids, st1, st2), (state, compressed) in zip(read, prepared, strict=True):
+                    self._seal(state, chunks, ids, compressed, new[at : at + len(ids)])
                     at += len(ids)
                     result = settled(state, st1, st2)
                     if result is None:
