@@ -74,8 +74,8 @@ class _Worker:
         self.alone: deque[Request] = deque()  # requests to read on their own, before any other
         self.run: dict[str, Any] | None = None
         self.packs: Packs | None = None
-        #: compress a file's chunks before the answer about them (``_compress``): most of the
-        #: last answer's chunks were new (a first backup: all of them)
+        #: compress a block's chunks before the answer about them (``_compress``): most of
+        #: the last answer's chunks were new (a first backup: all of them)
         self.ahead = True
 
     def serve(self) -> None:
@@ -188,11 +188,13 @@ class _Worker:
         return answer
 
     def _compress(self, state: SealState, chunks: list[memoryview]) -> list[tuple[int, bytes | memoryview]] | None:
-        """With ``state.ahead``: every chunk compressed now, while the parent answers about them.
-        The wait for an answer was ~2.4 s of a reading process's ~14 s in a first backup of
-        the 2 GiB practice folder (docs/benchmarks.md, session 8); wasted work only for chunks
-        the answer says are stored already, so a process stops once an answer is mostly those."""
-        if not state.ahead:
+        """While ``self.ahead``: every chunk of a block compressed now, as the parent answers
+        about them (None otherwise: compressed once the answer is in, the new ones only). The
+        wait for an answer was ~2.4 s of a reading process's ~14 s in a first backup of the
+        2 GiB practice folder (docs/benchmarks.md, session 8). The work is wasted for chunks
+        the answer says are stored already, so an answer that says mostly that turns it off
+        from the next block on (a day backup reading a large database file)."""
+        if not self.ahead:
             return None
         assert self.run is not None
         level = self.run["level"]
@@ -225,7 +227,8 @@ class _Worker:
                     packs.add(bid, len(c), flag, payload)
                     ok = flag != 0
                 state.misses = 0 if ok else state.misses + 1
-                state.compressible = state.misses < 2 or len(state.content) % 16 == 0
+                state.chunks += 1
+                state.compressible = state.misses < 2 or state.chunks % 16 == 0
             state.content.append(bid)
             state.offset += len(c)
 
@@ -337,7 +340,7 @@ class _Worker:
             st1 = os.fstat(fd)
             if not statmod.S_ISREG(st1.st_mode):
                 raise OSError(0, "no longer a regular file")
-            state = SealState(r.plan, self.ahead)
+            state = SealState(r.plan)
             # the next block is read and hashed while the parent answers about the last one
             last = self._blocks(f, state, run["id"], first_asked)
             st2 = os.fstat(fd)
@@ -374,7 +377,7 @@ class _Worker:
                 return None
             self._ask([i for item in read for i in item[3]])
             for item in read:  # while the parent answers
-                state = SealState(item[0].plan, self.ahead)
+                state = SealState(item[0].plan)
                 prepared.append((state, self._compress(state, item[2])))
         except EOFError:
             raise

@@ -66,15 +66,13 @@ class Packs:
 
 class SealState:
     """Compress-and-seal state along one file: stop trying to compress data that does not
-    compress (JPEG, DICOM pixels), but try again every 16 chunks. ``ahead``: the file's
-    chunks are compressed as soon as they are asked about, before the answer (see
-    ``worker_main._Worker._compress``); ``chunks`` counts those compressed so."""
+    compress (JPEG, DICOM pixels), but try again every 16 chunks (``chunks`` counts those
+    compressed or found stored, in the order that was done)."""
 
-    __slots__ = ("ahead", "chunks", "compressible", "content", "misses", "offset", "plan", "samples")
+    __slots__ = ("chunks", "compressible", "content", "misses", "offset", "plan", "samples")
 
-    def __init__(self, plan: list[tuple[int, int]], ahead: bool = False) -> None:
+    def __init__(self, plan: list[tuple[int, int]]) -> None:
         self.plan = plan
-        self.ahead = ahead
         self.samples: list[tuple[int, bytes]] = []
         self.content: list[bytes] = []
         self.offset = self.misses = self.chunks = 0
