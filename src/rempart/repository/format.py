@@ -46,7 +46,8 @@ class BlobType(enum.IntEnum):
     TREE = 1
 
 
-_BLOB_TYPES = {int(t): t for t in BlobType}
+#: ``BlobType(t)`` without an enum call (once per blob when an index is read or looked up)
+BLOB_TYPES = {int(t): t for t in BlobType}
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +226,7 @@ def parse_index(data: bytes) -> Iterator[tuple[bytes, list[PackEntry]]]:
             if end > len(data):
                 raise IntegrityError("index file is truncated")
             entries = [  # a dict, not BlobType(t): a restore parses every index file first
-                PackEntry(_BLOB_TYPES[t], i, o, ln) for t, i, o, ln in _IDX_ENTRY.iter_unpack(data[pos:end])
+                PackEntry(BLOB_TYPES[t], i, o, ln) for t, i, o, ln in _IDX_ENTRY.iter_unpack(data[pos:end])
             ]
             pos = end
             yield pack_id, entries

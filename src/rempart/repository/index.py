@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from rempart.core.errors import RepositoryError
-from rempart.repository.format import BlobType, PackEntry, parse_index
+from rempart.repository.format import BLOB_TYPES, BlobType, PackEntry, parse_index
 
 SCHEMA_VERSION = "1"
 _SCHEMA = """
@@ -217,13 +217,13 @@ class BlobIndex:
             row = self._db.execute(
                 "SELECT packs.id, type, off, len FROM blobs JOIN packs USING (pid) WHERE blobs.id = ?",
                 (blob_id,)).fetchone()
-        return None if row is None else BlobLocation(row[0], BlobType(row[1]), row[2], row[3])
+        return None if row is None else BlobLocation(row[0], BLOB_TYPES[row[1]], row[2], row[3])
 
     def get_many(self, ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
         """Locations of the indexed ones among ``ids``: one query per batch of ids."""
         rows = self._rows_in("SELECT blobs.id, packs.id, type, off, len FROM blobs JOIN packs USING (pid)",
                              list(set(ids)))
-        return {bid: BlobLocation(pack, BlobType(t), off, n) for bid, pack, t, off, n in rows}
+        return {bid: BlobLocation(pack, BLOB_TYPES[t], off, n) for bid, pack, t, off, n in rows}
 
     def has_pack(self, pack_id: bytes) -> bool:
         with self._lock:
@@ -254,7 +254,7 @@ class BlobIndex:
             if not rows:
                 return
             for bid, pack, t, off, n in rows:
-                yield bid, BlobLocation(pack, BlobType(t), off, n)
+                yield bid, BlobLocation(pack, BLOB_TYPES[t], off, n)
             last = rows[-1][0]
 
     # --- updates ------------------------------------------------------------------------
