@@ -15,7 +15,9 @@ Every message is ``u32 length || 1 kind byte || payload``:
 - child → parent: ``Q`` the ids of one block's chunks, or of a group of small files (32 bytes
   each; the parent claims the new ones), ``P`` a pack is ready (``PACK``: buffer index, length, SHA-256; then per blob
   ``PBLOB``: type, id, sealed length, plain length), then one of ``F`` file read
-  (``encode_result``), ``C`` changed while read (request id), ``E`` an OS error and ``X`` a
+  (``encode_result``; with a detection function its samples are two pseudo-samples instead:
+  ``FEATURES``, the features as canonical JSON, then ``JUDGED``, the file's verdict were it
+  new, as JSON), ``C`` changed while read (request id), ``E`` an OS error and ``X`` a
   failure that must stop the backup (request id, then the message in UTF-8); ``Z`` last.
 
 A process that ends without ``Z`` may have taken blobs it never stored: the parent then fails
