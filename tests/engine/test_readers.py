@@ -3,9 +3,11 @@ threads, dedup across processes, and failures that stop the run cleanly instead 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -528,23 +530,16 @@ def test_a_second_process_starts_when_files_queue_up_behind_the_first(rig: Rig, 
         session.close()
 
 
-def test_a_reading_process_asks_about_the_next_block_before_the_last_answer_arrives(rig: Rig, tmp_path: Path) -> None:
-    """The process reads and hashes the next group of small files (or the next 2 MiB of a
-    large file) while the parent answers about the last one: two questions are out before
-    the first answer, and every file is still stored and reported once the answers come."""
+@contextlib.contextmanager
+def _worker_here(rig: Rig) -> Iterator[tuple[Any, int, int, Any]]:
+    """A reading process's loop (``worker_main._Worker``) in this process, given one pack
+    buffer: (the worker, the pipe end to write to it, the pipe end it writes to, the stream of
+    what it sends). The caller runs ``worker.serve`` in a thread."""
     from rempart.repository.repo import WriteSession
-    from rempart.snapshot import wire
     from rempart.snapshot import worker_main as wm
-    from rempart.snapshot.wire import Inbox, Request, decode_result, encode_request, recv, send
+    from rempart.snapshot.wire import Inbox
     from rempart.snapshot.workers import _shared_buffer
 
-    folder = tmp_path / "files"
-    folder.mkdir()
-    small = [folder / f"s{i:03d}.txt" for i in range(wm.GROUP_FILES + 1)]  # two groups
-    for i, f in enumerate(small):
-        f.write_bytes(os.urandom(2_000 + i))
-    large = folder / "large.bin"
-    large.write_bytes(os.urandom(5_000_000))  # several blocks
     repo = Repository.open(rig.backend)
     repo.load_index()
     session = WriteSession(repo, rig.idk)
@@ -555,9 +550,33 @@ def test_a_reading_process_asks_about_the_next_block_before_the_last_answer_arri
     worker = wm._Worker(Inbox(from_parent), to_parent)
     worker._setup({k: v.hex() if isinstance(v, bytes) else v for k, v in setup.items()} | {"buffers": fds})
     worker.packs.free.append(0)  # type: ignore[union-attr]
-    serving = threading.Thread(target=worker.serve, daemon=True)
     stream = os.fdopen(from_worker, "rb")
     try:
+        yield worker, to_worker, to_parent, stream
+    finally:
+        stream.close()
+        for fd in (to_worker, from_parent, to_parent):
+            os.close(fd)
+        session.close()
+
+
+def test_a_reading_process_asks_about_the_next_block_before_the_last_answer_arrives(rig: Rig, tmp_path: Path) -> None:
+    """The process reads and hashes the next group of small files (or the next 2 MiB of a
+    large file) while the parent answers about the last one: two questions are out before
+    the first answer, and every file is still stored and reported once the answers come."""
+    from rempart.snapshot import wire
+    from rempart.snapshot import worker_main as wm
+    from rempart.snapshot.wire import Request, decode_result, encode_request, recv, send
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    small = [folder / f"s{i:03d}.txt" for i in range(wm.GROUP_FILES + 1)]  # two groups
+    for i, f in enumerate(small):
+        f.write_bytes(os.urandom(2_000 + i))
+    large = folder / "large.bin"
+    large.write_bytes(os.urandom(5_000_000))  # several blocks
+    with _worker_here(rig) as (worker, to_worker, to_parent, stream):
+        serving = threading.Thread(target=worker.serve, daemon=True)
         for i, f in enumerate(small):  # all waiting in the pipe: a full group, then one more
             send(to_worker, b"R", encode_request(Request(i, str(f), f.stat().st_size, [], 0)))
         serving.start()
@@ -604,11 +623,6 @@ def test_a_reading_process_asks_about_the_next_block_before_the_last_answer_arri
         assert recv(stream) == (b"Z", b"")
         serving.join(10)
         assert not serving.is_alive()
-    finally:
-        stream.close()
-        for fd in (to_worker, from_parent, to_parent):
-            os.close(fd)
-        session.close()
 
 
 def test_a_first_backup_starts_its_processes_sooner_than_a_later_one(rig: Rig, src: Path) -> None:
@@ -709,40 +723,26 @@ def test_a_reading_process_compresses_ahead_only_while_answers_say_new(rig: Rig,
     first backup); an answer that is mostly "stored already" turns that off from the next
     block on, an answer that is mostly "new" back on. Either way exactly the new chunks are
     stored."""
-    from rempart.repository.repo import WriteSession
     from rempart.snapshot import wire
-    from rempart.snapshot import worker_main as wm
-    from rempart.snapshot.wire import Inbox, Request, decode_result, encode_request, recv, send
-    from rempart.snapshot.workers import _shared_buffer
+    from rempart.snapshot.wire import Request, decode_result, encode_request, recv, send
 
     files = []
     for i in range(3):
         f = tmp_path / f"big{i}.bin"
         f.write_bytes(os.urandom(3_000_000))
         files.append(f)
-    repo = Repository.open(rig.backend)
-    repo.load_index()
-    session = WriteSession(repo, rig.idk)
-    setup = session.reader_setup()
-    fds = [_shared_buffer(int(setup["capacity"])) for _ in range(2)]
-    to_worker, from_parent = os.pipe()[::-1]
-    from_worker, to_parent = os.pipe()
-    worker = wm._Worker(Inbox(from_parent), to_parent)
-    worker._setup({k: v.hex() if isinstance(v, bytes) else v for k, v in setup.items()} | {"buffers": fds})
-    worker.packs.free.append(0)  # type: ignore[union-attr]
-    calls: list[bool] = []
-    real = worker._compress
+    with _worker_here(rig) as (worker, to_worker, _, stream):
+        calls: list[bool] = []
+        real = worker._compress
 
-    def spy(state: Any, chunks: Any) -> Any:
-        calls.append(worker.ahead)
-        return real(state, chunks)
+        def spy(state: Any, chunks: Any) -> Any:
+            calls.append(worker.ahead)
+            return real(state, chunks)
 
-    worker._compress = spy  # type: ignore[method-assign]
-    serving = threading.Thread(target=worker.serve, daemon=True)
-    stream = os.fdopen(from_worker, "rb")
-    stored = 0
-    try:
+        worker._compress = spy
+        serving = threading.Thread(target=worker.serve, daemon=True)
         serving.start()
+        stored = 0
         aheads = []
         for i, (f, new) in enumerate(zip(files, (b"\x01", b"\x00", b"\x01"), strict=True)):
             calls.clear()
@@ -770,8 +770,3 @@ def test_a_reading_process_compresses_ahead_only_while_answers_say_new(rig: Rig,
             blobs += (len(msg[1]) - wire.PACK.size) // wire.PBLOB.size
         assert blobs == stored and stored > 0
         serving.join(10)
-    finally:
-        stream.close()
-        for fd in (to_worker, from_parent, to_parent):
-            os.close(fd)
-        session.close()
