@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 from pathlib import Path, PurePosixPath
 
 from rempart.cli.common import (
@@ -15,6 +16,7 @@ from rempart.cli.common import (
 )
 from rempart.cli.context import Context
 from rempart.core.errors import UserError
+from rempart.repository.repo import Repository
 from rempart.snapshot.recovery import last_clean, plan_per_file, timeline
 from rempart.snapshot.restorer import Restorer
 from rempart.snapshot.tree import Node
@@ -46,8 +48,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     else:
         args.snapshot, args.paths = args.items[0], args.items[1:]
     repo = open_repo(ctx)
+    # the index files are read while the kit is unlocked (its key derivation is memory-hard on
+    # purpose: ~0.17 s here, and a person may be typing the passphrase); a wrong passphrase is
+    # reported at once, not after the index (a daemon thread: abandoned then)
+    loaded: list[BaseException | None] = []
+    loader = threading.Thread(target=_load_index, args=(repo, loaded), name="load-index", daemon=True)
+    loader.start()
     session = read_session(ctx, repo, args.kit)
-    repo.load_index()
+    loader.join()
+    if loaded[0] is not None:
+        raise loaded[0]
     extra: dict[PurePosixPath, Node] = {}
     report: dict[str, object] = {}
     if args.per_file:
@@ -87,3 +97,12 @@ def _posix(p: str) -> PurePosixPath:
     if ".." in path.parts:
         raise UserError(f"{p}: '..' is not allowed in a restore path")
     return path
+
+
+def _load_index(repo: Repository, out: list[BaseException | None]) -> None:
+    try:
+        repo.load_index()
+    except BaseException as exc:  # re-raised by run() in the main thread
+        out.append(exc)
+    else:
+        out.append(None)
