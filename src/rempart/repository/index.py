@@ -265,10 +265,13 @@ class BlobIndex:
         lookups at once, and the b-tree pages they touch are written once per transaction, not
         once per pack (blob ids are random: a pack touches most leaves)."""
         with self._lock:
-            self._begin()
-            self._add_packs([(pack_id, entries)])
             if commit:
-                self._db.execute("COMMIT")
+                with self._db:  # committed, or rolled back on an error (as before commit=False existed)
+                    self._begin()
+                    self._add_packs([(pack_id, entries)])
+            else:
+                self._begin()
+                self._add_packs([(pack_id, entries)])
 
     def commit(self) -> None:
         """End the transaction ``add_pack(commit=False)`` left open, if any."""

@@ -112,7 +112,7 @@ class Lanes(Generic[T]):
     large ones (work for the disk) are read at the same time rather than one after the other.
 
     Each lane is walked depth first. When one lane runs dry it takes the other's shallowest
-    waiting folder (the largest piece of work left there). The walker lists its next folder
+    waiting folder (usually the largest piece of work left there). The walker lists its next folder
     from the lane that has handed out less so far: a file costs its size plus ``FILE_COST``.
     2 GiB practice folder, cold (documents before X-rays; docs/benchmarks.md, session 8):
     the two sorts of folders overlap instead of taking turns."""
