@@ -390,10 +390,12 @@ def test_small_files_are_asked_about_in_groups(rig: Rig, src: Path) -> None:
         assert listing[rel][5] == (many / f"note-{i:03d}.txt").read_bytes()
 
 
-def test_a_small_file_that_grew_before_its_group_was_read_is_read_whole(rig: Rig, src: Path) -> None:
+@pytest.mark.parametrize("more", [600_000, 1_000])  # past the group limit (256 KiB), or not
+def test_a_small_file_that_grew_before_its_group_was_read_is_read_whole(rig: Rig, src: Path, more: int) -> None:
+    """The process reads a small file's size at open plus one byte (not the walker's size)."""
     victim = src / "docs" / "letter-5.txt"
     size = victim.stat().st_size
-    grown = victim.read_bytes() + os.urandom(600_000)  # past the group limit (256 KiB)
+    grown = victim.read_bytes() + os.urandom(more)
 
     class Grower(Observer):
         def sample_plan(self, n: int) -> list[tuple[int, int]]:
