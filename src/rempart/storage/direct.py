@@ -53,47 +53,33 @@ def _aligned_blocks(data: bytes | bytearray | memoryview) -> int:
 def write_new_file(path: str | os.PathLike[str], data: bytes | bytearray | memoryview, mode: int = 0o666) -> None:
     """Create ``path`` (it must not exist), write ``data`` and fsync it; ``O_DIRECT`` for the
     aligned part of a large, page-aligned buffer (see the module docstring)."""
-    fd, direct = open_new(path, mode, direct=_aligned_blocks(data) > 0)
-    try:
-        write_at(fd, memoryview(data).cast("B"), 0, direct)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def open_new(path: str | os.PathLike[str], mode: int = 0o666, *, direct: bool = True) -> tuple[int, bool]:
-    """Create ``path`` for writing (it must not exist): (descriptor, whether it has
-    ``O_DIRECT``), with ``O_DIRECT`` if asked and the file system takes it."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-    if direct and O_DIRECT:
+    direct = _aligned_blocks(data)
+    fd = -1
+    if direct:
         try:
-            return os.open(path, flags | O_DIRECT, mode), True
+            fd = os.open(path, flags | O_DIRECT, mode)
         except OSError as exc:
             if exc.errno != errno.EINVAL:  # EINVAL: this file system does not do O_DIRECT
                 raise
-    return os.open(path, flags, mode), False
-
-
-def write_at(fd: int, view: memoryview, offset: int, direct: bool) -> bool:
-    """Write all of ``view`` at ``offset``. While ``direct`` (the descriptor has ``O_DIRECT``;
-    the caller vouches that ``view`` starts on a page and ``offset`` on a block), its whole
-    blocks go directly and the rest through the page cache once ``O_DIRECT`` is cleared;
-    returns whether the descriptor still has ``O_DIRECT``."""
-    whole = len(view) // BLOCK * BLOCK if direct else 0
-    done = 0
-    if whole:
-        try:
-            _write_all(fd, view[:whole], offset)
-            done = whole
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise  # EINVAL: refused after all (an unusual device): through the cache
-    if done < len(view):
+            direct = 0
+    if fd < 0:
+        fd = os.open(path, flags, mode)
+    try:
+        view = memoryview(data).cast("B")
+        done = 0
         if direct:
+            try:
+                done = _write_all(fd, view[:direct], 0)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                done = 0  # refused after all (an unusual device): start again through the cache
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
-            direct = False
-        _write_all(fd, view[done:], offset + done)
-    return direct
+        _write_all(fd, view[done:], done)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, view: memoryview, offset: int) -> int:

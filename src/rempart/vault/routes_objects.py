@@ -7,7 +7,7 @@ import enum
 import hashlib
 import hmac
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -89,7 +89,7 @@ class Created(BaseModel):
     created: bool
 
 
-async def _receive(request: Request, write: Callable[[bytes], Awaitable[None]]) -> int:
+async def _receive(request: Request, write: Callable[[bytes], object]) -> int:
     """Pass the request body to ``write`` chunk by chunk as it streams in (no second pass, no
     spool file written and read back); returns its size. Nothing is stored until the body is
     complete and checked, so a half-finished upload never becomes visible. The ASGI messages
@@ -112,7 +112,7 @@ async def _receive(request: Request, write: Callable[[bytes], Awaitable[None]]) 
             size += len(chunk)
             if size > limit:
                 raise RequestTooLarge(f"request body larger than the vault's limit of {limit} bytes")
-            await write(chunk)
+            write(chunk)
         if not message.get("more_body", False):
             return size
 
@@ -124,7 +124,7 @@ async def _receive_bytes(request: Request) -> tuple[bytearray, str]:
     buf = bytearray()
     digest = hashlib.sha256()
 
-    async def write(chunk: bytes) -> None:
+    def write(chunk: bytes) -> None:
         buf.extend(chunk)
         digest.update(chunk)
 
@@ -153,7 +153,7 @@ async def upload(request: Request, auth: Auth, h: Handle) -> JSONResponse:
         data: bytes | StagedUpload
         if staged is not None:
             size = await _receive(request, staged.write)
-            sha, data = await staged.finish(), staged
+            sha, data = staged.hexdigest(), staged
         else:
             buf, sha = await _receive_bytes(request)
             # a pack (S3) goes on as the received buffer, without a copy: the vault only parses

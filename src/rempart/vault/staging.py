@@ -3,12 +3,8 @@
 A 16 MiB pack used to be collected in memory and written afterwards: a copy of every byte into a
 growing buffer (fresh pages, faulted in and zeroed), then a second copy of that cache-cold
 buffer into the page cache, after the whole body had arrived. Here each chunk of the body is
-copied into one of two page-aligned buffers of ``BUFFER`` bytes; a full buffer is hashed and
-written to a temporary file by a thread while the event loop receives into the other, so the
-write overlaps the receiving, and what is left at the end is the last buffer and the fsync.
-The writes use ``O_DIRECT`` where the file system takes it (``rempart.storage.direct``): a
-buffered write cost ~1.1 ms of CPU per MiB here, copying into the page cache, on the loop that
-also decrypts TLS for every other upload (docs/benchmarks.md, "Vault throughput (session 9)").
+hashed and written to a temporary file while it is still in the CPU cache, so the write overlaps
+the receiving, and what is left at the end is the fsync.
 
 Guarantees (the same as the in-memory path's): the temporary file lives in the practice's
 ``tmp/`` folder, which no listing, read or index shows; it becomes the object only in
@@ -21,43 +17,21 @@ folder. An upload cut off, refused or failed is removed by :meth:`StagedUpload.d
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import hashlib
-import mmap
 import os
 import secrets
 import struct
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from rempart.core.errors import IntegrityError
 from rempart.repository.format import PackEntry, parse_pack_header
 from rempart.storage.base import Handle
-from rempart.storage.direct import open_new, write_at
 from rempart.storage.local import LocalBackend, fsync_dir, map_os_errors
 
-#: start writing a staged file back to disk every this many bytes (see _writeback; only when
-#: the file system refused ``O_DIRECT``)
+#: start writing a staged file back to disk every this many bytes (see _writeback)
 WRITEBACK_BYTES = 4 << 20
-#: the body is gathered in two buffers of this size (a multiple of every block size), each
-#: hashed and written by a thread once full; 1 MiB: ~10 hand-overs per 10 MiB pack
-BUFFER = 1 << 20
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _writers() -> ThreadPoolExecutor:
-    """The threads that hash and write full buffers (one job per upload at a time, so a pool
-    shared by every upload keeps each file's bytes in order)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rempart-staging")
-        return _pool
 
 
 def _load_writeback() -> Callable[[int, int, int], None] | None:
@@ -84,81 +58,33 @@ _writeback = _load_writeback()
 
 class StagedUpload:
     """One upload being written to ``<practice>/tmp/<name>.<random>.tmp``. Not thread-safe:
-    the receiving coroutine calls :meth:`write` and :meth:`finish`, then one worker thread
-    checks and publishes."""
+    the receiving coroutine writes, then one worker thread checks and publishes."""
 
     def __init__(self, backend: LocalBackend, h: Handle) -> None:
         self.handle = h
         self.final = backend.file_path(h)
         self.path: Path | None = backend.root / "tmp" / f"{h.name}.{secrets.token_hex(8)}.tmp"
-        self.size = 0  # bytes received
+        self.size = 0
+        self._started = 0  # bytes whose write-back was started
         self._sha = hashlib.sha256()
-        self._bufs: list[mmap.mmap] = []  # the one being filled first; made at the first write
-        self._fill = 0  # bytes in the buffer being filled
-        self._offset = 0  # where that buffer goes in the file
-        self._job: Future[None] | None = None  # the other buffer, being hashed and written
-        self._started = 0  # bytes whose write-back was started (without O_DIRECT)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with map_os_errors(f"save {h}"):
-            fd, self._direct = open_new(self.path)
-            self._fd: int | None = fd
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
 
-    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Append a chunk of the body; waits only when both buffers are full."""
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Append a chunk of the body (hashed as it goes)."""
         assert self._fd is not None, "write after discard"
-        view = memoryview(chunk).cast("B")
-        self.size += len(view)
-        if not self._bufs:
-            self._bufs = [mmap.mmap(-1, BUFFER), mmap.mmap(-1, BUFFER)]
-        while view:
-            take = min(BUFFER - self._fill, len(view))
-            self._bufs[0][self._fill : self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == BUFFER:
-                await self._hand_over()
+        self._sha.update(chunk)
+        view = memoryview(chunk)
+        with map_os_errors(f"save {self.handle}"):
+            while view:
+                view = view[os.write(self._fd, view):]
+        self.size += len(chunk)
+        if _writeback is not None and self.size - self._started >= WRITEBACK_BYTES:
+            _writeback(self._fd, self._started, self.size - self._started)
+            self._started = self.size
 
-    async def finish(self) -> str:
-        """Write what is left (not synced yet: :meth:`publish` does); the body's SHA-256."""
-        if self._fill:
-            await self._hand_over()
-        await self._wait()
-        self._free()
+    def hexdigest(self) -> str:
         return self._sha.hexdigest()
-
-    async def _wait(self) -> None:
-        job, self._job = self._job, None
-        if job is not None:
-            await asyncio.wrap_future(job)  # its error (a full disk, ...) is raised here
-
-    async def _hand_over(self) -> None:
-        """Give the buffer being filled to a thread, once the other one is written."""
-        await self._wait()
-        buf, n, offset = self._bufs[0], self._fill, self._offset
-        self._job = _writers().submit(self._store, buf, n, offset)
-        self._bufs.reverse()
-        self._fill, self._offset = 0, offset + n
-
-    def _store(self, buf: mmap.mmap, n: int, offset: int) -> None:
-        """In a writing thread: hash ``buf[:n]`` and write it at ``offset``."""
-        fd = self._fd
-        assert fd is not None
-        with memoryview(buf) as whole, whole[:n] as view:
-            self._sha.update(view)
-            with map_os_errors(f"save {self.handle}"):
-                self._direct = write_at(fd, view, offset, self._direct)
-        end = offset + n
-        if not self._direct and _writeback is not None and end - self._started >= WRITEBACK_BYTES:
-            _writeback(fd, self._started, end - self._started)
-            self._started = end
-
-    def _free(self) -> None:
-        for buf in self._bufs:
-            try:
-                buf.close()
-            except BufferError:  # a failed write's traceback still has a view: freed with it
-                pass
-        self._bufs = []
 
     def pack_entries(self) -> list[PackEntry]:
         """Parse the pack header from the file's tail (what the in-memory path parsed from the
@@ -196,15 +122,7 @@ class StagedUpload:
         return True
 
     def discard(self) -> None:
-        """Remove the temporary file (idempotent; nothing after :meth:`publish`). A buffer
-        still being written is waited for first (at most ``BUFFER`` bytes)."""
-        job, self._job = self._job, None
-        if job is not None:
-            try:
-                job.result()
-            except Exception:  # noqa: S110 - the upload failed already; its error was reported
-                pass
-        self._free()
+        """Remove the temporary file (idempotent; nothing after :meth:`publish`)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
