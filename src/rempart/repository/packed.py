@@ -8,12 +8,11 @@ builds its index once from every index file and then only looks blobs up: insert
 (docs/benchmarks.md, "Session 9").
 
 Here every blob is one fixed-size record, ``id (32 bytes) || pack number (u32) || type (u8) ||
-offset (u32) || length (u32)``, big-endian. The records are sorted by id, then by pack number
-(numbered as first seen), keeping the order they were added in among equal ones, so that of a
-blob listed twice the first one read wins, as in ``BlobIndex``. A directory of the 65,536
-two-byte id prefixes gives the records of each prefix (blob ids are keyed hashes, uniformly
-spread), and a binary search among them finds an id. 45 bytes per blob, plus 256 KiB; no
-per-blob Python object is kept.
+offset (u32) || length (u32)``, big-endian, and the records are sorted as bytes: by id, then
+by pack number (numbered as first seen), keeping the order they were added in among equal
+ones, so that of a blob listed twice the first one read wins, as in ``BlobIndex``. A directory of the 65,536 two-byte id prefixes gives the records of each
+prefix (blob ids are keyed hashes, uniformly spread), and a binary search among them finds
+an id. 45 bytes per blob, plus 256 KiB; no per-blob Python object is kept.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import struct
 from array import array
 from collections.abc import Iterable
 
+from rempart.core.errors import IntegrityError
 from rempart.repository.format import BLOB_TYPES, PackEntry, parse_index_raw
 from rempart.repository.index import BlobLocation
 
@@ -33,6 +33,7 @@ _PREFIXES = 1 << 16
 
 def _id_and_pack(record: bytes) -> bytes:
     return record[: _ID + 4]
+
 
 
 class PackedIndexBuilder:
@@ -125,7 +126,10 @@ class PackedIndex:
         if at < 0:
             return None
         number, t, off, n = _LOC.unpack_from(self._table, at + _ID)
-        return BlobLocation(self._packs[number], BLOB_TYPES[t], off, n)  # types checked when parsed
+        try:
+            return BlobLocation(self._packs[number], BLOB_TYPES[t], off, n)
+        except KeyError as exc:  # parse_index_raw checked every type: unreachable unless a bug
+            raise IntegrityError(f"blob {blob_id.hex()[:12]} has an unknown type {t}") from exc
 
     def get_many(self, ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
         """Locations of the indexed ones among ``ids``."""
