@@ -21,7 +21,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     session = read_session(ctx, repo, args.kit)
     a, _ = repo.load_snapshot(resolve_snapshot(repo, args.first))
     b, _ = repo.load_snapshot(resolve_snapshot(repo, args.second))
-    repo.load_packed_index()
+    repo.load_index()
     changes = list(diff_trees(TreeReader(session), a.tree, b.tree))
     if ctx.json:
         print_json([{"change": c.kind, "path": c.path} for c in changes])

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     session = read_session(ctx, repo, args.kit)
     name = resolve_snapshot(repo, args.snapshot)
     snap, _ = repo.load_snapshot(name)
-    repo.load_packed_index()
+    repo.load_index()
     out = sys.stdout
     for path, node in TreeReader(session).walk(snap.tree):
         if ctx.json:

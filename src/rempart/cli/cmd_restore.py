@@ -101,7 +101,7 @@ def _posix(p: str) -> PurePosixPath:
 
 def _load_index(repo: Repository, out: list[BaseException | None]) -> None:
     try:
-        repo.load_packed_index()
+        repo.load_index()
     except BaseException as exc:  # re-raised by run() in the main thread
         out.append(exc)
     else:

@@ -213,14 +213,6 @@ def encode_index(packs: Iterable[tuple[bytes, Iterable[PackEntry]]]) -> bytes:
 
 
 def parse_index(data: bytes) -> Iterator[tuple[bytes, list[PackEntry]]]:
-    for pack_id, rows in parse_index_raw(data):
-        # a dict, not BlobType(t): a restore parses every index file first
-        yield pack_id, [PackEntry(BLOB_TYPES[t], i, o, ln) for t, i, o, ln in rows]
-
-
-def parse_index_raw(data: bytes) -> Iterator[tuple[bytes, list[tuple[int, bytes, int, int]]]]:
-    """``parse_index`` without an object per entry: ``(type, id, offset, length)`` tuples,
-    every type checked."""
     try:
         if data[:4] != INDEX_MAGIC or data[4] != VERSION:
             raise IntegrityError("not an index file")
@@ -233,11 +225,11 @@ def parse_index_raw(data: bytes) -> Iterator[tuple[bytes, list[tuple[int, bytes,
             end = pos + n * _IDX_ENTRY.size
             if end > len(data):
                 raise IntegrityError("index file is truncated")
-            rows = list(_IDX_ENTRY.iter_unpack(data[pos:end]))
-            if not {r[0] for r in rows} <= BLOB_TYPES.keys():
-                raise IntegrityError("index file is malformed (unknown blob type)")
+            entries = [  # a dict, not BlobType(t): a restore parses every index file first
+                PackEntry(BLOB_TYPES[t], i, o, ln) for t, i, o, ln in _IDX_ENTRY.iter_unpack(data[pos:end])
+            ]
             pos = end
-            yield pack_id, rows
+            yield pack_id, entries
         if pos != len(data):
             raise IntegrityError("index file has trailing bytes")
     except (struct.error, ValueError, IndexError, KeyError) as exc:

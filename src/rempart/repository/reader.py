@@ -97,7 +97,7 @@ class ReadSession:
         """The envelope from where the index says the header begins (one ranged read); if the
         bytes there are not a header, or do not unwrap, from the trailer (three reads)."""
         name = pack.hex()
-        head = self._head_at(name, self.repo.locations.pack_end(pack))
+        head = self._head_at(name, self.repo.index.pack_end(pack))
         if head is not None:
             try:
                 return self.private_key.unwrap(head)
@@ -137,11 +137,11 @@ class ReadSession:
 
     def locate(self, ids: list[bytes]) -> list[BlobLocation | None]:
         """Index lookups for ``ids`` in order (batched queries)."""
-        found = self.repo.locations.get_many(ids)
+        found = self.repo.index.get_many(ids)
         return [found.get(i) for i in ids]
 
     def load_blob(self, blob_id: bytes, *, verify: bool = False) -> bytes:
-        loc = self.repo.locations.get(blob_id)
+        loc = self.repo.index.get(blob_id)
         if loc is None:
             raise IntegrityError(f"blob {blob_id.hex()[:12]} is missing from the repository")
         sealed = self.repo.backend.load(Handle(FileType.DATA, loc.pack.hex()), offset=loc.offset, length=loc.length)

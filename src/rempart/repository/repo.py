@@ -30,9 +30,8 @@ from rempart.repository.format import (
     parse_snapshot,
 )
 from rempart.repository.index import BlobIndex, RefSet
-from rempart.repository.packed import PackedIndex, PackedIndexBuilder
 from rempart.repository.packer import FullPack, Packer
-from rempart.storage.base import Backend, FileInfo, FileType, Handle
+from rempart.storage.base import Backend, FileType, Handle
 
 #: every this many packs stored, the index cache commits and an index file is written: blob
 #: ids are random, so each commit rewrites most of the cache's b-tree leaves (a commit per pack
@@ -45,9 +44,6 @@ class Repository:
         self.backend = backend
         self.config = config
         self.index = BlobIndex(repo_id=config.id)
-        #: the read-only index of a reading command (``load_packed_index``), which then
-        #: answers ``locations`` instead of ``index``
-        self._packed: PackedIndex | None = None
 
     @classmethod
     def open(cls, backend: Backend) -> Repository:
@@ -61,11 +57,6 @@ class Repository:
 
     def close(self) -> None:
         self.index.close()
-
-    @property
-    def locations(self) -> BlobIndex | PackedIndex:
-        """Where blobs are, for reading: the packed index once loaded, else ``index``."""
-        return self._packed if self._packed is not None else self.index
 
     # --- index --------------------------------------------------------------------------
 
@@ -81,34 +72,18 @@ class Repository:
             packs = list(self.backend.list(FileType.DATA))
             present = {bytes.fromhex(fi.name) for fi in packs}
             self.index.retain_packs(present)  # forget collected packs
-        return self._read_index(self.index, packs, present)
-
-    def load_packed_index(self) -> int:
-        """``load_index`` for a command that only reads (restore, ls, diff): every index file
-        into a :class:`PackedIndex` (sorted once, not inserted into SQLite blob by blob),
-        with the same rules. ``locations`` then answers from it. Returns the number of packs
-        scanned."""
-        packs = list(self.backend.list(FileType.DATA))
-        builder = PackedIndexBuilder()
-        scanned = self._read_index(builder, packs, {bytes.fromhex(fi.name) for fi in packs})
-        self._packed = builder.build()
-        return scanned
-
-    def _read_index(self, into: BlobIndex | PackedIndexBuilder, packs: list[FileInfo],
-                    present: set[bytes] | None) -> int:
-        """Index files (those not seen yet), then the headers of ``packs`` no index names."""
         for fi in self.backend.list(FileType.INDEX):
-            if isinstance(into, BlobIndex) and into.has_index_file(fi.name):
+            if self.index.has_index_file(fi.name):
                 continue
             try:
                 data = self.backend.load(Handle(FileType.INDEX, fi.name))
             except NotFound:
                 continue  # removed by a concurrent GC
-            into.add_index_file(data, fi.name, only=present)
-        missing = [fi for fi in packs if not into.has_pack(bytes.fromhex(fi.name))]
+            self.index.add_index_file(data, fi.name, only=present)
+        missing = [fi for fi in packs if not self.index.has_pack(bytes.fromhex(fi.name))]
         for fi in missing:
             try:
-                into.add_pack(bytes.fromhex(fi.name), self.read_pack_header(fi.name, fi.size).entries)
+                self.index.add_pack(bytes.fromhex(fi.name), self.read_pack_header(fi.name, fi.size).entries)
             except (NotFound, IntegrityError):
                 continue  # check reports damaged packs; backup just won't dedup against them
         return len(missing)
