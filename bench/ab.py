@@ -6,9 +6,10 @@ For each run, and each source in turn (the order alternates between runs), with 
 dropped before every measured command (root; else warm):
 
 1. ``rempart init`` then a first ``rempart backup`` of DIR into a fresh repository (timed);
-2. ``rempart restore latest`` of it into a folder that did not exist (timed; nothing is deleted
-   just before it: creating files right after deleting a large tree is slow on ext4, and that
-   cost lands on whichever command comes next).
+2. ``rempart restore latest`` of it into a folder that did not exist (timed). The run's folder
+   is then deleted, so the next source's backup, not its restore, follows that deletion
+   (creating files right after deleting a large tree is slow on ext4); the backup's ~14 s of
+   a 2 GiB folder lie between them, not nothing.
 
 With ``--memory`` each source gets one more backup and restore whose memory is sampled (the peak
 of the summed PSS of the process tree, every 20 ms; see ``bench_measure``) and whose times are
@@ -32,20 +33,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_measure import can_drop_caches, drop_caches, run_measured  # noqa: E402
+from bench_measure import can_drop_caches, checkout, drop_caches, run_measured  # noqa: E402
 
 PASS = "benchmark passphrase, not secret"
 #: the measured processes compile nothing (each source is byte-compiled first) and use the real KDF
 BASE_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "REMPART_KDF_TEST")}
-
-
-def _source(spec: str) -> tuple[str, Path]:
-    name, _, folder = spec.partition("=")
-    root = Path(folder).resolve()
-    src = root / "src" if (root / "src" / "rempart").is_dir() else root
-    if not name or not (src / "rempart").is_dir():
-        raise SystemExit(f"--src NAME=DIR: no rempart package in {folder!r} (nor in its src/)")
-    return name, src
 
 
 def _rempart(src: Path, work: Path, *args: str, sample: bool = False, cold: bool = True) -> tuple[float, float, int]:
@@ -83,7 +75,7 @@ def main() -> int:
     ap.add_argument("--memory", action="store_true", help="one more sampled run per source for peak PSS")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (needs ~3x the data size)")
     a = ap.parse_args()
-    sources = [_source(s) for s in a.src]
+    sources = [checkout(s) for s in a.src]
     cold = can_drop_caches()
     for _, src in sources:  # compiled once, so that no measured process compiles its modules
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], env=BASE_ENV, check=True)

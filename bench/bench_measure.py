@@ -40,6 +40,17 @@ except ImportError:  # pragma: no cover - psutil is in the bench extra
 GNU_TIME = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None
 
 
+def checkout(spec: str) -> tuple[str, Path]:
+    """``NAME=DIR`` of a ``--src`` option: the name and the folder holding the ``rempart``
+    package (``DIR/src`` of a checkout, or DIR itself)."""
+    name, _, folder = spec.partition("=")
+    root = Path(folder).resolve()
+    src = root / "src" if (root / "src" / "rempart").is_dir() else root
+    if not name or not (src / "rempart").is_dir():
+        raise SystemExit(f"--src NAME=DIR: no rempart package in {folder!r} (nor in its src/)")
+    return name, src
+
+
 class CommandFailed(RuntimeError):
     pass
 

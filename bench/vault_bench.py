@@ -33,6 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_measure import checkout  # noqa: E402
+
 PY = sys.executable
 PASS = "benchmark passphrase, not secret"
 
@@ -259,13 +263,7 @@ def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _source(spec: str) -> tuple[str, dict[str, str]]:
-    name, _, folder = spec.partition("=")
-    if not name or not folder:
-        raise SystemExit(f"--src NAME=DIR, got {spec!r}")
-    root = Path(folder).resolve()
-    src = root / "src" if (root / "src" / "rempart").is_dir() else root
-    if not (src / "rempart").is_dir():
-        raise SystemExit(f"{folder}: no rempart package (neither DIR/src/rempart nor DIR/rempart)")
+    name, src = checkout(spec)
     return name, {"PYTHONPATH": str(src)}
 
 

@@ -392,7 +392,8 @@ def test_small_files_are_asked_about_in_groups(rig: Rig, src: Path) -> None:
 
 @pytest.mark.parametrize("more", [600_000, 1_000])  # past the group limit (256 KiB), or not
 def test_a_small_file_that_grew_before_its_group_was_read_is_read_whole(rig: Rig, src: Path, more: int) -> None:
-    """The process reads a small file's size at open plus one byte (not the walker's size)."""
+    """Grown after the walker's stat, past the group limit or within it: stored whole, never
+    cut at the size the walker saw."""
     victim = src / "docs" / "letter-5.txt"
     size = victim.stat().st_size
     grown = victim.read_bytes() + os.urandom(more)

@@ -363,8 +363,8 @@ class _Worker:
                         st1 = os.fstat(fd)
                         if not statmod.S_ISREG(st1.st_mode):
                             raise OSError(0, "no longer a regular file")
-                        # its size and one byte more: a file that grew meanwhile is seen to
-                        # (``settled``), and no 256 KiB buffer is allocated and shrunk per file
+                        # its size and one byte more: a file that grew meanwhile is caught by
+                        # ``settled``, and no 256 KiB buffer is allocated and shrunk per file
                         data = f.read(min(st1.st_size, SMALL) + 1)
                         st2 = os.fstat(fd)
                 except OSError as exc:
