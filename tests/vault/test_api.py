@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -173,6 +175,41 @@ def test_quota_and_request_size(own_vault: Any) -> None:
     pk, _ = make_pack([700])
     b.save(D(pk.name), pk.data)
     b.close()
+
+
+def test_uploads_racing_for_the_last_room_never_overshoot_the_quota(own_vault: Any) -> None:
+    """Eight packs uploaded at once by eight connections to a practice with room for three:
+    exactly three are stored and counted, the others get QuotaExceeded. (Checking the recorded
+    usage alone let uploads that arrived together all pass: each saw the others as unused.)"""
+    v = own_vault
+    v.start()
+    packs = [make_pack([40_000])[0] for _ in range(8)]
+    size = len(packs[0].data)
+    assert all(len(p.data) == size for p in packs)
+    name, toks = v.add_practice()
+    with v.admin() as c:
+        r = c.put(f"/v1/admin/practices/{name}/quota", json={"quota_bytes": 3 * size + size // 2})
+        assert r.status_code == 200, r.text
+    backends = [v.backend(name, toks["backup"]) for _ in packs]
+    start = threading.Barrier(len(packs))
+
+    def upload(i: int) -> str:
+        start.wait()
+        try:
+            backends[i].save(D(packs[i].name), packs[i].data)
+            return "stored"
+        except QuotaExceeded:
+            return "refused"
+
+    with ThreadPoolExecutor(len(packs)) as pool:
+        outcomes = list(pool.map(upload, range(len(packs))))
+    assert sorted(outcomes) == ["refused"] * 5 + ["stored"] * 3
+    stored = sorted(p.name for p, o in zip(packs, outcomes) if o == "stored")
+    assert sorted(f.name for f in backends[0].list(FileType.DATA)) == stored
+    with v.admin() as c:
+        assert c.get(f"/v1/admin/practices/{name}").json()["used_bytes"] == 3 * size
+    for b in backends:
+        b.close()
 
 
 def test_wrong_pin_is_refused_before_any_token_is_sent(vault: Any) -> None:

@@ -126,9 +126,11 @@ def test_reupload_of_a_pack_marked_for_deletion_survives_the_sweep(svc: Any) -> 
     assert gc._mark(v, v.practice(name), actor="t", report=rep)
     assert v.exists(v.practice(name), ida) == set()  # marked: no longer offered for dedup
     put(v, name, Handle(FileType.DATA, a.name), a.data)  # an agent uploads the same pack again
+    assert v.practice(name).used_bytes == len(a.data)  # counted once: it never stopped being stored
     gc._sweep(v, v.practice(name), ("deleting",), ("data",), rep)
     assert rep.deleted_packs == []
     p = v.practice(name)
+    assert p.used_bytes == len(a.data)
     assert v.load(p, Handle(FileType.DATA, a.name)) == a.data
     assert v.exists(p, ida) == set(ida)
     s = make_snapshot(ida)

@@ -15,6 +15,7 @@ import json
 import struct
 import threading
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,6 @@ from rempart.core.errors import (
     IntegrityError,
     MissingBlobs,
     NotFound,
-    QuotaExceeded,
     UserError,
 )
 from rempart.repository.format import PackEntry, parse_index, parse_pack_header, parse_snapshot
@@ -35,6 +35,7 @@ from rempart.storage.base import Backend, FileInfo, FileType, Handle
 from rempart.vault import audit, db
 from rempart.vault.authcache import TtlCache
 from rempart.vault.config import RetentionPolicy, VaultConfig
+from rempart.vault.quota import Claim, QuotaClaims, over_quota, usage
 from rempart.vault.staging import StagedUpload
 from rempart.vault.store import Store, check_practice_name
 
@@ -66,6 +67,8 @@ class Vault:
         # (practice id, type, name) -> size of a live object
         self.auth_cache: TtlCache[Any] = TtlCache(clock.monotonic)
         self.stat_cache: TtlCache[int] = TtlCache(clock.monotonic)
+        #: bytes of uploads past the quota check and not recorded yet (see rempart.vault.quota)
+        self.quota = QuotaClaims()
 
     def now(self) -> float:
         return self.clock.now().timestamp()
@@ -213,8 +216,6 @@ class Vault:
             raw, size = data, len(data)
         with self.engine.connect() as conn:
             row = self.object_row(conn, practice.id, h.type, h.name)
-            if practice.quota_bytes:
-                practice = self.practice(practice.name, conn)  # the caller's may be a few seconds old
         if row is not None and row.state in ("live", "superseded"):
             if h.type is FileType.CONFIG and self.backend(practice).load(h) != raw:
                 raise AlreadyExists("the repository config exists already with different content")
@@ -238,27 +239,42 @@ class Vault:
                 raise IntegrityError("the repository config must be a JSON object") from exc
         else:
             raise UserError(f"the vault does not store {h.type.value} files")
-        if practice.quota_bytes and practice.used_bytes + size > practice.quota_bytes:
-            raise QuotaExceeded(
-                f"practice {practice.name} is over its storage quota "
-                f"({practice.used_bytes} of {practice.quota_bytes} bytes used); nothing was deleted",
-                hint="ask the backup provider to raise the quota",
-            )
-        if snap is not None:
-            return self._commit_snapshot(actor, practice, h, raw, snap)
-        revived = row is not None  # GC marked or removed it before: serialise with GC's sweep
-        if not revived:
-            self._save(practice, h, data)
-        with db.write(self.engine) as conn:
-            if revived:
-                db.lock_practice(conn, practice.id)
+        # the caller's practice may be a few seconds old: the quota is checked on a fresh read
+        claim = self.quota.claim(practice.id, practice.name, size, lambda: self._usage_now(practice.id)) \
+            if practice.quota_bytes else nullcontext()
+        try:
+            if snap is not None:
+                return self._commit_snapshot(actor, practice, h, raw, snap, claim)
+            revived = row is not None  # GC marked or removed it before: serialise with GC's sweep
+            if not revived:
                 self._save(practice, h, data)
-            self._record(conn, practice.id, h, size)
-            if entries:
-                self._record_blobs(conn, practice.id, h.name, entries)
-            self.audit(conn, actor, f"create.{h.type.value}", practice.name, "ok", {"name": h.name, "size": size})
+            with claim, db.write(self.engine) as conn:
+                db.lock_practice(conn, practice.id)
+                self._check_quota(conn, practice, h, size)
+                if revived:
+                    self._save(practice, h, data)
+                self._record(conn, practice.id, h, size)
+                if entries:
+                    self._record_blobs(conn, practice.id, h.name, entries)
+                self.audit(conn, actor, f"create.{h.type.value}", practice.name, "ok", {"name": h.name, "size": size})
+        finally:
+            if isinstance(claim, Claim):
+                claim.release()  # refused or failed (a no-op once committed)
         self.checkpoint(conn)
         return True
+
+    def _usage_now(self, pid: int) -> tuple[int, int]:
+        with self.engine.connect() as conn:
+            return usage(conn, pid)
+
+    def _check_quota(self, conn: Connection, practice: Practice, h: Handle, size: int) -> None:
+        """Inside the transaction that records ``h`` (the practice locked): refuse it if it
+        would take the practice over its quota (only another vault process's uploads can make
+        this fail after a claim: see :mod:`rempart.vault.quota`)."""
+        if practice.quota_bytes and not _counted(self.object_row(conn, practice.id, h.type, h.name)):
+            used, quota = usage(conn, practice.id)
+            if quota and used + size > quota:
+                raise over_quota(practice.name, used, quota)
 
     def _save(self, practice: Practice, h: Handle, data: bytes | StagedUpload) -> None:
         if isinstance(data, StagedUpload):
@@ -289,9 +305,12 @@ class Vault:
             raise MissingBlobs(f"the index file names {len(missing)} pack(s) the vault does not hold", missing=missing)
 
     def _record(self, conn: Connection, pid: int, h: Handle, size: int) -> None:
+        """Make ``h`` live; its size joins the practice's ``used_bytes`` unless already counted
+        there (a pack GC marked "deleting" is counted until the sweep removes it)."""
         row = self.object_row(conn, pid, h.type, h.name)
         if row is not None and row.state in ("live", "superseded"):
             return
+        counted = _counted(row)
         if row is None:
             conn.execute(db.objects.insert().values(practice_id=pid, type=h.type.value, name=h.name, size=size,
                                                     created=self.now(), state="live"))
@@ -301,8 +320,9 @@ class Vault:
                 .where(db.objects.c.practice_id == pid, db.objects.c.type == h.type.value, db.objects.c.name == h.name)
                 .values(state="live", created=self.now(), size=size)
             )
-        conn.execute(db.practices.update().where(db.practices.c.id == pid)
-                     .values(used_bytes=db.practices.c.used_bytes + size))
+        if not counted:
+            conn.execute(db.practices.update().where(db.practices.c.id == pid)
+                         .values(used_bytes=db.practices.c.used_bytes + size))
 
     def _record_blobs(self, conn: Connection, pid: int, pack: str, entries: list[PackEntry]) -> None:
         conn.execute(db.blobs.delete().where(db.blobs.c.practice_id == pid, db.blobs.c.pack == pack))
@@ -317,12 +337,14 @@ class Vault:
         for i in range(0, len(rows), 1000):
             conn.execute(db.blobs.insert(), rows[i : i + 1000])
 
-    def _commit_snapshot(self, actor: str, practice: Practice, h: Handle, data: bytes, snap: Any) -> bool:
+    def _commit_snapshot(self, actor: str, practice: Practice, h: Handle, data: bytes, snap: Any,
+                         claim: AbstractContextManager[Any]) -> bool:
         plain = snap.plain
         detection = plain.get("detection") if isinstance(plain.get("detection"), dict) else {}
         verdict = "suspicious" if detection.get("verdict") == "suspicious" else "clean"
-        with db.write(self.engine) as conn:
+        with claim, db.write(self.engine) as conn:
             db.lock_practice(conn, practice.id)
+            self._check_quota(conn, practice, h, len(data))
             present = self.present_blobs(conn, practice.id, snap.refs)
             missing = [r.hex() for r in snap.refs if r not in present]
             if missing:
@@ -369,6 +391,12 @@ class Vault:
         conn.execute(db.practices.update().where(db.practices.c.id == practice.id).values(
             frozen=frozen, frozen_reason=reason[:200] if frozen else None, frozen_at=self.now() if frozen else None))
         self.audit(conn, actor, "freeze" if frozen else "release", practice.name, "ok", {"reason": reason[:200]})
+
+
+def _counted(row: Any) -> bool:
+    """The object of this row (None: no row) is counted in its practice's ``used_bytes``:
+    every state but removed ("deleted") and kept by the storage's lock only ("retained")."""
+    return row is not None and row.state not in ("deleted", "retained")
 
 
 def read_pack_entries(backend: Backend, h: Handle) -> list[PackEntry]:
