@@ -249,7 +249,8 @@ class Vault:
             if not revived:
                 self._save(practice, h, data)
             with claim, db.write(self.engine) as conn:
-                db.lock_practice(conn, practice.id)
+                if revived or practice.quota_bytes:  # serialise with GC's sweep / other uploads' checks
+                    db.lock_practice(conn, practice.id)
                 self._check_quota(conn, practice, h, size)
                 if revived:
                     self._save(practice, h, data)
