@@ -175,9 +175,11 @@ def _sample_files() -> list[tuple[str, bytes]]:
 
 
 def test_a_new_file_judged_in_the_reading_process_gives_the_same_row() -> None:
-    """read_verdict (run by the archiver's reading processes, its verdict sent as JSON) and
-    add_change(None, ...) in the backup process store the same row for every kind of file."""
+    """read_verdict (run by the archiver's reading processes, its verdict sent through marshal)
+    and add_change(None, ...) in the backup process store the same row for every kind of file;
+    the features text it gives is canonical JSON of the same features."""
     import json
+    import marshal
 
     from rempart.detect.judge import read_verdict
 
@@ -189,13 +191,14 @@ def test_a_new_file_judged_in_the_reading_process_gives_the_same_row() -> None:
             path = f"Practice/Docs/{name}"
             plan = sample_plan(len(data))
             samples = [(off, data[off : off + n]) for off, n in plan]
-            feats_dict, judged = read_verdict(name, len(data), samples)
-            cur = FileFeatures.from_dict(feats_dict)
+            feats_json, judged = read_verdict(name, len(data), samples)
+            cur = FileFeatures.from_dict(json.loads(feats_json))
             assert cur == features_of(name, data)
+            assert feats_json == json.dumps(cur.to_dict(), sort_keys=True, separators=(",", ":"))
             if how == "parent":
                 judge.add_change(path, None, cur)
             else:
-                judge.add_judged_new(path, json.loads(json.dumps(judged)))
+                judge.add_judged_new(path, marshal.loads(marshal.dumps(judged)))
         judge.add_deletions([("Practice/Docs/old.txt", None)])  # with deletions every row is written
         judge.finish()
         rows.append(db.execute("SELECT path, dir, new, kind, damaged, ok, db, fp, arch, cand_kind, cand_inv, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import os
 import sqlite3
 import threading
@@ -81,9 +82,9 @@ class AgentDetection:
         feats = last[1] if last is not None and last[0] is cur else FileFeatures.from_dict(cur)
         self._run().add_change(path, FileFeatures.from_dict(prev) if prev else None, feats)
 
-    def judged_new(self, path: str, judged_raw: str) -> None:
-        if path not in self._canaries:
-            self._run().add_judged_new(path, json.loads(judged_raw))
+    def judged_new(self, path: str, judged_raw: bytes) -> None:
+        if path not in self._canaries:  # marshal: written by this program's reading process
+            self._run().add_judged_new(path, marshal.loads(judged_raw))  # noqa: S302  # our own child, private pipe
 
     def _run(self) -> RunJudge:
         judge = self._judge

@@ -7,6 +7,7 @@ files that fail their format's check.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -37,6 +38,8 @@ from rempart.detect.formats_media import JPEG_MAGIC, PNG_MAGIC, check_dicom, che
 from rempart.detect.sampling import Check, SampleView
 
 VERSION = 1
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # json.dumps' own (ASCII) string escaping
 NOTE_SCAN_LIMIT = 64 * 1024
 STATS_PROBE = 4096  # entropy and chi-square look at most this many bytes of the head
 ZR_PROBE = 2048  # compressibility looks at most this many bytes of each range
@@ -103,6 +106,56 @@ class FileFeatures(NamedTuple):
         if self.entries is not None:
             out["m"] = self.entries
         return out
+
+    def to_json(self) -> str:
+        """``json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))``, the text kept in
+        tree nodes and the state cache, built directly: ~3 us instead of ~9 us per file (each
+        file of a backup has one). The same text for every value ``to_dict`` would give
+        (tests/detect/test_features_json.py); anything but plain ints, bools and strings where
+        the fields hold them goes through ``json`` itself."""
+        t, size, ext, valid, why, enc, db, rnd, entropy, chi2, zr, hashes, encoded, utf8, note, entries = self
+        if not (
+            type(size) is int and type(note) is int and type(t) is str and type(ext) is str and type(why) is str
+            and all(type(h) is int for h in hashes)
+            and (zr is None or all(type(z) is int for z in zr))
+            and (entropy is None or type(entropy) is int) and (chi2 is None or type(chi2) is int)
+            and (entries is None or type(entries) is int) and (encoded is None or type(encoded) is str)
+            and (valid is None or type(valid) is bool) and (rnd is None or type(rnd) is bool)
+            and (utf8 is None or type(utf8) is bool) and type(enc) is bool and type(db) is bool
+        ):
+            return _CANONICAL(self.to_dict())
+        parts = []  # keys in sorted order, each present under the same condition as in to_dict
+        if encoded is not None:
+            parts.append('"b":' + _str(encoded))
+        if chi2 is not None:
+            parts.append(f'"c":{chi2}')
+        if db:
+            parts.append('"db":true')
+        if entropy is not None:
+            parts.append(f'"e":{entropy}')
+        if enc:
+            parts.append('"enc":true')
+        parts.append('"h":[' + ",".join(map(str, hashes)) + "]")
+        if entries is not None:
+            parts.append(f'"m":{entries}')
+        if note:
+            parts.append(f'"n":{note}')
+        if valid is not None:
+            parts.append('"ok":true' if valid else '"ok":false')
+        if rnd is not None:
+            parts.append('"r":true' if rnd else '"r":false')
+        parts.append(f'"s":{size}')
+        parts.append('"t":' + _str(t))
+        if utf8 is not None:
+            parts.append('"u":true' if utf8 else '"u":false')
+        parts.append(f'"v":{VERSION}')
+        if why:
+            parts.append('"w":' + _str(why))
+        if ext:
+            parts.append('"x":' + _str(ext))
+        if zr is not None:
+            parts.append('"z":[' + ",".join(map(str, zr)) + "]")
+        return "{" + ",".join(parts) + "}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileFeatures:

@@ -104,22 +104,21 @@ def _new_row(fv: v.FileVerdict, cur: FileFeatures, base: str, *, fingerprint_now
     )
 
 
-def judge_new_file(cur: FileFeatures, name: str) -> list[Any]:
+def judge_new_file(cur: FileFeatures, name: str) -> tuple[Any, ...]:
     """What :meth:`RunJudge.add_judged_new` takes for a new file named ``name``: its verdict and
     flags, computed where the file was read (the archiver's reading processes), so the backup
-    process only stores the row. The fingerprint travels as hex (JSON)."""
-    row = list(_new_row(v.compare(None, cur), cur, name, fingerprint_now=True))
-    row[4] = row[4].hex()
-    return row
+    process only stores the row. Plain ints, strings, bytes and None (it crosses a pipe)."""
+    return _new_row(v.compare(None, cur), cur, name, fingerprint_now=True)
 
 
-def read_verdict(name: str, size: int, sampled: Sequence[tuple[int, bytes]]) -> tuple[dict[str, Any], list[Any]]:
-    """What the archiver's reading processes compute for each file: its features (stored with
-    the file) and :func:`judge_new_file` (used if the file turns out to be new)."""
+def read_verdict(name: str, size: int, sampled: Sequence[tuple[int, bytes]]) -> tuple[str, tuple[Any, ...]]:
+    """What the archiver's reading processes compute for each file: its features as the JSON
+    text stored with the file (:meth:`FileFeatures.to_json`) and :func:`judge_new_file` (used
+    if the file turns out to be new)."""
     from rempart.detect.features import features_of  # and the format checks: in those processes only
 
     cur = features_of(name, size, sampled)
-    return cur.to_dict(), judge_new_file(cur, name)
+    return cur.to_json(), judge_new_file(cur, name)
 
 
 class RunJudge:
@@ -154,8 +153,7 @@ class RunJudge:
 
     def add_judged_new(self, path: str, judged: Sequence[Any]) -> None:
         """A new file judged already by :func:`judge_new_file` (in the process that read it)."""
-        kind, damaged, ok, db, fp, *rest = judged
-        self._add((path, _split(path)[0], 1, kind, damaged, ok, db, bytes.fromhex(fp), *rest))
+        self._add((path, _split(path)[0], 1, *judged))
 
     def _add(self, row: tuple[Any, ...]) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ Every message is ``u32 length || 1 kind byte || payload``:
   ``PBLOB``: type, id, sealed length, plain length), then one of ``F`` file read
   (``encode_result``; with a detection function its samples are two pseudo-samples instead:
   ``FEATURES``, the features as canonical JSON, then ``JUDGED``, the file's verdict were it
-  new, as JSON), ``C`` changed while read (request id), ``E`` an OS error and ``X`` a
+  new, a tuple in ``marshal`` format: both ends are the same program), ``C`` changed while read (request id), ``E`` an OS error and ``X`` a
   failure that must stop the backup (request id, then the message in UTF-8); ``Z`` last.
 
 A process that ends without ``Z`` may have taken blobs it never stored: the parent then fails
@@ -41,7 +41,7 @@ RESULT = struct.Struct("<QQqqQII")  # request, size, mtime, ctime, inode, mode, 
 ID = struct.Struct("<Q")
 ID32 = struct.Struct("<I")
 FEATURES = 2**64 - 1  # in place of a sample's offset: the file's features, as canonical JSON
-JUDGED = 2**64 - 2  # the same: the observer's judgement of the file as a new file (JSON)
+JUDGED = 2**64 - 2  # the same: the observer's judgement of the file as a new file (marshal)
 
 
 class Request(NamedTuple):
@@ -67,7 +67,7 @@ class ReadOutcome:
     message: str = ""
     error: BaseException | None = None  # "failed" because the parent could not take a blob
     features_raw: str | None = None  # computed by the reading process (then no samples)
-    judged_raw: str | None = None  # with them: the observer's verdict were the file new (JSON)
+    judged_raw: bytes | None = None  # with them: the observer's verdict were the file new (marshal)
 
 
 def send(fd: int, kind: bytes, *parts: bytes | bytearray | memoryview) -> None:

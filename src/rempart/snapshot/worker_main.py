@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import marshal
 import os
 import signal
 import stat as statmod
@@ -40,7 +41,6 @@ from rempart.crypto.aead import DataKey
 from rempart.crypto.idkey import IdKey
 from rempart.repository.blobs import compress
 from rempart.snapshot.pipeline import collect_samples
-from rempart.snapshot.tree import canonical_json
 from rempart.snapshot.wire import (
     FEATURES,
     ID,
@@ -237,9 +237,9 @@ class _Worker:
         fn = self.run["features"] if self.run else None
         if fn is not None:  # computed here: the parent gets the features, not the samples
             feats, judged = fn(os.path.basename(r.path), size, samples)
-            samples = [(FEATURES, canonical_json(feats).encode() if feats else b"")]
+            samples = [(FEATURES, feats.encode() if feats else b"")]
             if judged is not None:
-                samples.append((JUDGED, canonical_json(judged).encode()))
+                samples.append((JUDGED, marshal.dumps(judged)))
         send(self.out, b"F", *encode_result(r.req, content, size, st, samples))
 
     def _failed(self, r: Request, exc: Exception) -> None:

@@ -328,7 +328,7 @@ class ReaderPool:
                     if samples and samples[0][0] == FEATURES:
                         raw = samples[0][1].decode()
                         if len(samples) > 1 and samples[1][0] == JUDGED:
-                            judged = samples[1][1].decode()
+                            judged = samples[1][1]
                         samples = []
                     self._finish(proc, req, ReadOutcome("ok", ids, size, mtime, ctime, ino, mode, samples,
                                                         features_raw=raw, judged_raw=judged))
