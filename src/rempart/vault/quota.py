@@ -8,6 +8,8 @@ against a fresh read of the practice, under a lock of that practice, and adds ``
 is claimed. The upload's record is then committed under the same lock, and the claim dropped
 in that same hold (``with claim:``): another upload never counts those bytes twice
 (once recorded, once claimed) nor misses them. A refused or failed upload drops its claim.
+An object that ``used_bytes`` still counts (a pack GC marked "deleting", uploaded again)
+claims nothing: recording it adds nothing.
 
 Claims live in this vault process's memory: a crash loses them along with the uploads they
 were for, so nothing drifts. Several vault processes sharing one PostgreSQL database do not

@@ -239,9 +239,11 @@ class Vault:
                 raise IntegrityError("the repository config must be a JSON object") from exc
         else:
             raise UserError(f"the vault does not store {h.type.value} files")
-        # the caller's practice may be a few seconds old: the quota is checked on a fresh read
+        # the caller's practice may be a few seconds old: the quota is checked on a fresh read.
+        # An object still counted in used_bytes (a pack GC marked "deleting") adds nothing and
+        # claims nothing; if the sweep removed it meanwhile, the check in the transaction sees it
         claim = self.quota.claim(practice.id, practice.name, size, lambda: self._usage_now(practice.id)) \
-            if practice.quota_bytes else nullcontext()
+            if practice.quota_bytes and not _counted(row) else nullcontext()
         try:
             if snap is not None:
                 return self._commit_snapshot(actor, practice, h, raw, snap, claim)
