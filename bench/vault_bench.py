@@ -11,6 +11,14 @@
 2. N agents (separate ``rempart backup`` processes, each with its own practice and token)
    backing up at once to one vault: reports errors (target 0) and the wall time.
 
+Hygiene, both for local and vault alike: every timed command starts after ``sync`` (writeback
+of the previous step does not run during it), and each restore goes to a folder of its own, all
+deleted only when the benchmark ends (about 2 GiB per repeat of a 300 MB folder). Deleting the
+previous restore right before the next one made every file creation of that restore scan the
+just-freed inodes (on an ext4 without a journal, ``recently_deleted``, for up to 6 minutes):
+2,500 files then cost about 1 s more of kernel CPU, by an amount that depended on timing, on
+local and vault restores alike (docs/benchmarks.md, "Vault throughput (session 12)").
+
 Before/after on a shared machine: ``--src before=/tmp/base --src after=/work/main`` (checkouts;
 their ``src`` goes first on PYTHONPATH for the client and for that source's own vault process)
 runs each repeat for every source in turn, alternating the order, and reports medians per
@@ -101,6 +109,7 @@ def rempart(repo: str, env: dict[str, str], *args: str) -> float:
                                 "--format", "raw", "--nonblocking", "-o", str(out / f"server-{TAG[0]}{args[0]}.txt")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
+    os.sync()  # the previous step's writes go to disk now, not during this command
     s0 = _proc_cpu(SERVER_PID[0])
     t = time.perf_counter()
     CPU["client"], CPU["maxrss_mib"] = run_measured([PY, "-m", "rempart.cli.main", "-q", "-r", repo, *args], env)
@@ -193,14 +202,13 @@ def throughput(work: Path, vault: Vault, data: Path, tag: str = "bench", restore
         for kind in ("local", "vault") if i % 2 == 0 else ("vault", "local"):
             repo, env = setups[kind]
             SERVER_PID[0] = vault.proc.pid if kind == "vault" and vault.proc else None
-            target = work / f"out-{kind}"
+            target = work / f"out-{kind}-{i}"  # kept until the end (see the module's docstring)
             dt = rempart(repo, env, "restore", "latest", "--target", str(target), "--kit", str(work / f"kit-{kind}"))
             each.setdefault(f"{kind}_restore_s", []).append(dt)
             each.setdefault(f"{kind}_restore_cpu_client_s", []).append(CPU["client"])
             each.setdefault(f"{kind}_restore_maxrss_mib", []).append(CPU["maxrss_mib"])
             if kind == "vault":
                 each.setdefault("vault_restore_cpu_server_s", []).append(CPU["server"])
-            shutil.rmtree(target)
         each.setdefault("restore_ratio", []).append(each["local_restore_s"][-1] / each["vault_restore_s"][-1])
     for key, values in each.items():
         res[key] = round(statistics.median(values), 2 if "maxrss" not in key else 1)
