@@ -22,7 +22,8 @@ from rempart.repository.format import (
     parse_index,
     parse_snapshot,
 )
-from rempart.repository.index import BlobIndex, RefSet
+from rempart.repository.index import BlobIndex
+from rempart.repository.refset import RefSet
 from rempart.repository.repo import Repository, WriteSession
 from rempart.storage.base import FileType, Handle
 from rempart.storage.memory import MemoryBackend

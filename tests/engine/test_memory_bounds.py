@@ -20,8 +20,9 @@ from rempart.crypto.keys import IdKey, RecoveryPrivateKey
 from rempart.repository.config import CONFIG, new_config
 from rempart.repository.format import parse_snapshot
 from rempart.repository.repo import Repository, WriteSession
-from rempart.snapshot.archiver import Archiver, BackupOptions
+from rempart.snapshot.archiver import Archiver
 from rempart.snapshot.cache import StateCache
+from rempart.snapshot.options import BackupOptions
 from rempart.storage.base import FileType, Handle
 from rempart.storage.local import LocalBackend
 

@@ -16,8 +16,9 @@ import rempart.snapshot.cache as cache_mod
 from rempart.crypto.keys import IdKey, RecoveryPrivateKey
 from rempart.repository.config import CONFIG, new_config
 from rempart.repository.repo import Repository, WriteSession
-from rempart.snapshot.archiver import Archiver, BackupOptions
+from rempart.snapshot.archiver import Archiver
 from rempart.snapshot.cache import StateCache
+from rempart.snapshot.options import BackupOptions
 from rempart.storage.memory import MemoryBackend
 
 

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rempart.repository.format import BlobType, PackEntry, encode_snapshot_prefix, parse_snapshot
-from rempart.repository.index import DIRECT_LOOKUPS, BlobIndex, RefSet
+from rempart.repository.index import DIRECT_LOOKUPS, BlobIndex
+from rempart.repository.refset import RefSet
 
 
 def _small_refset(run_ids: int, fan_in: int) -> RefSet:

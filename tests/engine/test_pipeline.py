@@ -23,8 +23,9 @@ from rempart.repository.config import CONFIG, new_config
 from rempart.repository.format import BlobType
 from rempart.repository.reader import ReadSession
 from rempart.repository.repo import Repository, WriteSession
-from rempart.snapshot.archiver import MAX_WARNINGS, Archiver, BackupOptions, BackupStats
+from rempart.snapshot.archiver import Archiver
 from rempart.snapshot.cache import StateCache
+from rempart.snapshot.options import MAX_WARNINGS, BackupOptions, BackupStats
 from rempart.snapshot.tree import decode_tree
 from rempart.storage.memory import MemoryBackend
 

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rempart.storage.vaultclient import VaultBackend, tls_context
+from rempart.storage.vaultclient import VaultBackend
+from rempart.storage.vaulthttp import tls_context
 from rempart.testing.servers import free_ports, stop_process
 
 PY = sys.executable

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from watch_helpers import SmtpServer
 
 from rempart.core.errors import TransientError
-from rempart.storage.vaultclient import tls_context
+from rempart.storage.vaulthttp import tls_context
 from rempart.testing.servers import free_ports, stop_process
 from rempart.vault.watch import tables as t
 

@@ -16,8 +16,9 @@ from rempart.core.errors import MissingBlobs, UserError
 from rempart.repository.lock_holder import NoLock, RepoLock, take_backup_lock
 from rempart.repository.locks import LockPolicy
 from rempart.repository.repo import Repository, WriteSession
-from rempart.snapshot.archiver import Archiver, BackupOptions, BackupStats, FileObserver
+from rempart.snapshot.archiver import Archiver
 from rempart.snapshot.cache import StateCache
+from rempart.snapshot.options import BackupOptions, BackupStats, FileObserver
 from rempart.storage.local import TMP_GRACE, LocalBackend
 from rempart.storage.wrappers import beneath
 

@@ -26,7 +26,7 @@ from rempart.agent.state import AgentState, RunLock, load_state, save_state, sta
 from rempart.core.clock import Clock, to_iso
 from rempart.core.errors import ConfigError, LockedError, RempartError, TransientError
 from rempart.repository.repo import Repository
-from rempart.snapshot.archiver import BackupOptions
+from rempart.snapshot.options import BackupOptions
 
 log = logging.getLogger("rempart.agent")
 

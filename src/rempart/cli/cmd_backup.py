@@ -112,7 +112,7 @@ def _backup(args: argparse.Namespace, ctx: Context, repo: Repository) -> int:
     from rempart.agent.credentials import load_credential
     from rempart.cli.common import human_bytes, print_json, progress_line, silent
     from rempart.repository.locks import LockPolicy
-    from rempart.snapshot.archiver import BackupOptions
+    from rempart.snapshot.options import BackupOptions
 
     cred = load_credential(ctx.state_dir, repo.config.id)
     options = BackupOptions(

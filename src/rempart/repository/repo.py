@@ -29,8 +29,9 @@ from rempart.repository.format import (
     parse_pack_header,
     parse_snapshot,
 )
-from rempart.repository.index import BlobIndex, RefSet
+from rempart.repository.index import BlobIndex
 from rempart.repository.packer import FullPack, Packer
+from rempart.repository.refset import RefSet
 from rempart.storage.base import Backend, FileType, Handle
 
 #: every this many packs stored, the index cache commits and an index file is written: blob
