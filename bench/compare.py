@@ -6,8 +6,7 @@ For every run (fresh repositories, freshly generated data) and every tool it mea
 * ``initial``  - first backup of the whole folder,
 * ``nochange`` - a second backup with nothing changed,
 * ``day``      - a backup after one working day (``datagen.mutate_day``),
-* ``restore``  - full restore of the latest snapshot into an empty folder (one per tool, all
-  deleted when the run ends),
+* ``restore``  - full restore of the latest snapshot into an empty folder,
 
 each as wall time, throughput (MB/s of source data, MB = 10^6 bytes), peak RSS of the process
 tree, repository size on disk and bytes the backup added to the repository (what a slow ADSL
@@ -108,6 +107,7 @@ def measure_restore(tool: Tool, target: Path, data: Path, cache: str, source_byt
                            "tree_rss": m.tree_rss_bytes, "tree_pss": m.tree_pss_bytes, "exit": m.returncode}
     if verify:
         rec["verified"] = compare_trees(data, restored_root(target, data))
+    shutil.rmtree(target, ignore_errors=True)
     return rec
 
 
@@ -165,19 +165,13 @@ def one_run(run: int, args: argparse.Namespace, gen: Any, log: Any, *, timed: bo
     for n in order:
         if n == "rempart-nodetect" and "rempart" in order:
             continue  # same restore code as rempart
-        # each tool restores into a folder of its own, all deleted once the run is over: a
-        # restore right after the deletion of another's 17,000 files made every file creation
-        # skip the inodes just freed (ext4 without a journal keeps them out of use for up to
-        # 6 minutes, `recently_deleted`), kernel time added to whichever tool came next
-        rec = measure_restore(tools[n], work / f"restore-run{run}" / n, data, args.cache, day_bytes,
+        rec = measure_restore(tools[n], work / "restore", data, args.cache, day_bytes,
                               verify=args.verify == "all" or (args.verify == "first" and run == 0), sample=sampled)
         res["tools"][n]["restore"] = rec
         log(f"  {'restore':8s} {n:17s} {rec['wall_s']:7.2f}s {rec['mb_s']:7.1f} MB/s "
             f"cpu {rec['cpu_s']:6.1f}s rss {rec['peak_rss'] / 2**20:6.0f} MiB  {rec.get('verified', '')}")
-    shutil.rmtree(work / f"restore-run{run}", ignore_errors=True)
     if not args.keep:
         shutil.rmtree(work / f"run{run}", ignore_errors=True)
-    os.sync()
     return res
 
 
