@@ -2,6 +2,10 @@
 
 Real servers are session-scoped and started only by tests that ask for them. A missing binary
 fails the test with the install command: a skip would hide a broken CI.
+
+The suite runs in two processes (pytest-xdist, ``scripts/test.sh``); each has its own servers.
+Tests marked ``slow`` (10 s and more) are collected first, so that the two processes share
+them instead of one of them finishing alone with a long test.
 """
 
 from __future__ import annotations
@@ -11,6 +15,12 @@ from collections.abc import Iterator
 import pytest
 
 from rempart.testing import servers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (a stable sort: the order is otherwise unchanged, and the same in every
+    xdist worker, as xdist requires)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

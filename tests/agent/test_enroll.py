@@ -11,6 +11,8 @@ import time
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from .conftest import PASSPHRASE, VaultProc, make_vault
 
 PY = sys.executable
@@ -89,6 +91,7 @@ def test_reused_code_is_refused(vault: VaultProc, tmp_path: Path) -> None:
     assert not (tmp_path / "pc2" / "kit.json").exists()
 
 
+@pytest.mark.slow
 def test_expired_code_is_refused(tmp_path: Path) -> None:
     v = make_vault(tmp_path / "vault", extra="[limits]\nenroll_code_ttl_seconds = 1\n")
     v.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from tests.engine.conftest import tree_state
 
 
@@ -65,6 +66,7 @@ def test_large_sparse_file_round_trips_and_stays_sparse(repo, cli, tmp_path: Pat
         assert f.read() == b"end-marker"
 
 
+@pytest.mark.slow
 def test_many_small_files(repo, cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
     for d in range(100):

@@ -16,6 +16,8 @@ import random
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
 from rempart.crypto.keys import IdKey, RecoveryPrivateKey
 from rempart.repository.config import CONFIG, new_config
 from rempart.repository.format import parse_snapshot
@@ -76,6 +78,7 @@ def _backup(tmp: Path, count: int) -> tuple[int, int, int]:
     return walk_peak, commit_peak, refs
 
 
+@pytest.mark.slow
 def test_python_heap_peak_is_the_same_for_n_and_4n_files(tmp_path: Path) -> None:
     walk_n, commit_n, refs_n = _backup(tmp_path, N)
     walk_4n, commit_4n, refs_4n = _backup(tmp_path, 4 * N)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from rempart.core.errors import RempartError
 from rempart.storage.base import FileType, Handle
@@ -75,6 +76,7 @@ def test_sigkill_during_uploads(own_vault: Any) -> None:
     assert len(accepted) >= 2
 
 
+@pytest.mark.slow
 def test_sigkill_during_gc(own_vault: Any) -> None:
     v = own_vault
     v.start()

@@ -143,6 +143,7 @@ def test_cli_gc_refused_while_a_pass_holds_the_lock(tmp_path: Path) -> None:
     assert cli(v.cfg, "gc").returncode == 0
 
 
+@pytest.mark.slow
 def test_scheduled_gc_never_removes_a_referenced_blob_while_uploads_race(gc_vault: VaultProc) -> None:
     v = gc_vault
     v.start()
@@ -189,6 +190,7 @@ def test_scheduled_gc_never_removes_a_referenced_blob_while_uploads_race(gc_vaul
     b.close()
 
 
+@pytest.mark.slow
 def test_sigkill_during_scheduled_gc_leaves_a_consistent_index(tmp_path: Path) -> None:
     v = scheduled_vault(tmp_path / "vault", "enabled = false")
     try:

@@ -9,12 +9,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rempart.storage.base import FileType, Handle
 
 from .conftest import cli, s3_vault
 from .objects import make_config, make_pack, make_snapshot
 
 
+@pytest.mark.slow
 def test_s3_rebuild_index_from_the_bucket_alone(seaweed: Any, tmp_path: Path) -> None:
     bucket = f"vault-{uuid.uuid4().hex[:10]}"
     v = s3_vault(tmp_path / "a", seaweed, bucket)

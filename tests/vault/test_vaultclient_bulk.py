@@ -42,6 +42,7 @@ def test_whole_pack_download(vault: Any) -> None:
     bad.close()
 
 
+@pytest.mark.slow
 def test_uploads_use_keepalive_connections_and_survive_a_restart(own_vault: Any) -> None:
     from rempart.core.errors import IntegrityError
 

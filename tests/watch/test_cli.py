@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from watch_helpers import SmtpServer
 
@@ -44,6 +45,7 @@ ca_file = "{smtp.cert}"
     return cfg
 
 
+@pytest.mark.slow
 def test_cli_users_settings_watch_once_and_report(tmp_path: Path, smtp: SmtpServer) -> None:
     cfg = write_cfg(tmp_path, smtp)
     assert run(cfg, "practice", "add", "cabinet-cli").returncode == 0

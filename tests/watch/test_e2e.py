@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from watch_helpers import SmtpServer
 
@@ -37,6 +38,7 @@ def rempart(*args: str, env: dict[str, str] | None = None, check: bool = True) -
     return out
 
 
+@pytest.mark.slow
 def test_practice_stops_backing_up_then_resumes(tmp_path: Path, smtp: SmtpServer) -> None:
     (port,) = free_ports(1)
     cfg = tmp_path / "vault.toml"
