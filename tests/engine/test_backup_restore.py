@@ -96,6 +96,15 @@ def test_restore_selected_paths(repo, cli, tmp_path: Path) -> None:
     out = tmp_path / "out" / src.relative_to("/")
     assert (out / "a" / "one.txt").read_text() == "1"
     assert not (out / "b").exists()
+    # a path that matches nothing (a typo) is said, never a silent empty restore
+    r = cli("restore", "latest", "--target", str(tmp_path / "out2"), "--kit", str(repo.kit), str(src / "c"))
+    assert r.code == 2
+    assert "nothing in snapshot" in r.err and f"matches {src / 'c'}" in r.err
+    r = cli("restore", "latest", "--target", str(tmp_path / "out3"), "--kit", str(repo.kit), str(src / "c"),
+            str(src / "b" / "two.txt"))
+    assert r.code == 0, r.err
+    assert "warning: nothing in snapshot" in r.err and f"matches {src / 'c'}" in r.err
+    assert (tmp_path / "out3" / src.relative_to("/") / "b" / "two.txt").read_text() == "2"
 
 
 def test_incremental_skips_unchanged_but_not_restored_mtime(repo, cli, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -21,22 +20,6 @@ from rempart.storage.local import LocalBackend
 
 def _h(data: bytes, ftype: FileType = FileType.DATA) -> Handle:
     return Handle(ftype, hashlib.sha256(data).hexdigest())
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (needs root and mount rights; skipped with the reason otherwise)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("ENOSPC test needs root to mount a 1 MiB tmpfs")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_raises_storage_full_and_leaves_nothing(tiny_fs: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +13,14 @@ from typing import Any, Protocol
 from rempart import __version__
 from rempart.agent.credentials import AgentCredential, repo_state_dir
 from rempart.core.clock import Clock, to_iso
-from rempart.core.errors import MissingBlobs, UserError
+from rempart.core.errors import LocalError, MissingBlobs, UserError, is_damaged_database, local_error
 from rempart.repository.lock_holder import NoLock, RepoLock, take_backup_lock
 from rempart.repository.locks import LockPolicy
 from rempart.repository.repo import Repository, WriteSession
 from rempart.snapshot.archiver import Archiver
 from rempart.snapshot.cache import StateCache
 from rempart.snapshot.options import BackupOptions, BackupStats, FileObserver
+from rempart.snapshot.statefiles import set_aside
 from rempart.storage.local import TMP_GRACE, LocalBackend
 from rempart.storage.wrappers import beneath
 
@@ -30,6 +32,8 @@ class BackupResult:
     session_stats: dict[str, int]
     detection: dict[str, Any] = field(default_factory=dict)
     damaged: list[str] = field(default_factory=list)
+    #: what a person should know although the backup is complete (a damaged cache set aside)
+    notices: list[str] = field(default_factory=list)
 
     @property
     def suspicious(self) -> bool:
@@ -72,7 +76,15 @@ def run_backup(
     options = options or BackupOptions()
     folder = repo_state_dir(state_dir, repo.config.id)
     cache = StateCache(folder)
-    repo.use_index_cache(folder / "index.sqlite")
+    notices = []
+    if cache.set_aside is not None:
+        notices.append(f"the local state cache was damaged and has been moved to {cache.set_aside}; "
+                       "this backup reads every file again (nothing already stored is uploaded again)")
+    try:
+        repo.use_index_cache(folder / "index.sqlite")
+    except BaseException:
+        cache.close()
+        raise
     backend = repo.backend
     lock: RepoLock | NoLock = NoLock()
     try:
@@ -131,10 +143,22 @@ def run_backup(
                     extra.update(detection.commit_state())
                 cache.commit(name, extra)
                 repo.index.mark_intact()
-                return BackupResult(name, archiver.stats, dict(session.stats), det, damaged)
+                return BackupResult(name, archiver.stats, dict(session.stats), det, damaged, notices)
             finally:
                 session.close()
         raise AssertionError("unreachable")  # pragma: no cover
+    except sqlite3.DatabaseError as exc:
+        # the state cache (or the index cache) went bad during the run: nothing was committed;
+        # set the damaged file aside so that the next run starts afresh instead of failing again
+        if not is_damaged_database(exc):
+            raise local_error(f"state folder {folder}", exc) from exc
+        cache.db.close()  # the lock stays held until the files are moved
+        repo.close()
+        moved = [set_aside(p) for p in (folder / "cache.sqlite", folder / "index.sqlite") if p.exists()]
+        raise LocalError(f"the local state cache was found damaged during the backup; no snapshot was stored "
+                         f"and the damaged files were moved aside ({', '.join(m.name for m in moved)})",
+                         hint="run the backup again: it will read every file (nothing already stored is "
+                              "uploaded again)") from exc
     finally:
         repo.backend = backend
         lock.release()

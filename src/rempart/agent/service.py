@@ -152,6 +152,8 @@ class AgentService:
     def _record(self, start: datetime, result: BackupResult, sources: list[SourceResult],
                 hook_warnings: list[str]) -> RunRecord:
         s, st = result.stats, result.session_stats
+        for notice in result.notices:
+            log.warning("%s", notice)
         failed = [x for x in sources if not x.ok]
         warnings = [f"source {x.name}: {x.error}" for x in failed] + hook_warnings + list(s.warnings)
         counts = {

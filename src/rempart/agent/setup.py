@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rempart.agent.credentials import AgentCredential, save_credential
 from rempart.core.clock import Clock, to_iso
-from rempart.core.errors import AlreadyExists, RempartError, UserError
+from rempart.core.errors import AlreadyExists, LocalError, RempartError, UserError, local_error
 from rempart.crypto.keys import IdKey, RecoveryPrivateKey
 from rempart.crypto.kit import RecoveryKit, encrypt_kit, to_printable
 from rempart.repository.config import CONFIG, DEFAULT_PACK_SIZE, new_config
@@ -48,13 +48,13 @@ def create_repository(
     private, id_key = RecoveryPrivateKey.generate(), IdKey.generate()
     config = new_config(to_iso(clock.now()), private, id_key, pack_size=pack_size)
     kit_bytes = encrypt_kit(RecoveryKit(config.id, private, id_key), passphrase, kdf)
-    fd = os.open(kit_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(kit_bytes)
-        f.flush()
-        os.fsync(f.fileno())
+    _write_new(kit_path, kit_bytes, "recovery kit")
     if printable is not None:
-        printable.write_text(to_printable(kit_bytes), encoding="utf-8")
+        try:
+            _write_new(printable, to_printable(kit_bytes).encode("utf-8"), "printable recovery kit")
+        except LocalError:
+            kit_path.unlink()
+            raise
     data = config.to_bytes()
     try:
         backend.save(CONFIG, data)
@@ -72,6 +72,25 @@ def create_repository(
             raise
     save_credential(state_dir, AgentCredential(config.id, private.public, id_key))
     return CreatedRepository(config.id, kit_path)
+
+
+def _write_new(path: Path, data: bytes, what: str) -> None:
+    """Create ``path`` (never replacing a file) with ``data``, synced; on failure (a full disk,
+    a read-only folder) nothing is left behind, so that the command can simply be run again."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    except FileExistsError:
+        raise UserError(f"{path} exists already; refusing to overwrite a recovery kit") from None
+    except OSError as exc:
+        raise local_error(f"{what} {path}", exc) from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise local_error(f"{what} {path}", exc) from exc
 
 
 def _is_ours(backend: Backend, data: bytes) -> bool:

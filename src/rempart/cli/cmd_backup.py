@@ -147,6 +147,8 @@ def _backup(args: argparse.Namespace, ctx: Context, repo: Repository) -> int:
             options=options, detection=detection, tags=args.tag, lock_policy=LockPolicy.from_env(ctx.env),
             progress=None if show is silent else lambda s: show(f"{s.files} files, {human_bytes(s.bytes_read)} read"),
         )
+    for n in result.notices:
+        print(f"note: {n}", file=sys.stderr)
     for w in result.stats.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if result.stats.warnings_dropped:
@@ -157,6 +159,7 @@ def _backup(args: argparse.Namespace, ctx: Context, repo: Repository) -> int:
             "stats": result.stats.to_dict(),
             "storage": result.session_stats,
             "detection": result.detection,
+            "notices": result.notices,
         })
     else:
         s, st = result.stats, result.session_stats

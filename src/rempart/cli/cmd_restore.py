@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from pathlib import Path, PurePosixPath
 
@@ -13,6 +14,7 @@ from rempart.cli.common import (
     progress_line,
     read_session,
     resolve_snapshot,
+    warn_damaged,
 )
 from rempart.cli.context import Context
 from rempart.core.errors import UserError
@@ -60,24 +62,33 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         raise loaded[0]
     extra: dict[PurePosixPath, Node] = {}
     report: dict[str, object] = {}
+    damaged: list[str] = []
     if args.per_file:
-        plan = plan_per_file(repo, session, timeline(repo))
+        plan = plan_per_file(repo, session, timeline(repo, damaged))
         name, extra = plan.base.name, {p: n for p, (_, n) in plan.replaced.items()}
         report = {"clean_point": plan.clean.name, "replaced": len(plan.replaced),
                   "dropped": [str(p) for p in plan.dropped]}
     elif args.last_clean:
-        name = last_clean(timeline(repo))[0].name
+        name = last_clean(timeline(repo, damaged))[0].name
         report = {"clean_point": name}
     else:
         name = resolve_snapshot(repo, args.snapshot)
+    warn_damaged(damaged)
     snap, _ = repo.load_snapshot(name)
     include = [_posix(p) for p in args.paths] or None
     with progress_line(ctx, "restoring") as show:
-        stats = Restorer(session, progress=lambda s: show(f"{s.files} files, {human_bytes(s.bytes)}")).restore(
+        restorer = Restorer(session, progress=lambda s: show(f"{s.files} files, {human_bytes(s.bytes)}"))
+        stats = restorer.restore(
             snap.tree, Path(args.target), include, exclude=set(extra) | {PurePosixPath(p) for p in
                                                                          report.get("dropped", [])},  # type: ignore[attr-defined]
             extra=extra,
         )
+    missing = [str(p) for p in include or () if p not in restorer.matched]
+    if missing and len(missing) == len(include or ()):
+        raise UserError(f"nothing in snapshot {name[:8]} matches {', '.join(missing)}",
+                        hint=f"paths as `rempart ls {name[:8]}` shows them")
+    for p in missing:
+        print(f"warning: nothing in snapshot {name[:8]} matches {p}", file=sys.stderr)
     if ctx.json:
         print_json({"snapshot": name, "files": stats.files, "dirs": stats.dirs,
                     "symlinks": stats.symlinks, "bytes": stats.bytes, **report})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rempart.cli.common import human_bytes, open_repo, print_json
+from rempart.cli.common import human_bytes, open_repo, print_json, warn_damaged
 from rempart.cli.context import Context
 
 
@@ -19,7 +19,8 @@ def _num(v: object) -> float:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     repo = open_repo(ctx)
     rows = []
-    for name, snap in repo.list_snapshots():
+    damaged: list[str] = []
+    for name, snap in repo.list_snapshots(damaged):
         stats = snap.plain.get("stats") or {}
         det = snap.plain.get("detection") or {}
         rows.append({
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             "blobs": len(snap.refs),
         })
     rows.sort(key=lambda r: str(r["time"]))
+    warn_damaged(damaged)
     if args.latest:
         rows = rows[-args.latest :]
     if ctx.json:

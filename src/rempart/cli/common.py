@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rempart.cli.context import Context
-from rempart.core.errors import UserError
+from rempart.core.errors import IntegrityError, UserError
 from rempart.repository.repo import Repository
 from rempart.storage.base import Backend
 from rempart.storage.wrappers import RetryBackend
@@ -78,18 +78,32 @@ def read_session(ctx: Context, repo: Repository, kit_path: str | None) -> ReadSe
 
 
 def resolve_snapshot(repo: Repository, ref: str) -> str:
-    """'latest', a full name, or a unique prefix of at least 4 characters."""
-    snaps = sorted(repo.list_snapshots(), key=lambda s: str(s[1].plain.get("time", "")))
+    """'latest', a full name, or a unique prefix of at least 4 characters. Damaged snapshot
+    files are skipped with a warning ('latest' is then the newest readable snapshot); naming
+    one is an IntegrityError."""
+    damaged: list[str] = []
+    snaps = sorted(repo.list_snapshots(damaged), key=lambda s: str(s[1].plain.get("time", "")))
+    if ref != "latest" and len(ref) < 4:
+        raise UserError("give at least 4 characters of the snapshot id, or 'latest'")
+    hit = [n for n in damaged if n.startswith(ref.lower())]
+    if hit and ref != "latest":
+        raise IntegrityError(f"snapshot {hit[0][:8]} is damaged and cannot be read",
+                             hint="`rempart check` lists what is damaged; choose another snapshot")
+    warn_damaged(damaged)
     if not snaps:
-        raise UserError("the repository has no snapshot yet")
+        raise UserError("the repository has no readable snapshot" if damaged else "the repository has no snapshot yet")
     if ref == "latest":
         return snaps[-1][0]
-    if len(ref) < 4:
-        raise UserError("give at least 4 characters of the snapshot id, or 'latest'")
     matches = [n for n, _ in snaps if n.startswith(ref.lower())]
     if len(matches) != 1:
         raise UserError(f"no unique snapshot matches {ref[:64]!r} ({len(matches)} found)")
     return matches[0]
+
+
+def warn_damaged(damaged: list[str]) -> None:
+    """One line on stderr per snapshot file that could not be read (skipped by the caller)."""
+    for name in damaged:
+        print(f"warning: snapshot {name[:8]} is damaged and was skipped (run `rempart check`)", file=sys.stderr)
 
 
 def print_json(obj: Any) -> None:

@@ -174,19 +174,27 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return int(module.run(args, ctx) or 0)
     except RempartError as exc:
-        if args.json:
-            print(json.dumps(exc.to_dict()), file=sys.stderr)
-        else:
-            msg = f"rempart: error: {exc.message}"
-            if exc.hint:
-                msg += f"\n  hint: {exc.hint}"
-            print(msg, file=sys.stderr)
-        return exc.exit_code
+        return _report(exc, args.json)
     except KeyboardInterrupt:
         print("rempart: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # not translated where it happened: still one sentence, no traceback
+        from rempart.core.errors import local_error
+
+        return _report(local_error(str(exc.filename) if exc.filename else "a file on this machine", exc), args.json)
+
+
+def _report(exc: RempartError, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(exc.to_dict()), file=sys.stderr)
+    else:
+        msg = f"rempart: error: {exc.message}"
+        if exc.hint:
+            msg += f"\n  hint: {exc.hint}"
+        print(msg, file=sys.stderr)
+    return exc.exit_code
 
 
 if __name__ == "__main__":

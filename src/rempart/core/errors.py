@@ -27,12 +27,16 @@ CLI and a kebab-case ``reference`` that appears in JSON output and the docs.
     │   ├── WrongPassphrase           exit 12
     │   └── DecryptionError           exit 20  authentication tag mismatch
     ├── SourceError                   exit 3   a source file or database could not be read
+    ├── LocalError                    exit 1   this machine's own files: the state folder, a
+    │                                          restore target, a recovery kit (full, read-only...)
     └── SuspiciousBackup              exit 30  detection raised an alert for this backup
 
 Messages never contain secrets (passphrases, tokens, keys).
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class RempartError(Exception):
@@ -199,3 +203,32 @@ class SuspiciousBackup(RempartError):
 
     exit_code = 30
     reference = "suspicious-backup"
+
+
+class LocalError(RempartError):
+    """A file or folder on this machine that Rempart itself writes cannot be used."""
+
+    exit_code = 1
+    reference = "local-error"
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def local_error(what: str, exc: BaseException) -> LocalError:
+    """``exc`` (an ``OSError``, or a ``sqlite3.Error`` of a local database) met while using
+    ``what``, as one sentence a person can act on (the caller raises it ``from exc``)."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    code = getattr(exc, "errno", None)
+    if code in _FULL or name.startswith("SQLITE_FULL"):
+        return LocalError(f"{what}: no space left on the device", hint="free some space there, then run again")
+    if code in _DENIED or name.startswith(("SQLITE_READONLY", "SQLITE_PERM")):
+        return LocalError(f"{what}: not allowed to write there (permissions or a read-only file system)")
+    detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return LocalError(f"{what}: {detail}")
+
+
+def is_damaged_database(exc: BaseException) -> bool:
+    """Whether a ``sqlite3.Error`` says the file is not, or no longer, a sound database."""
+    return str(getattr(exc, "sqlite_errorname", "")).startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))

@@ -65,8 +65,9 @@ def check_structure(repo: Repository, report: CheckReport) -> BlobIndex:
                 report.errors.append(f"snapshot {fi.name[:8]}: {len(missing)} referenced blob(s) missing")
             if snap.tree not in index:
                 report.errors.append(f"snapshot {fi.name[:8]}: root tree missing")
-        except RempartError as exc:
-            report.errors.append(f"snapshot {fi.name[:8]}: {exc.message}")
+        except RempartError as exc:  # load_snapshot's messages name the snapshot already
+            msg = exc.message
+            report.errors.append(msg if msg.startswith("snapshot ") else f"snapshot {fi.name[:8]}: {msg}")
     return index
 
 
@@ -90,7 +91,8 @@ def check_data(session: ReadSession, report: CheckReport, progress: Callable[[in
             report.errors.append(f"pack {fi.name[:12]}: {exc.message}")
         if progress:
             progress(report.bytes_read)
-    for name, snap in repo.list_snapshots():
+    damaged: list[str] = []  # reported by the structure pass already
+    for name, snap in repo.list_snapshots(damaged):
         try:
             session.snapshot_meta(snap)
         except RempartError as exc:

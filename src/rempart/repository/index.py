@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rempart.core.errors import RepositoryError
+from rempart.core.errors import RepositoryError, local_error
 from rempart.repository.format import BLOB_TYPES, BlobType, PackEntry, parse_index
 
 SCHEMA_VERSION = "1"
@@ -116,14 +116,17 @@ class BlobIndex:
         self.path = path
         self._lock = threading.Lock()
         try:
-            self._db = self._open(path, repo_id)
-        except sqlite3.DatabaseError:
-            if path is None:
-                raise
-            # a damaged cache is thrown away and rebuilt from the repository
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
-            self._db = self._open(path, repo_id)
+            try:
+                self._db = self._open(path, repo_id)
+            except sqlite3.DatabaseError:
+                if path is None:
+                    raise
+                # a damaged cache is thrown away and rebuilt from the repository
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+                self._db = self._open(path, repo_id)
+        except (OSError, sqlite3.Error) as exc:  # e.g. the state folder's disk is full
+            raise local_error(f"index cache {path or 'in memory'}", exc) from exc
         #: built once ``DIRECT_LOOKUPS`` single lookups were answered by a query (a no-change
         #: run needs none)
         self._bloom: _Bloom | None = None

@@ -107,19 +107,31 @@ class Repository:
 
     # --- snapshots ----------------------------------------------------------------------
 
-    def list_snapshots(self) -> Iterator[tuple[str, SnapshotPlain]]:
+    def list_snapshots(self, damaged: list[str] | None = None) -> Iterator[tuple[str, SnapshotPlain]]:
+        """Every snapshot's plain part, checked against its name. A damaged snapshot file raises
+        IntegrityError naming it; given ``damaged``, it is skipped and its name appended there
+        instead, so that listings and 'latest' go on with the others (as restic does)."""
         for fi in self.backend.list(FileType.SNAPSHOT):
             try:
-                data = self.backend.load(Handle(FileType.SNAPSHOT, fi.name))
+                snap, _ = self.load_snapshot(fi.name)
             except NotFound:
+                continue  # removed meanwhile
+            except IntegrityError:
+                if damaged is None:
+                    raise
+                damaged.append(fi.name)
                 continue
-            yield fi.name, parse_snapshot(data)
+            yield fi.name, snap
 
     def load_snapshot(self, name: str) -> tuple[SnapshotPlain, bytes]:
         data = self.backend.load(Handle(FileType.SNAPSHOT, name))
         if hashlib.sha256(data).hexdigest() != name:
             raise IntegrityError(f"snapshot {name[:8]} does not match its name (tampered or damaged)")
-        return parse_snapshot(data), data
+        try:
+            return parse_snapshot(data), data
+        except IntegrityError as exc:
+            raise IntegrityError(f"snapshot {name[:8]}: {exc.message}") from exc
+
 
 
 class WriteSession:

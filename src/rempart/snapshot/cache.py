@@ -25,7 +25,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from rempart.core.errors import LockedError
+from rempart.core.errors import is_damaged_database, local_error
+from rempart.snapshot.statefiles import lock_state_folder, prefetch, set_aside
 
 FILES_COLUMNS = """(
   dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
@@ -135,12 +136,33 @@ class StateCache:
     """
 
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        self._lockfile = open(folder / "lock", "a+")
-        _lock_exclusive(self._lockfile)
-        self.db = sqlite3.connect(folder / "cache.sqlite", isolation_level=None)
-        _prefetch(folder / "cache.sqlite")
+        self._lockfile = lock_state_folder(folder)
+        path = folder / "cache.sqlite"
+        #: where a damaged cache file was moved (this run then starts from an empty cache)
+        self.set_aside: Path | None = None
+        try:
+            try:
+                self._open(path)
+            except sqlite3.DatabaseError as exc:
+                if not is_damaged_database(exc):
+                    raise
+                self.db.close()  # the connection is made before the first statement fails
+                self.set_aside = set_aside(path)
+                self._open(path)
+        except (OSError, sqlite3.Error) as exc:
+            self._lockfile.close()
+            raise local_error(f"state cache {path}", exc) from exc
+        self._batch: list[tuple[Any, ...]] = []
+        self._tree_batch: list[tuple[bytes, bytes, bytes]] = []
+        self._kept: list[bytes] = []
+        self._undecided: list[tuple[bytes, _Dir]] = []  # finished folders never looked up
+        self._dirs: dict[bytes, _Dir] = {}
+        self._batch_lock = threading.Lock()
+
+    def _open(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        prefetch(path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA temp_store=FILE")
@@ -157,12 +179,6 @@ class StateCache:
             if old in tables:
                 self.db.execute(f"DROP TABLE main.{old}")
         self.db.executescript(RUN_SCHEMA)
-        self._batch: list[tuple[Any, ...]] = []
-        self._tree_batch: list[tuple[bytes, bytes, bytes]] = []
-        self._kept: list[bytes] = []
-        self._undecided: list[tuple[bytes, _Dir]] = []  # finished folders never looked up
-        self._dirs: dict[bytes, _Dir] = {}
-        self._batch_lock = threading.Lock()
 
     def _rebuild_dirs(self, create: bool) -> None:
         self.db.execute("BEGIN")
@@ -388,41 +404,3 @@ class StateCache:
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _prefetch(path: Path) -> None:
-    """Ask the kernel to start reading the whole database file now (asynchronously): on a cold
-    page cache the per-folder lookups then find their pages in memory instead of waiting for
-    one random 4 KiB read each. A hint only; nothing happens where it is not supported."""
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None:
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _lock_exclusive(f: Any) -> None:
-    try:
-        import fcntl
-
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # pragma: no cover - Windows
-        import msvcrt
-
-        try:
-            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-        except OSError as exc:
-            raise LockedError("another backup of this repository is running") from exc
-    except OSError as exc:
-        raise LockedError(
-            "another backup of this repository is running on this machine",
-            hint="wait for it to finish; two runs at once are never allowed",
-        ) from exc

@@ -34,9 +34,10 @@ class SnapInfo:
     clean_point: str | None
 
 
-def timeline(repo: Repository) -> list[SnapInfo]:
+def timeline(repo: Repository, damaged: list[str] | None = None) -> list[SnapInfo]:
+    """The readable snapshots, oldest first (damaged ones: see ``Repository.list_snapshots``)."""
     out = []
-    for name, snap in repo.list_snapshots():
+    for name, snap in repo.list_snapshots(damaged):
         det: Any = snap.plain.get("detection") or {}
         out.append(SnapInfo(name, str(snap.plain.get("time", "")), snap.tree,
                             str(det.get("verdict", "unknown")), det.get("clean_point")))

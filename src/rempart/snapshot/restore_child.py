@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from typing import IO, Any, cast
 
 from rempart.core import errors
-from rempart.core.errors import DecryptionError, IntegrityError, RempartError
+from rempart.core.errors import DecryptionError, IntegrityError, RempartError, local_error
 from rempart.crypto.aead import DataKey
 from rempart.repository.format import BlobType
 from rempart.repository.reader import open_view
@@ -120,6 +120,8 @@ class _Child:
                 write_file(self.root_fd, rel, fsize, mode, mtime_ns, len(blobs), stream)
                 size += fsize
         except Exception as exc:  # reported to the parent, which raises it
+            if isinstance(exc, OSError):  # the target's disk is full, a folder is read-only...
+                exc = local_error(f"{rel}: cannot restore", exc)
             msg = str(exc)
             if not msg.startswith(f"{rel}: "):
                 msg = f"{rel}: cannot restore: {msg}"

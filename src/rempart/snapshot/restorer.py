@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from rempart.core.errors import DecryptionError, IntegrityError
+from rempart.core.errors import DecryptionError, IntegrityError, UserError, local_error
 from rempart.repository.reader import ReadSession
 from rempart.snapshot.restore_procs import (
     ProcsStartError,
@@ -133,6 +133,8 @@ class Restorer:
         self._batch: list[tuple[str, Node]] = []
         self._batch_bytes = 0
         self._failed: BaseException | None = None
+        #: the ``include`` paths found in the snapshot (the others matched nothing)
+        self.matched: set[PurePosixPath] = set()
 
     def restore(self, tree_id: bytes, target: Path, include: list[PurePosixPath] | None = None,
                 *, exclude: set[PurePosixPath] | None = None,
@@ -143,8 +145,14 @@ class Restorer:
         A file that cannot be restored (missing or damaged blob) is removed again and the restore
         raises :class:`IntegrityError` naming it, after the files already under way are done.
         """
-        target.mkdir(parents=True, exist_ok=True)
-        self._root_fd = os.open(target, os.O_RDONLY | O_DIRECTORY)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            self._root_fd = os.open(target, os.O_RDONLY | O_DIRECTORY)
+        except (FileExistsError, NotADirectoryError):
+            raise UserError(f"the restore target {target} exists and is not a folder",
+                            hint="name a folder (it is created if needed)") from None
+        except OSError as exc:
+            raise local_error(f"restore target {target}", exc) from exc
         self._exclude = exclude or set()
         if self._source is not None:
             try:  # they start while the first trees are read
@@ -169,6 +177,8 @@ class Restorer:
                 self._procs.close()  # waits for every job's report
             for f in self._futures:
                 f.result()
+            if isinstance(self._failed, OSError):  # writing into the target failed
+                raise local_error(f"restore into {target}", self._failed) from self._failed
             if self._failed is not None:
                 raise self._failed
             # directory modes and mtimes last, deepest first, once their content is written
@@ -187,6 +197,7 @@ class Restorer:
             return True, True
         for inc in include:
             if path == inc or inc in path.parents:
+                self.matched.add(inc)
                 return True, True
             if path in inc.parents:
                 return False, True
