@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 import sqlite3
 import struct
@@ -207,3 +208,28 @@ def test_a_new_file_judged_in_the_reading_process_gives_the_same_row() -> None:
     assert {r[3] for r in rows[0]} >= {"new", "new-random"}  # the sample covers several verdicts
     assert any(r[13] for r in rows[0])  # and a ransom note
     assert rows[0] == rows[1]
+
+
+def test_paths_that_are_not_utf8_are_kept_and_given_back_unchanged() -> None:
+    """A name that was not UTF-8 on disk arrives as lone surrogates (os.fsdecode), which SQLite
+    text cannot hold: such rows go in as BLOBs, and every query gives the same str back."""
+    t0 = datetime(2026, 3, 1, 8, tzinfo=UTC)
+    text = FileFeatures("text", 900, ".txt", hashes=(1,), random=False, utf8=True)
+    wiped = FileFeatures("zeros", 900, ".txt", hashes=(3,))
+    odd_dir = os.fsdecode(b"docs/dossier-\xe9")
+    wiped_path, healthy_path, gone_path = (f"{odd_dir}/{n}" for n in ("lettre.txt", os.fsdecode(b"r\xe9sum\xe9.txt"),
+                                                                        os.fsdecode(b"vieux-\xff.txt")))
+    ledger = DamageLedger()
+    ledger.add(healthy_path, "became-invalid", t0, "snap-1")
+    db = sqlite3.connect(":memory:")
+    judge = RunJudge(db)
+    judge.add_change(wiped_path, text, wiped)
+    judge.add_change(healthy_path, text, text)
+    judge.add_change("docs/plain.txt", text, wiped)  # a UTF-8 name in the same batch
+    judge.add_deletions([(gone_path, text)])
+    result = assess_run(judge, total_files=100, ledger=ledger, time=t0, parent="snap-2")
+    assert sorted(result.damaged_paths) == sorted(["docs/plain.txt", wiped_path])
+    assert dict(judge.damaged()) == {wiped_path: "wiped", "docs/plain.txt": "wiped"}
+    assert list(judge.remaining_paths()) == [gone_path] and judge.deleted(gone_path)
+    assert healthy_path not in result.ledger.entries  # healed: found by its (odd) path
+    assert wiped_path in result.ledger.entries

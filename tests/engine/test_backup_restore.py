@@ -41,6 +41,29 @@ def test_restore_is_identical(repo, cli, tmp_path: Path) -> None:
     assert after == before
 
 
+def test_names_that_are_not_utf8_with_detection_on(repo, cli, tmp_path: Path) -> None:
+    """Detection keeps per-file rows in SQLite, whose text cannot hold a name that is not UTF-8
+    on disk: such a name once failed every backup of its folder (detection is on by default)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    make_source(src)
+    raw = os.fsencode(str(src))
+    os.mkdir(raw + b"/dossier-\xe9")
+    with open(raw + b"/dossier-\xe9/radio-\xff.txt", "wb") as f:
+        f.write(b"compte rendu\n" * 50)
+    r = cli("backup", str(src))
+    assert r.code == 0, r.err
+    os.rename(raw + b"/latin1-\xe9t\xe9.txt", raw + b"/dossier-\xe9/renomm\xe9.txt")  # a move
+    os.unlink(raw + b"/dossier-\xe9/radio-\xff.txt")  # a deletion
+    before = tree_state(src)
+    r = cli("backup", str(src))
+    assert r.code == 0, r.err
+    r = cli("restore", "latest", "--target", str(tmp_path / "out"), "--kit", str(repo.kit))
+    assert r.code == 0, r.err
+    assert tree_state(tmp_path / "out" / src.relative_to("/")) == before
+    assert os.path.exists(os.fsencode(str(tmp_path / "out" / src.relative_to("/"))) + b"/dossier-\xe9/renomm\xe9.txt")
+
+
 def test_large_sparse_file_round_trips_and_stays_sparse(repo, cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

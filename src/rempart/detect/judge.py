@@ -211,12 +211,13 @@ class RunJudge:
     def _insert(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        own = not self.db.in_transaction  # one transaction per batch, not one per row
-        if own:
-            self.db.execute("BEGIN")
-        self.db.executemany(sql, rows)
-        if own:
-            self.db.execute("COMMIT")
+        self.db.execute("SAVEPOINT batch")  # one transaction per batch (or within the caller's)
+        try:
+            self.db.executemany(sql, rows)
+        except UnicodeEncodeError:  # a name that is not UTF-8 (see _storable): the batch again
+            self.db.execute("ROLLBACK TO batch")
+            self.db.executemany(sql, [tuple(map(_storable, row)) for row in rows])
+        self.db.execute("RELEASE batch")
 
     def finish(self) -> None:
         """Write what is buffered and index the rows (call once, after the deletions, before the
@@ -286,7 +287,7 @@ class RunJudge:
                     "SELECT seq, path, size, enc FROM chg WHERE new = 1 AND dir = ? AND used = 0 AND "
                     "((cand_kind = 1 AND kind != 'moved') OR cand_inv = 1) ORDER BY seq", (folder,))
                 match = next((cseq for cseq, cpath, csize, enc in pool
-                              if pair_match(path, size, cpath, csize, bool(enc), slack)), None)
+                              if pair_match(_text(path), size, _text(cpath), csize, bool(enc), slack)), None)
                 pool.close()
                 if match is not None:
                     self.db.execute("UPDATE chg SET used = 1 WHERE seq = ?", (match,))
@@ -320,18 +321,19 @@ class RunJudge:
 
     def damaged(self) -> Iterator[tuple[str, str]]:
         """(path, kind) of every damaged file: changed files in arrival order, then replaced ones."""
-        yield from _rows(self.db, "SELECT path, kind FROM chg WHERE damaged = 1 ORDER BY seq")
+        for path, kind in _rows(self.db, "SELECT path, kind FROM chg WHERE damaged = 1 ORDER BY seq"):
+            yield _text(path), kind
         for (path,) in _rows(self.db, "SELECT path FROM del WHERE state = 3 ORDER BY seq"):
-            yield path, "replaced"
+            yield _text(path), "replaced"
 
     def damaged_paths(self, limit: int) -> list[str]:
-        return [str(p) for (p,) in self.db.execute(
+        return [_text(p) for (p,) in self.db.execute(
             "SELECT path FROM (SELECT path FROM chg WHERE damaged = 1 UNION ALL "
             "SELECT path FROM del WHERE state = 3) ORDER BY path LIMIT ?", (limit,))]
 
     def notes(self) -> Iterator[str]:
         for (p,) in _rows(self.db, "SELECT path FROM chg WHERE note = 1 ORDER BY seq"):
-            yield str(p)
+            yield _text(p)
 
     def note_counts(self) -> tuple[int, int]:
         """(ransom notes, folders holding one)."""
@@ -340,7 +342,7 @@ class RunJudge:
 
     def remaining_paths(self) -> Iterator[str]:
         for (p,) in _rows(self.db, "SELECT path FROM del WHERE state = 0 ORDER BY seq"):
-            yield str(p)
+            yield _text(p)
 
     def healthy_change(self, path: str) -> bool:
         """The file changed in this run and is now healthy (valid or text, not damaged)."""
@@ -350,10 +352,29 @@ class RunJudge:
             self.db.execute(PATH_INDEX)
             self._path_index = True
         return self.db.execute(
-            "SELECT 1 FROM chg WHERE path = ? AND damaged = 0 AND ok = 1 LIMIT 1", (path,)).fetchone() is not None
+            "SELECT 1 FROM chg WHERE path = ? AND damaged = 0 AND ok = 1 LIMIT 1",
+            (_storable(path),)).fetchone() is not None
 
     def deleted(self, path: str) -> bool:
-        return self.db.execute("SELECT 1 FROM del WHERE path = ? LIMIT 1", (path,)).fetchone() is not None
+        return self.db.execute("SELECT 1 FROM del WHERE path = ? LIMIT 1", (_storable(path),)).fetchone() is not None
+
+
+def _storable(value: Any) -> Any:
+    """``value`` as SQLite can store it: a name that was not UTF-8 on disk arrives with lone
+    surrogates (Python's file-name decoding), which TEXT cannot hold, so that path is a BLOB of
+    its UTF-8 with the surrogates passed through. One to one: equality and grouping by folder
+    still hold (a BLOB never equals a TEXT); :func:`_text` gives the path back."""
+    if type(value) is str:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass")
+    return value
+
+
+def _text(value: Any) -> str:
+    """A path as stored by :func:`_storable`, back as the ``str`` it was."""
+    return value.decode("utf-8", "surrogatepass") if type(value) is bytes else str(value)
 
 
 def _rows(db: sqlite3.Connection, sql: str) -> Iterator[tuple[Any, ...]]:
