@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +65,28 @@ def test_names_that_are_not_utf8_with_detection_on(repo, cli, tmp_path: Path) ->
     assert r.code == 0, r.err
     assert tree_state(tmp_path / "out" / src.relative_to("/")) == before
     assert os.path.exists(os.fsencode(str(tmp_path / "out" / src.relative_to("/"))) + b"/dossier-\xe9/renomm\xe9.txt")
+
+
+def test_ls_and_diff_print_names_that_are_not_utf8_on_a_strict_terminal(repo, tmp_path: Path) -> None:
+    """Most UTF-8 locales make Python's stdout strict: such a name once failed `ls` and `diff`.
+    They print the name's own bytes, as GNU ls does."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    env = repo.environ() | {"PYTHONIOENCODING": "utf-8:strict"}
+    snaps = []
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-m", "rempart.cli.main", "--json", "backup", "--no-detect", str(src)],
+                           env=env, capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        snaps.append(json.loads(p.stdout)["snapshot"][:8])
+        with open(os.fsencode(str(src)) + b"/compte-rendu-\xe9.txt", "wb") as f:
+            f.write(b"x")
+    for args in (["ls", snaps[1]], ["diff", *snaps]):
+        p = subprocess.run([sys.executable, "-m", "rempart.cli.main", *args, "--kit", str(repo.kit)],
+                           env=env, capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert b"/compte-rendu-\xe9.txt\n" in p.stdout
 
 
 def test_large_sparse_file_round_trips_and_stays_sparse(repo, cli, tmp_path: Path) -> None:

@@ -150,8 +150,18 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _tolerant_output() -> None:
+    """Print a file name that is not UTF-8 on disk (Python holds its bytes as surrogates) as
+    the bytes it has (POSIX) or escaped (elsewhere), instead of failing ``ls`` or ``diff`` on it
+    where the terminal's encoding is strict (most UTF-8 locales)."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape" if os.name == "posix" else "backslashreplace")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     _return_large_buffers_to_the_system()
+    _tolerant_output()
     args_list = _hoist_flags(list(sys.argv[1:] if argv is None else argv))
     name = _command_name(args_list)
     parser = build_parser(only=name)
