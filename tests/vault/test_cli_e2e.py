@@ -93,3 +93,28 @@ def test_backup_token_reads_pack_headers_only(vault: Any, tmp_path: Path) -> Non
         with pytest.raises(PermissionDenied):
             b.load(Handle(FileType.DATA, fi.name))
     b.close()
+
+
+def test_init_with_a_wrong_token_or_pin_says_so_and_leaves_no_kit(vault: Any, tmp_path: Path) -> None:
+    """The vault is reached before the recovery kit is written: a typo in the token or the pin
+    leaves nothing to clean up by hand, and the next init with the right one works."""
+    name, toks = vault.add_practice()
+    repo = f"{vault.url}/{name}"
+    kit = tmp_path / "kit"
+    base = {"REMPART_KIT_PASSPHRASE": "a long and private passphrase", "REMPART_STATE_DIR": str(tmp_path / "st")}
+    r = rempart(repo, base | {"REMPART_VAULT_TOKEN": "not-the-token", "REMPART_VAULT_CA": vault.pin}, "init",
+                "--kit", str(kit))
+    assert r.returncode == 1
+    assert "rempart: error: vault: the vault token is wrong, expired or revoked" in r.stderr
+    assert not kit.exists()
+    other_pin = "sha256:" + "ab" * 32
+    r = rempart(repo, base | {"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_PIN": other_pin}, "init",
+                "--kit", str(kit))
+    assert r.returncode == 1 and "does not match the pinned fingerprint" in r.stderr
+    assert not kit.exists()
+    good = base | {"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": vault.pin}
+    r = rempart(repo, good, "init", "--kit", str(kit))
+    assert r.returncode == 0, r.stderr
+    r = rempart(repo, good, "init", "--kit", str(tmp_path / "kit2"))  # once is enough
+    assert r.returncode == 2 and "a repository exists at this location already" in r.stderr
+    assert not (tmp_path / "kit2").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rempart.agent.credentials import AgentCredential, save_credential
 from rempart.core.clock import Clock, to_iso
-from rempart.core.errors import AlreadyExists, LocalError, RempartError, UserError, local_error
+from rempart.core.errors import AlreadyExists, LocalError, NotFound, RempartError, UserError, local_error
 from rempart.crypto.keys import IdKey, RecoveryPrivateKey
 from rempart.crypto.kit import RecoveryKit, encrypt_kit, to_printable
 from rempart.repository.config import CONFIG, DEFAULT_PACK_SIZE, new_config
@@ -45,6 +45,14 @@ def create_repository(
     """Write the kit first (a repository without its kit would be unreadable), then the config
     (create-only: an existing repository is never replaced), then the agent key."""
     check_kit_target(kit_path)
+    # reach the storage before anything is written (its address, certificate pin, token): a
+    # mistake there then leaves no recovery kit behind to be removed by hand
+    try:
+        backend.stat(CONFIG)
+    except NotFound:
+        pass
+    else:
+        raise _exists()
     private, id_key = RecoveryPrivateKey.generate(), IdKey.generate()
     config = new_config(to_iso(clock.now()), private, id_key, pack_size=pack_size)
     kit_bytes = encrypt_kit(RecoveryKit(config.id, private, id_key), passphrase, kdf)
@@ -63,8 +71,7 @@ def create_repository(
             kit_path.unlink()
             if printable is not None:
                 printable.unlink(missing_ok=True)
-            raise UserError("a repository exists at this location already",
-                            hint="to add this machine to it, use `rempart key add-agent --kit FILE`") from None
+            raise _exists() from None
     except RempartError as exc:
         # the config may or may not have been stored (a dropped connection): keep the kit
         if not _is_ours(backend, data):
@@ -72,6 +79,11 @@ def create_repository(
             raise
     save_credential(state_dir, AgentCredential(config.id, private.public, id_key))
     return CreatedRepository(config.id, kit_path)
+
+
+def _exists() -> UserError:
+    return UserError("a repository exists at this location already",
+                     hint="to add this machine to it, use `rempart key add-agent --kit FILE`")
 
 
 def _write_new(path: Path, data: bytes, what: str) -> None:

@@ -97,6 +97,10 @@ class Reply:
         return json.loads(self.content)
 
 
+_WITHOUT_BODY = {401: "the vault token is wrong, expired or revoked",
+                 403: "the vault does not allow this token to do that"}
+
+
 def translate(resp: Any) -> E.RempartError:
     """The exception for an error response (a :class:`Reply` or an ``httpx.Response``)."""
     try:
@@ -106,7 +110,9 @@ def translate(resp: Any) -> E.RempartError:
     if not isinstance(body, dict):
         body = {}
     ref = str(body.get("error", ""))
-    msg = str(body.get("message") or body.get("detail") or f"vault answered HTTP {resp.status_code}")[:500]
+    # an answer without a body (HEAD) says only its status: say what that status means
+    default = _WITHOUT_BODY.get(resp.status_code, f"vault answered HTTP {resp.status_code}")
+    msg = str(body.get("message") or body.get("detail") or default)[:500]
     hint = body.get("hint") if isinstance(body.get("hint"), str) else None
     if ref == "missing-blobs":
         return E.MissingBlobs(msg, missing=[str(m) for m in body.get("missing", [])])
