@@ -201,6 +201,8 @@ def test_periodic_full_reread(repo, cli, tmp_path: Path) -> None:
     assert r.json()["stats"]["files_read"] == 1
     r = cli("backup", str(src), "--no-detect", "--json", "--force-reread")
     assert r.json()["stats"]["files_read"] == 1
+    r = cli("backup", str(src), "--no-detect", "--force-reread")  # the counts add up to the files
+    assert "1 files (0 new, 0 changed, 0 unchanged, 1 read again, same content)" in r.out
 
 
 def test_snapshots_json_and_diff(repo, cli, tmp_path: Path) -> None:

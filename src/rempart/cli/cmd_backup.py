@@ -163,8 +163,11 @@ def _backup(args: argparse.Namespace, ctx: Context, repo: Repository) -> int:
         })
     else:
         s, st = result.stats, result.session_stats
+        # read again with the same content (a periodic full read, a touched file, lost blobs)
+        same = s.files_read - s.files_new - s.files_changed
+        again = f", {same} read again, same content" if same > 0 else ""
         ctx.print(f"snapshot {result.snapshot[:8]} saved: {s.files} files ({s.files_new} new, "
-                  f"{s.files_changed} changed, {s.files_unchanged} unchanged), {human_bytes(s.bytes)}; "
+                  f"{s.files_changed} changed, {s.files_unchanged} unchanged{again}), {human_bytes(s.bytes)}; "
                   f"uploaded {human_bytes(st['bytes_stored'])} in {st['packs']} packs")
         if result.suspicious:
             ctx.print(f"ALERT: this backup looks attacked ({result.detection.get('summary', 'see snapshots')})")
