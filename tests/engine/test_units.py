@@ -53,6 +53,39 @@ def test_kit_round_trip_printable_and_wrong_passphrase() -> None:
     assert "secret" in repr(kit) and kit.private_key.raw.hex() not in repr(kit)
 
 
+def test_printable_kit_points_at_the_line_with_a_typo() -> None:
+    """A kit retyped from paper: each line's check group names the line with a typo, line
+    numbers a missing line, the last line's check missing lines at the end; 0, 1 and 8 (not in
+    base32) read as O, I and B, and case does not matter. The first form (no check groups) still
+    reads."""
+    import base64
+
+    from rempart.crypto.kit import BEGIN, END
+
+    kit = RecoveryKit("cd" * 16, RecoveryPrivateKey.generate(), IdKey.generate())
+    data = encrypt_kit(kit, "a long passphrase", TEST_KDF)
+    lines = to_printable(data).splitlines()
+    assert lines[0] == BEGIN and lines[-1] == END and len(lines) > 6
+    assert lines[1].startswith("01 ") and lines[1].rsplit("|", 1)[1].strip().isalnum()
+
+    def read(rows: list[str]) -> RecoveryKit:
+        return decrypt_kit("\n".join(rows).encode(), "a long passphrase")
+
+    typo = list(lines)
+    typo[3] = typo[3][:5] + ("A" if typo[3][5] != "A" else "B") + typo[3][6:]
+    with pytest.raises(IntegrityError, match="line 3 has a typo"):
+        read(typo)
+    with pytest.raises(IntegrityError, match="line 4 is missing or out of order"):
+        read(lines[:4] + lines[5:])
+    with pytest.raises(IntegrityError, match=f"the lines after line {len(lines) - 3} are missing"):
+        read(lines[:-2] + lines[-1:])
+    sloppy = [lines[0]] + [row.lower().translate(str.maketrans("oib", "018")) for row in lines[1:-1]] + [lines[-1]]
+    assert read(sloppy).id_key.raw == kit.id_key.raw
+    b32 = base64.b32encode(data).decode().rstrip("=")
+    first_form = [BEGIN] + [b32[i : i + 48] for i in range(0, len(b32), 48)] + [END]
+    assert read(first_form).private_key.raw == kit.private_key.raw
+
+
 def test_default_kdf_is_memory_hard() -> None:
     from rempart.crypto.kit import DEFAULT_KDF
 

@@ -7,12 +7,14 @@ File form (JSON)::
      "sealed": b64(nonce || AES-256-GCM(kdf_key, secrets_json, aad=header))}
 
 The printable form wraps the same JSON in base32 lines (and a QR code) so that an IT provider
-can keep it on paper, offline.
+can keep it on paper, offline; each line carries its number and a check group, so a kit retyped
+from paper points at the line with the typo.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -102,11 +104,24 @@ END = "-----END REMPART RECOVERY KIT-----"
 
 
 def to_printable(kit_file: bytes) -> str:
-    """Base32 text (8-character groups, 6 groups a line) for paper storage."""
+    """Base32 text for paper storage: numbered lines of six 8-character groups, each ending
+    with a check group (``| XXXX``), so that a typo made retyping the kit is found on its line
+    (and a missing line by its number, the last one by its own check)."""
     b32 = base64.b32encode(kit_file).decode().rstrip("=")
     groups = [b32[i : i + 8] for i in range(0, len(b32), 8)]
-    lines = [" ".join(groups[i : i + 6]) for i in range(0, len(groups), 6)]
+    rows = [" ".join(groups[i : i + 6]) for i in range(0, len(groups), 6)]
+    lines = [f"{n:02d} {row} | {_check(n, row, n == len(rows))}" for n, row in enumerate(rows, 1)]
     return "\n".join([BEGIN, *lines, END]) + "\n"
+
+
+#: base32 has no 0, 1 or 8: read as the letters they are mistaken for
+_LOOKALIKES = str.maketrans("018", "OIB")
+
+
+def _check(n: int, row: str, last: bool) -> str:
+    data = "".join(row.split()).upper().translate(_LOOKALIKES)
+    digest = hashlib.sha256(f"{n}:{data}:{'last' if last else ''}".encode()).digest()
+    return base64.b32encode(digest).decode()[:4]
 
 
 def _unwrap_printable(data: bytes) -> bytes:
@@ -114,6 +129,26 @@ def _unwrap_printable(data: bytes) -> bytes:
     if BEGIN not in text:
         return data
     body = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    b32 = "".join(body.split()).upper()
+    lines = [line for line in body.splitlines() if line.strip()]
+    if any("|" in line for line in lines):
+        b32 = "".join(_checked(line, n, n == len(lines)) for n, line in enumerate(lines, 1))
+    else:  # the first printable form, without line numbers and check groups
+        b32 = "".join(body.split()).upper()
     b32 += "=" * (-len(b32) % 8)
-    return base64.b32decode(b32)
+    return base64.b32decode(b32.translate(_LOOKALIKES))
+
+
+def _checked(line: str, expected: int, last: bool) -> str:
+    """The base32 of one numbered line, after its number and check group are verified."""
+    head, _, check = line.rpartition("|")
+    number, _, row = head.strip().partition(" ")
+    if not number.isdigit() or int(number) != expected:
+        raise IntegrityError(f"the printable recovery kit: line {expected} is missing or out of order",
+                             hint="compare the line numbers with the paper copy")
+    check = check.strip().upper().translate(_LOOKALIKES)
+    if check != _check(expected, row, last):
+        if last and check == _check(expected, row, False):
+            raise IntegrityError(f"the printable recovery kit: the lines after line {expected} are missing")
+        raise IntegrityError(f"the printable recovery kit: line {expected} has a typo (its check group does not match)",
+                             hint=f"compare line {expected} with the paper copy, character by character")
+    return "".join(row.split()).upper()
