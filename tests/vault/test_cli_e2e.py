@@ -118,3 +118,15 @@ def test_init_with_a_wrong_token_or_pin_says_so_and_leaves_no_kit(vault: Any, tm
     r = rempart(repo, good, "init", "--kit", str(tmp_path / "kit2"))  # once is enough
     assert r.returncode == 2 and "a repository exists at this location already" in r.stderr
     assert not (tmp_path / "kit2").exists()
+
+
+def test_a_second_vault_on_a_port_in_use_says_so_and_exits_1(vault: Any, tmp_path: Path) -> None:
+    """The port is bound before the vault says it listens: a service manager sees the failure."""
+    from .conftest import write_config
+
+    cfg = write_config(tmp_path / "second", vault.port)
+    out = cli(cfg, "serve", check=False)
+    assert out.returncode == 1
+    assert f"rempart: error: cannot listen on 127.0.0.1:{vault.port}: the port is in use" in out.stderr
+    assert "listening on" not in out.stdout and "Traceback" not in out.stderr
+    assert vault.admin().get("/v1/admin/audit", params={"after": 0, "limit": 1}).status_code == 200  # still serving

@@ -4,13 +4,15 @@ database and storage; the server does not need to be running except for ``serve`
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from rempart.cli.context import Context
-from rempart.core.errors import ConfigError, UserError
+from rempart.core.errors import ConfigError, LocalError, UserError
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -205,8 +207,28 @@ def _serve(config: Any, ctx: Context) -> int:
         kw = {"ssl_certfile": str(t.cert), "ssl_keyfile": str(t.key)}
         scheme = "https"
         print(f"certificate SHA-256 fingerprint (pin): {format_fingerprint(fp)}", flush=True)
-    print(f"rempart vault listening on {scheme}://{config.listen.host}:{config.listen.port}", flush=True)
+    # bound here, before saying so: a port in use is one sentence and exit 1, not a "listening"
+    # line followed by uvicorn's log
+    sock = _listen(config.listen.host, config.listen.port)
+    port = sock.getsockname()[1]
+    print(f"rempart vault listening on {scheme}://{config.listen.host}:{port}", flush=True)
     keep_freed_memory()  # request bodies reuse warm heap pages instead of fresh ones each time
-    uvicorn.run(app, host=config.listen.host, port=config.listen.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=5, http=http_protocol(), **kw)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.listen.host, port=port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=5, http=http_protocol(), **kw))
+    server.run(sockets=[sock])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (as uvicorn would bind it), or LocalError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "the port is in use (is another vault running?)" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise LocalError(f"cannot listen on {host}:{port}: {why}") from exc
+    sock.set_inheritable(True)
+    return sock
