@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import stat as statmod
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +26,8 @@ from rempart.repository.format import BlobType
 from rempart.repository.repo import WriteSession
 from rempart.snapshot.cache import CachedFile, StateCache
 from rempart.snapshot.options import BackupOptions, BackupStats, FileObserver
-from rempart.snapshot.pipeline import ContentReadAhead, Folder, Gate, Lanes, collect_samples
+from rempart.snapshot.pipeline import ContentReadAhead, Folder, Gate, Lanes
+from rempart.snapshot.threadread import ThreadReader
 from rempart.snapshot.tree import (
     KIND_DIR,
     KIND_FILE,
@@ -41,10 +41,6 @@ from rempart.snapshot.wire import ReadOutcome
 
 if TYPE_CHECKING:
     from rempart.snapshot.workers import ReaderPool
-
-O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-O_BINARY = getattr(os, "O_BINARY", 0)
-
 
 # tree.canonical_json's output, with one encoder for the whole run: json.dumps builds a new
 # JSONEncoder on every call that passes options (a few microseconds per file sketch)
@@ -72,8 +68,7 @@ class Archiver:
         self.refs = session.refs  # every blob the snapshot references (owned by the session)
         seed = session.id_key.chunker_seed()
         params = session.repo.config.chunker
-        self._local = threading.local()
-        self._make_chunker = lambda: Chunker(params, seed)
+        self._thread_reader = ThreadReader(session, observer, lambda: Chunker(params, seed), options.read_retries)
         self._pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="chunk")
         self._stats_lock = threading.Lock()
         self._holds_lock = threading.Lock()
@@ -331,29 +326,10 @@ class Archiver:
         # while no pack has gone since the last snapshot, its blobs are all still there
         return index.intact or index.contains_all(prev.content)
 
-    def _chunker(self) -> Chunker:
-        c = getattr(self._local, "chunker", None)
-        if c is None:
-            c = self._local.chunker = self._make_chunker()
-        return c
-
     def _read_file(self, spath: str, st: os.stat_result, node: Node, prev: CachedFile | None, folder: Folder,
                    weight: int) -> None:
         """Read one file in this thread (small runs, and runs without reading processes)."""
-        try:
-            outcome = ReadOutcome("changed")
-            for _attempt in range(self.options.read_retries + 1):
-                result = self._read_once(Path(spath))
-                if result is not None:
-                    content, size, st2, samples = result
-                    outcome = ReadOutcome("ok", content, size, st2.st_mtime_ns, st2.st_ctime_ns, st2.st_ino,
-                                          st2.st_mode, samples)
-                    break
-        except OSError as exc:
-            outcome = ReadOutcome("oserror", message=str(exc.strerror or exc))
-        except BaseException as exc:  # re-raised by the walker or by archive()
-            outcome = ReadOutcome("failed", error=exc)
-        self._complete(spath, node, prev, folder, weight, outcome)
+        self._complete(spath, node, prev, folder, weight, self._thread_reader.read(spath))
 
     def _complete(self, spath: str, node: Node, prev: CachedFile | None, folder: Folder, weight: int,
                   out: ReadOutcome) -> None:
@@ -417,38 +393,6 @@ class Archiver:
                     features = json.loads(raw or "{}")
                 self.observer.changed(spath, prev.features if prev else None, features, prev is None)
         self.cache.record(spath, size, out.mtime_ns, out.ctime_ns, out.inode, content, raw, self.now)
-
-    def _read_once(self, path: Path) -> tuple[list[bytes], int, os.stat_result, list[tuple[int, bytes]]] | None:
-        """Read and store one file; None when it changed while being read."""
-        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            st1 = os.fstat(fd)
-            if not statmod.S_ISREG(st1.st_mode):
-                raise OSError(0, "no longer a regular file")
-            plan = self.observer.sample_plan(st1.st_size) if self.observer else []
-            samples: list[tuple[int, bytes]] = []
-            content: list[bytes] = []
-            session = self.session
-            offset = 0
-            compressible = True
-            misses = 0
-            for chunk in self._chunker().chunks(f):
-                n = len(chunk)
-                if plan:
-                    collect_samples(plan, samples, offset, chunk)
-                bid = session.blob_id(chunk)
-                # add_blob looks the id up itself (one index lookup per chunk, not two); a known
-                # blob counts as compressible
-                _, ok = session.add_blob(BlobType.DATA, chunk, bid, compressible=compressible)
-                # stop trying to compress data that does not compress (JPEG, DICOM pixels)
-                misses = 0 if ok else misses + 1
-                compressible = misses < 2 or len(content) % 16 == 0
-                content.append(bid)
-                offset += n
-            st2 = os.fstat(fd)
-        if offset != st2.st_size or (st1.st_mtime_ns, st1.st_size) != (st2.st_mtime_ns, st2.st_size):
-            return None
-        return content, offset, st2, samples
 
     def _warn(self, message: str) -> None:
         with self._stats_lock:
