@@ -146,3 +146,22 @@ def test_init_with_the_kit_on_a_full_disk_leaves_no_partial_kit(env: Env, tiny_f
     r = run_subprocess(env, "init", "--kit", str(env.kit))  # the same repository, another place
     assert r.code == 0, r.err
     assert env.kit.exists()
+
+
+def test_a_source_holding_the_repository_and_the_state_folder_leaves_them_out(repo: Env) -> None:
+    """Backing up a whole disk that holds the repository (D:\\ with D:\\Backup): each run would
+    store the packs of the runs before again, and detection would take them for encrypted
+    files. The repository and the state folder are left out, by identity (device, inode)."""
+    _files(repo.tmp, 2)
+    outs = []
+    for _ in range(2):
+        r = run_subprocess(repo, "--json", "backup", str(repo.tmp))
+        assert r.code == 0, r.err  # no alert either
+        outs.append(r.json())
+        assert f"note: {repo.repo} is left out" in r.err and f"note: {repo.state} is left out" in r.err
+    assert outs[1]["storage"]["bytes_stored"] < 16 * 1024  # nothing new: the packs just written are not read
+    r = run_subprocess(repo, "ls", "latest", "--kit", str(repo.kit))
+    assert r.code == 0, r.err
+    listed = set(r.out.split())
+    assert str(repo.tmp / "src" / "big.bin") in listed
+    assert not {p for p in listed if p.startswith((str(repo.repo), str(repo.state)))}

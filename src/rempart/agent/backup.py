@@ -6,7 +6,7 @@ import hashlib
 import socket
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,8 +92,11 @@ def run_backup(
         # nothing is stored once it could have expired (the process was paused too long)
         lock = take_backup_lock(backend, repo.config.id, clock, lock_policy)
         folder_backend = beneath(backend)
+        own = [state_dir]
         if isinstance(folder_backend, LocalBackend):  # temporary files of a backup killed earlier
             folder_backend.clean_tmp(older_than=TMP_GRACE, now=clock.now().timestamp())
+            own.append(folder_backend.root)
+        options = replace(options, skip_dirs=options.skip_dirs | _identities(own))
         repo.backend = lock.guard(backend)
         for attempt in range(2):
             repo.load_index()
@@ -143,6 +146,7 @@ def run_backup(
                     extra.update(detection.commit_state())
                 cache.commit(name, extra)
                 repo.index.mark_intact()
+                notices += [f"{p} is left out: it holds this machine's backups or their state" for p in archiver.left_out]
                 return BackupResult(name, archiver.stats, dict(session.stats), det, damaged, notices)
             finally:
                 session.close()
@@ -163,3 +167,15 @@ def run_backup(
         repo.backend = backend
         lock.release()
         cache.close()
+
+
+def _identities(folders: list[Path]) -> frozenset[tuple[int, int]]:
+    """(device, inode) of each folder that exists."""
+    out = set()
+    for folder in folders:
+        try:
+            st = folder.stat()
+        except OSError:
+            continue
+        out.add((st.st_dev, st.st_ino))
+    return frozenset(out)

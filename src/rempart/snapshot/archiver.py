@@ -87,8 +87,7 @@ class Archiver:
         #: walk depth plus, per file in flight (``max_inflight``), the folders above it
         self.folders_pending = 0
         self.folders_pending_max = 0
-
-    # --- public -------------------------------------------------------------------------
+        self.left_out: list[str] = []  # folders of ``options.skip_dirs`` the walk met (left out)
 
     def archive(self, paths: list[Path]) -> bytes:
         """Back up ``paths`` (absolute) and return the root tree id."""
@@ -132,11 +131,9 @@ class Archiver:
             if any(m == child for m in members):
                 try:
                     st = os.lstat(child)
-                except FileNotFoundError:
-                    self._warn(f"{child}: vanished before it could be read")
-                    continue
                 except OSError as exc:
-                    self._warn(f"{child}: {exc.strerror}")
+                    gone = isinstance(exc, FileNotFoundError)
+                    self._warn(f"{child}: {'vanished before it could be read' if gone else exc.strerror}")
                     continue
                 self._add_entry(folder, name, str(child), st, self.cache.lookup(str(child)), subs)
             else:
@@ -182,6 +179,9 @@ class Archiver:
         if kind == KIND_FILE:
             self._file(path, st, node, prev, folder)
         elif kind == KIND_DIR:
+            if (st.st_dev, st.st_ino) in self.options.skip_dirs:
+                self.left_out.append(path)
+                return
             self.stats.dirs += 1
             self._hold(folder)
             folder.nodes.append(node)

@@ -39,6 +39,10 @@ class BackupOptions:
     reread_after: float | None = 7 * 86400
     force_reread: bool = False
     excludes: tuple[str, ...] = ()
+    #: (device, inode) of folders never backed up, wherever the walk meets them: the repository
+    #: and the state folder when they lie inside a source (each run would store the packs of the
+    #: runs before again, and they look like encrypted files to detection)
+    skip_dirs: frozenset[tuple[int, int]] = frozenset()
     read_retries: int = 2
     #: read files in ``workers`` separate processes (all cores busy; see snapshot/worker_main)
     #: once this run has more than ``process_after`` bytes to read; threads until then. Not on
