@@ -89,6 +89,23 @@ def test_ls_and_diff_print_names_that_are_not_utf8_on_a_strict_terminal(repo, tm
         assert b"/compte-rendu-\xe9.txt\n" in p.stdout
 
 
+def test_a_source_given_as_a_link_to_a_folder_backs_up_the_folder(repo, cli, tmp_path: Path) -> None:
+    """`backup /data` where /data links to the real folder once stored one link and no file."""
+    real = tmp_path / "disk" / "cabinet"
+    (real / "radios").mkdir(parents=True)
+    (real / "radios" / "pano.dcm").write_bytes(b"DICM" * 1000)
+    os.symlink("radios", real / "inner-link")  # links inside a source stay links
+    os.symlink(real, tmp_path / "data")
+    r = cli("--json", "backup", "--no-detect", str(tmp_path / "data"))
+    assert r.code == 0, r.err
+    assert r.json()["stats"]["files"] == 1
+    r = cli("restore", "latest", "--target", str(tmp_path / "out"), "--kit", str(repo.kit))
+    assert r.code == 0, r.err
+    restored = tmp_path / "out" / (tmp_path / "data").relative_to("/")
+    assert not restored.is_symlink() and (restored / "radios" / "pano.dcm").read_bytes() == b"DICM" * 1000
+    assert os.readlink(restored / "inner-link") == "radios"
+
+
 def test_large_sparse_file_round_trips_and_stays_sparse(repo, cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

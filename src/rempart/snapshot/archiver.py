@@ -26,7 +26,7 @@ from rempart.repository.format import BlobType
 from rempart.repository.repo import WriteSession
 from rempart.snapshot.cache import CachedFile, StateCache
 from rempart.snapshot.options import BackupOptions, BackupStats, FileObserver
-from rempart.snapshot.pipeline import ContentReadAhead, Folder, Gate, Lanes
+from rempart.snapshot.pipeline import ContentReadAhead, Folder, Gate, Lanes, stat_source
 from rempart.snapshot.threadread import ThreadReader
 from rempart.snapshot.tree import (
     KIND_DIR,
@@ -130,7 +130,7 @@ class Archiver:
             child = base / name
             if any(m == child for m in members):
                 try:
-                    st = os.lstat(child)
+                    st = stat_source(child)
                 except OSError as exc:
                     gone = isinstance(exc, FileNotFoundError)
                     self._warn(f"{child}: {'vanished before it could be read' if gone else exc.strerror}")

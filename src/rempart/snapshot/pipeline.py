@@ -8,6 +8,7 @@ from __future__ import annotations
 import heapq
 import os
 import queue
+import stat
 import threading
 from bisect import bisect_right
 from collections import deque
@@ -158,6 +159,22 @@ class Folder:
         self.holds = 1
         self.done = done
         self.prev = prev  # (signature, tree id) recorded by the previous run
+
+
+def stat_source(path: Path) -> os.stat_result:
+    """The status of a path given to back up: of the path itself (``lstat``), except that a
+    symbolic link to a folder is followed. Backing up ``/data``, a link to ``/mnt/disk/data``,
+    means its files (stored under ``/data``), not one link and nothing else. Links met inside
+    the sources are stored as links."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.stat(path)
+        except OSError:  # a dangling link: stored as the link it is
+            return st
+        if stat.S_ISDIR(target.st_mode):
+            return target
+    return st
 
 
 def collect_samples(plan: list[tuple[int, int]], out: list[tuple[int, bytes]], offset: int, chunk: memoryview) -> None:
