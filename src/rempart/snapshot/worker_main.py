@@ -39,8 +39,6 @@ from typing import Any
 from rempart.chunking.fastcdc import Chunker, ChunkerParams
 from rempart.crypto.aead import DataKey
 from rempart.crypto.idkey import IdKey
-from rempart.repository.blobs import compress
-from rempart.snapshot.pipeline import collect_samples
 from rempart.snapshot.wire import (
     FEATURES,
     ID,
@@ -52,10 +50,19 @@ from rempart.snapshot.wire import (
     encode_result,
     send,
 )
-from rempart.snapshot.worker_parts import O_BINARY, O_NOFOLLOW, Packs, Read, SealState, open_ahead, settled
+from rempart.snapshot.worker_parts import (
+    O_BINARY,
+    O_NOFOLLOW,
+    Packs,
+    Read,
+    SealState,
+    compress_block,
+    open_ahead,
+    seal_block,
+    settled,
+)
 
-#: a block asked about and not stored yet: its chunks, their ids, and their compressed form if
-#: compressed before the answer
+#: a block asked about and not stored yet: its chunks, their ids, their compressed form (if done)
 _Block = tuple[list[memoryview], list[bytes], list[tuple[int, bytes | memoryview]] | None]
 
 SMALL = 256 * 1024  # files up to this size (at the walk) are read in groups
@@ -74,9 +81,7 @@ class _Worker:
         self.alone: deque[Request] = deque()  # requests to read on their own, before any other
         self.run: dict[str, Any] | None = None
         self.packs: Packs | None = None
-        #: compress a block's chunks before the answer about them (``_compress``): most of
-        #: the last answer's chunks were new (a first backup: all of them)
-        self.ahead = True
+        self.ahead = True  # compress before the answer (``_compress``): the last answer was mostly new
 
     def serve(self) -> None:
         while True:
@@ -188,49 +193,18 @@ class _Worker:
         return answer
 
     def _compress(self, state: SealState, chunks: list[memoryview]) -> list[tuple[int, bytes | memoryview]] | None:
-        """While ``self.ahead``: every chunk of a block compressed now, as the parent answers
-        about them (None otherwise: compressed once the answer is in, the new ones only). The
-        wait for an answer was ~2.4 s of a reading process's ~14 s in a first backup of the
-        2 GiB practice folder (docs/benchmarks.md, session 8). The work is wasted for chunks
-        the answer says are stored already, so an answer that says mostly that turns it off
-        from the next block on (a day backup reading a large database file)."""
+        """While ``self.ahead``: a block compressed as the parent answers about it (a first backup
+        waited ~2.4 s of ~14 s for answers, session 8), else None: only the new chunks, after the
+        answer (an answer saying mostly "stored" turns it off: a day backup of a large database)."""
         if not self.ahead:
             return None
         assert self.run is not None
-        level = self.run["level"]
-        out = []
-        for c in chunks:
-            flag, payload = compress(c, level if state.compressible else 0)
-            out.append((flag, payload))
-            state.misses = 0 if flag else state.misses + 1
-            state.chunks += 1
-            state.compressible = state.misses < 2 or state.chunks % 16 == 0
-        return out
+        return compress_block(state, chunks, self.run["level"])
 
     def _seal(self, state: SealState, chunks: list[memoryview], ids: list[bytes],
               compressed: list[tuple[int, bytes | memoryview]] | None, new: bytes | memoryview) -> None:
-        """Store the chunks the parent said are new (every one of them: it counts on it),
-        compressed now or already (``compressed``, from ``_compress``)."""
         assert self.run is not None and self.packs is not None
-        level, packs = self.run["level"], self.packs
-        for k, (c, bid, is_new) in enumerate(zip(chunks, ids, new, strict=True)):
-            if state.plan:
-                collect_samples(state.plan, state.samples, state.offset, c)
-            if compressed is not None:
-                if is_new:
-                    flag, payload = compressed[k]
-                    packs.add(bid, len(c), flag, payload)
-            else:
-                ok = True
-                if is_new:
-                    flag, payload = compress(c, level if state.compressible else 0)
-                    packs.add(bid, len(c), flag, payload)
-                    ok = flag != 0
-                state.misses = 0 if ok else state.misses + 1
-                state.chunks += 1
-                state.compressible = state.misses < 2 or state.chunks % 16 == 0
-            state.content.append(bid)
-            state.offset += len(c)
+        seal_block(self.packs, state, chunks, ids, compressed, new, self.run["level"])
 
     def _report(self, r: Request, result: Read) -> None:
         content, size, st, samples = result

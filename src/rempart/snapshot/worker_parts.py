@@ -1,6 +1,7 @@
 """The parts of a reading process (``worker_main``) that hold no loop: its packs, built in the
-parent's shared buffers; the compress-and-seal state along one file; opening a group of files
-ahead; and the check that a file did not change while it was read."""
+parent's shared buffers; compressing and sealing a block of chunks, and that state along one
+file; opening a group of files ahead; and the check that a file did not change while it was
+read."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from rempart.crypto.aead import DataKey
-from rempart.repository.blobs import seal_blob_into
+from rempart.repository.blobs import compress, seal_blob_into
 from rempart.repository.format import BlobType
 from rempart.repository.packer import FullPack
+from rempart.snapshot.pipeline import collect_samples
 from rempart.snapshot.wire import PACK, PBLOB, Request, send
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -77,6 +79,45 @@ class SealState:
         self.content: list[bytes] = []
         self.offset = self.misses = self.chunks = 0
         self.compressible = True
+
+    def tried(self, ok: bool) -> None:
+        """One more chunk compressed (``ok``: it shrank) or found stored (counts as ok)."""
+        self.misses = 0 if ok else self.misses + 1
+        self.chunks += 1
+        self.compressible = self.misses < 2 or self.chunks % 16 == 0
+
+
+def compress_block(state: SealState, chunks: list[memoryview], level: int) -> list[tuple[int, bytes | memoryview]]:
+    """Every chunk of a block compressed (or passed as is while the file does not compress)."""
+    out = []
+    for c in chunks:
+        flag, payload = compress(c, level if state.compressible else 0)
+        out.append((flag, payload))
+        state.tried(flag != 0)
+    return out
+
+
+def seal_block(packs: Packs, state: SealState, chunks: list[memoryview], ids: list[bytes],
+               compressed: list[tuple[int, bytes | memoryview]] | None, new: bytes | memoryview, level: int) -> None:
+    """Store the chunks of a block the parent said are new (every one of them: it counts on
+    it), compressed already (``compressed``, from :func:`compress_block`) or now; sample them
+    for detection and note their ids in the file's content."""
+    for k, (c, bid, is_new) in enumerate(zip(chunks, ids, new, strict=True)):
+        if state.plan:
+            collect_samples(state.plan, state.samples, state.offset, c)
+        if compressed is not None:
+            if is_new:
+                flag, payload = compressed[k]
+                packs.add(bid, len(c), flag, payload)
+        else:
+            ok = True
+            if is_new:
+                flag, payload = compress(c, level if state.compressible else 0)
+                packs.add(bid, len(c), flag, payload)
+                ok = flag != 0
+            state.tried(ok)
+        state.content.append(bid)
+        state.offset += len(c)
 
 
 def open_ahead(group: list[Request], failed: Callable[[Request, Exception], None]) -> Iterator[tuple[Request, int]]:
