@@ -5,14 +5,13 @@ bound for local storage straight into a temporary file (:mod:`rempart.vault.stag
 else in memory. Then :meth:`Vault.ingest` validates it against the plain format, checks the
 quota, stores it (``StagedUpload.publish`` or ``Backend.save``: fsynced, atomic, create-only)
 and only then records it in the database, so a half-finished upload is never visible and an
-object recorded in the database is always in storage. Snapshots are checked and stored while the practice is locked, so GC can never delete a
-blob between the reference check and the commit.
+object recorded in the database is always in storage. Snapshots are checked and stored while
+the practice is locked, so GC can never delete a blob between the reference check and the commit.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 import threading
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -100,9 +99,6 @@ class Vault:
     # --- practices ---------------------------------------------------------------------
 
     def practice_from_row(self, row: Any) -> Practice:
-        return self._row_to_practice(row)
-
-    def _row_to_practice(self, row: Any) -> Practice:
         policy = RetentionPolicy.from_dict(json.loads(row.policy)) if row.policy else self.config.retention
         return Practice(row.id, row.name, int(row.quota_bytes or 0), int(row.used_bytes or 0), bool(row.frozen),
                         row.frozen_reason, policy, row.last_snapshot_at)
@@ -117,12 +113,12 @@ class Vault:
             row = conn.execute(q).first()
         if row is None:
             raise NotFound(f"practice {name!r} does not exist")
-        return self._row_to_practice(row)
+        return self.practice_from_row(row)
 
     def practices(self) -> list[Practice]:
         with self.engine.connect() as c:
             rows = c.execute(sa.select(db.practices).order_by(db.practices.c.name)).all()
-        return [self._row_to_practice(r) for r in rows]
+        return [self.practice_from_row(r) for r in rows]
 
     def backend(self, practice: Practice) -> Backend:
         return self.store.backend(practice.name)
@@ -400,13 +396,3 @@ def _counted(row: Any) -> bool:
     """The object of this row (None: no row) is counted in its practice's ``used_bytes``:
     every state but removed ("deleted") and kept by the storage's lock only ("retained")."""
     return row is not None and row.state not in ("deleted", "retained")
-
-
-def read_pack_entries(backend: Backend, h: Handle) -> list[PackEntry]:
-    """Parse a stored pack's header reading only its tail."""
-    size = backend.stat(h).size
-    if size < 8:
-        raise IntegrityError(f"{h}: too short to be a pack")
-    (hlen,) = struct.unpack("<I", backend.load(h, offset=size - 8, length=4))
-    n = min(size, hlen + 8)
-    return list(parse_pack_header(backend.load(h, offset=size - n, length=n), size).entries)
