@@ -264,7 +264,7 @@ class Archiver:
             node.content = prev.content
             node.features_raw = prev.features_raw
             self.stats.files_unchanged += 1
-            self.cache.record_row(prev.row)  # same stat, same content
+            self.cache.record_row(prev)  # same stat, same content
             return
         self._lanes.charge(st.st_size)
         weight = min(st.st_size, self.options.read_ahead)
@@ -341,7 +341,7 @@ class Archiver:
                 self._warn(f"{spath}: changed while being read {self.options.read_retries + 1} times; {what}")
                 if prev is not None:
                     node.content, node.features_raw, node.size = prev.content, prev.features_raw, prev.size
-                    self.cache.record_row(prev.row)
+                    self.cache.record_row(prev)
                 else:
                     node.type = "skip"
             elif out.kind == "oserror":

@@ -27,6 +27,7 @@ from typing import Any
 
 from rempart.core.errors import is_damaged_database, local_error
 from rempart.snapshot.statefiles import lock_state_folder, prefetch, set_aside
+from rempart.snapshot.tree import canonical_json
 
 FILES_COLUMNS = """(
   dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
@@ -76,10 +77,6 @@ class CachedFile(tuple):  # type: ignore[type-arg]
     mtime_ns: int = property(itemgetter(3))  # type: ignore[assignment]
     ctime_ns: int = property(itemgetter(4))  # type: ignore[assignment]
     inode: int = property(itemgetter(5))  # type: ignore[assignment]
-
-    @property
-    def row(self) -> tuple[Any, ...]:
-        return self
 
     @property
     def dirpath(self) -> str:
@@ -232,7 +229,7 @@ class StateCache:
         the owning thread). ``features`` is a dict, or already canonical JSON (passed through
         unparsed)."""
         d, name = os.path.split(path)
-        raw = features if isinstance(features, str) or features is None else _canonical(features)
+        raw = features if isinstance(features, str) or features is None else canonical_json(features)
         bd = os.fsencode(d)
         row = (bd, os.fsencode(name), size, mtime_ns, ctime_ns, inode, b"".join(content), raw or None, read_at)
         with self._batch_lock:
@@ -244,7 +241,7 @@ class StateCache:
             self._batch.append(row)
 
     def record_row(self, row: tuple[Any, ...]) -> None:
-        """A file unchanged since the previous run, as read by ``lookup_dir`` (``CachedFile.row``)."""
+        """A file unchanged since the previous run, as read by ``lookup_dir`` (a ``CachedFile``)."""
         with self._batch_lock:
             st = self._dirs.get(row[0])
             if st is None:
@@ -351,7 +348,7 @@ class StateCache:
         db.execute("DELETE FROM main.trees WHERE dir NOT IN (SELECT dir FROM temp.trees_new)")
         db.execute("INSERT OR REPLACE INTO main.trees SELECT * FROM temp.trees_new n WHERE NOT EXISTS "
                    "(SELECT 1 FROM main.trees t WHERE t.dir = n.dir AND t.sig = n.sig AND t.tree = n.tree)")
-        meta = {"last_snapshot": snapshot, LAYOUT_KEY: snapshot, TYPE_COUNTS_KEY: _canonical({t: n for t, n in counts.items() if n > 0})}
+        meta = {"last_snapshot": snapshot, LAYOUT_KEY: snapshot, TYPE_COUNTS_KEY: canonical_json({t: n for t, n in counts.items() if n > 0})}
         for k, v in (meta | (extra or {})).items():
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
         db.execute("COMMIT")
@@ -401,6 +398,3 @@ class StateCache:
         self.db.close()
         self._lockfile.close()
 
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
