@@ -11,7 +11,7 @@ import pytest
 from tests.engine.conftest import PASSPHRASE, tree_state
 
 from rempart.agent.credentials import load_credential
-from rempart.core.errors import IntegrityError, RempartError
+from rempart.core.errors import IntegrityError, LocalError, RempartError
 from rempart.crypto.kit import decrypt_kit
 from rempart.repository.format import BlobType
 from rempart.repository.reader import ReadSession
@@ -80,6 +80,21 @@ def test_a_wrapped_backend_restores_in_threads(repo, cli, tmp_path: Path) -> Non
     assert stats.processes == 0
     assert tree_state(tmp_path / "out" / src.relative_to("/")) == tree_state(src)
 
+
+@pytest.mark.parametrize("processes", [2, 0])
+def test_a_full_target_disk_names_the_file_in_processes_and_in_threads(repo, cli, tmp_path: Path, tiny_fs: Path,
+                                                                       processes: int) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small.txt").write_bytes(b"fits\n")
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))  # more than the 1 MiB disk holds
+    assert cli("backup", str(src), "--no-detect").code == 0
+    session, tree = _session(repo)
+    with pytest.raises(LocalError) as caught:
+        Restorer(session, processes=processes).restore(tree, tiny_fs / "out")
+    assert caught.value.exit_code == 1
+    assert "big.bin: cannot restore: no space left on the device" in caught.value.message
+    assert list((tiny_fs / "out").rglob("big.bin")) == []  # the incomplete file was removed
 
 def _forge(env) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
     """A snapshot of two files: one whose data lies alone in a pack (trees in another), one

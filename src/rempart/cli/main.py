@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rempart import __version__
-from rempart.core.errors import RempartError
+from rempart.core.errors import RempartError, local_error
 
 #: command name -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -191,8 +191,6 @@ def _main(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         return 0
     except OSError as exc:  # not translated where it happened: still one sentence, no traceback
-        from rempart.core.errors import local_error
-
         return _report(local_error(str(exc.filename) if exc.filename else "a file on this machine", exc), args.json)
 
 

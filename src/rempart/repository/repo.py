@@ -133,7 +133,6 @@ class Repository:
             raise IntegrityError(f"snapshot {name[:8]}: {exc.message}") from exc
 
 
-
 class WriteSession:
     """One backup run: a fresh data key, packs, index files, and finally a snapshot.
 

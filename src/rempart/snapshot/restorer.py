@@ -177,13 +177,13 @@ class Restorer:
                 self._procs.close()  # waits for every job's report
             for f in self._futures:
                 f.result()
-            if isinstance(self._failed, OSError):  # writing into the target failed
-                raise local_error(f"restore into {target}", self._failed) from self._failed
             if self._failed is not None:
                 raise self._failed
             # directory modes and mtimes last, deepest first, once their content is written
             for rel, node in reversed(self._dir_times):
                 set_times(node, rel, self._root_fd)
+        except OSError as exc:  # writing into the target failed (a full disk, say)
+            raise local_error(f"restore into {target}", exc) from exc
         finally:
             if self._procs is not None:
                 self._procs.close()
@@ -283,7 +283,10 @@ class Restorer:
             stream = self._stream(batch)
             size = 0
             for rel, node in batch:
-                write_file(self._root_fd, rel, node.size, node.mode, node.mtime_ns, len(node.content), stream)
+                try:
+                    write_file(self._root_fd, rel, node.size, node.mode, node.mtime_ns, len(node.content), stream)
+                except OSError as exc:  # the target's disk is full, a folder is read-only...
+                    raise local_error(f"{rel}: cannot restore", exc) from exc
                 size += node.size
             with self._lock:
                 self.stats.files += len(batch)
