@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 
 from rempart.agent.credentials import AgentCredential, save_credential
-from rempart.cli.common import load_kit, open_repo
+from rempart.cli.common import open_repo
 from rempart.cli.context import Context
+from rempart.cli.kitfile import load_kit
 from rempart.core.errors import UserError
 from rempart.crypto.kit import encrypt_kit, to_printable
 

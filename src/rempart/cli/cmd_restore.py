@@ -1,25 +1,25 @@
-"""rempart restore SNAPSHOT|latest --target DIR --kit FILE [PATH...]."""
+"""rempart restore SNAPSHOT|latest --target DIR --kit FILE [PATH...].
+
+The recovery kit is unlocked first, before the repository, snapshot and storage code is even
+imported and before the index is loaded: the kit's key derivation takes 64 MiB on purpose
+(memory-hard) for ~0.2 s and is the peak of a restore's memory, so as little as possible sits
+beside it (``cli/kitfile.py``). A wrong passphrase is reported at once; a wrong repository
+only after the passphrase.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from rempart.cli.common import (
-    human_bytes,
-    open_repo,
-    print_json,
-    progress_line,
-    read_session,
-    resolve_snapshot,
-    warn_damaged,
-)
 from rempart.cli.context import Context
+from rempart.cli.kitfile import load_kit
 from rempart.core.errors import UserError
-from rempart.snapshot.recovery import last_clean, plan_per_file, timeline
-from rempart.snapshot.restorer import Restorer
-from rempart.snapshot.tree import Node
+
+if TYPE_CHECKING:
+    from rempart.snapshot.tree import Node
 
 INTERMIXED = "items"
 
@@ -47,12 +47,21 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         raise UserError("name the snapshot to restore ('latest', an id), or use --last-clean / --per-file")
     else:
         args.snapshot, args.paths = args.items[0], args.items[1:]
+    kit = load_kit(ctx, args.kit)  # first: see the module's docstring
+    from rempart.cli.common import (
+        human_bytes,
+        open_repo,
+        print_json,
+        progress_line,
+        read_session,
+        resolve_snapshot,
+        warn_damaged,
+    )
+    from rempart.snapshot.recovery import last_clean, plan_per_file, timeline
+    from rempart.snapshot.restorer import Restorer
+
     repo = open_repo(ctx)
-    # the kit first, the index after: the kit's key derivation takes 64 MiB on purpose
-    # (memory-hard) for ~0.2 s and is the restore's peak of memory; loading the index meanwhile
-    # added the whole index to that peak (98 against 94.5 MiB summed PSS on the 2 GB benchmark
-    # folder, more for a larger repository) to save a few hundredths of a second
-    session = read_session(ctx, repo, args.kit)
+    session = read_session(ctx, repo, kit)
     repo.load_index()
     extra: dict[PurePosixPath, Node] = {}
     report: dict[str, object] = {}

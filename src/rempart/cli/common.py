@@ -47,23 +47,14 @@ def open_repo(ctx: Context) -> Repository:
     return Repository.open(open_backend(ctx))
 
 
-def load_kit(ctx: Context, path: str | None) -> RecoveryKit:
-    from rempart.crypto.kit import decrypt_kit
-
-    path = path or ctx.env.get("REMPART_KIT")
-    if not path:
-        raise UserError("this command needs the recovery kit", hint="pass --kit FILE (or set REMPART_KIT)")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read the recovery kit {path}: {exc.strerror}") from exc
-    return decrypt_kit(data, ctx.secret("REMPART_KIT_PASSPHRASE", "recovery kit passphrase"))
-
-
-def read_session(ctx: Context, repo: Repository, kit_path: str | None) -> ReadSession:
+def read_session(ctx: Context, repo: Repository, kit: str | RecoveryKit | None) -> ReadSession:
+    """A session that decrypts ``repo`` with ``kit`` (a kit file, or one already unlocked)."""
+    from rempart.cli.kitfile import load_kit
+    from rempart.crypto.kit import RecoveryKit
     from rempart.repository.reader import ReadSession
 
-    kit = load_kit(ctx, kit_path)
+    if not isinstance(kit, RecoveryKit):
+        kit = load_kit(ctx, kit)
     if kit.repository != repo.config.id:
         raise UserError(f"this recovery kit belongs to repository {kit.repository[:8]}, not {repo.config.id[:8]}")
     # over a network each request costs a round trip (and vault CPU): runs of blobs step over up
