@@ -79,6 +79,8 @@ def main() -> int:
     cold = can_drop_caches()
     for _, src in sources:  # compiled once, so that no measured process compiles its modules
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], env=BASE_ENV, check=True)
+    if a.workdir:
+        a.workdir.mkdir(parents=True, exist_ok=True)
     top = Path(tempfile.mkdtemp(prefix="rempart-ab-", dir=a.workdir))
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in sources}
     try:
