@@ -11,7 +11,6 @@ import os
 import stat as statmod
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from rempart.chunking.fastcdc import Chunker
 from rempart.repository.format import BlobType
@@ -42,7 +41,7 @@ class ThreadReader:
         an OSError becomes an ``oserror`` outcome, anything else a ``failed`` one."""
         try:
             for _attempt in range(self.retries + 1):
-                result = self._read_once(Path(spath))
+                result = self._read_once(spath)
                 if result is not None:
                     content, size, st, samples = result
                     return ReadOutcome("ok", content, size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
@@ -59,7 +58,7 @@ class ThreadReader:
             c = self._local.chunker = self._make_chunker()
         return c
 
-    def _read_once(self, path: Path) -> Read | None:
+    def _read_once(self, path: str) -> Read | None:
         """Read and store one file; None when it changed while being read."""
         fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
         with os.fdopen(fd, "rb", buffering=0) as f:
