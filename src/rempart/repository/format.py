@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from rempart.core.errors import IntegrityError
@@ -113,6 +113,18 @@ def parse_pack_header(tail: bytes, pack_size: int) -> PackHeader:
         raise IntegrityError("pack blob lengths do not add up to the pack size")
     return PackHeader(envelope, tuple(entries), header[:-GMAC_LEN], header[-GMAC_LEN:], data_length)
 
+
+def read_pack_header(read: Callable[[int, int], bytes], pack_size: int) -> PackHeader:
+    """Parse the header of a stored pack of ``pack_size`` bytes reading only its tail:
+    ``read(offset, length)`` returns the pack's bytes there. Two reads: the 8-byte trailer,
+    then exactly the header (never blob bytes)."""
+    if pack_size < 8:
+        raise IntegrityError("not a pack file (too short)")
+    trailer = bytes(read(pack_size - 8, 8))
+    (hlen,) = struct.unpack("<I", trailer[:4])
+    if trailer[4:] != PACK_MAGIC or hlen + 8 > pack_size:
+        raise IntegrityError("not a pack file (no valid trailer)")
+    return parse_pack_header(bytes(read(pack_size - 8 - hlen, hlen)) + trailer, pack_size)
 
 # --- snapshots ---------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +16,6 @@ from rempart.crypto.keys import IdKey
 from rempart.repository.blobs import compress, seal_blob
 from rempart.repository.config import RepoConfig, load_config
 from rempart.repository.format import (
-    PACK_MAGIC,
     BlobType,
     PackEntry,
     PackHeader,
@@ -26,8 +24,8 @@ from rempart.repository.format import (
     encode_snapshot_prefix,
     join_index,
     pack_tail_size,
-    parse_pack_header,
     parse_snapshot,
+    read_pack_header,
 )
 from rempart.repository.index import BlobIndex
 from rempart.repository.packer import FullPack, Packer
@@ -96,14 +94,10 @@ class Repository:
         h = Handle(FileType.DATA, name)
         if size is None:
             size = self.backend.stat(h).size
-        if size < 8:
-            raise IntegrityError(f"pack {name[:12]} is too short to be a pack")
-        trailer = self.backend.load(h, offset=size - 8, length=8)
-        (hlen,) = struct.unpack("<I", trailer[:4])
-        if trailer[4:] != PACK_MAGIC or hlen + 8 > size:
-            raise IntegrityError(f"pack {name[:12]} has no valid trailer")
-        header = self.backend.load(h, offset=size - 8 - hlen, length=hlen)
-        return parse_pack_header(header + trailer, size)
+        try:
+            return read_pack_header(lambda offset, length: self.backend.load(h, offset=offset, length=length), size)
+        except IntegrityError as exc:
+            raise IntegrityError(f"pack {name[:12]}: {exc.message}") from exc
 
     # --- snapshots ----------------------------------------------------------------------
 

@@ -11,13 +11,12 @@ reached storage but not the database (a crash between the two steps of an upload
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from rempart.core.errors import IntegrityError, NotFound
-from rempart.repository.format import PackEntry, parse_index, parse_pack_header, parse_snapshot
+from rempart.repository.format import PackEntry, parse_index, parse_snapshot, read_pack_header
 from rempart.storage.base import Backend, FileType, Handle
 from rempart.vault import db
 from rempart.vault.practices import ensure_practice_row
@@ -119,9 +118,9 @@ def reconcile(vault: Vault, *, actor: str = "vault") -> ReindexReport:
 
 def read_pack_entries(backend: Backend, h: Handle) -> list[PackEntry]:
     """Parse a stored pack's header reading only its tail."""
-    size = backend.stat(h).size
-    if size < 8:
-        raise IntegrityError(f"{h}: too short to be a pack")
-    (hlen,) = struct.unpack("<I", backend.load(h, offset=size - 8, length=4))
-    n = min(size, hlen + 8)
-    return list(parse_pack_header(backend.load(h, offset=size - n, length=n), size).entries)
+    try:
+        header = read_pack_header(lambda offset, length: backend.load(h, offset=offset, length=length),
+                                  backend.stat(h).size)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{h}: {exc.message}") from exc
+    return list(header.entries)

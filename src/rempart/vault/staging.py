@@ -21,12 +21,10 @@ import ctypes
 import hashlib
 import os
 import secrets
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from rempart.core.errors import IntegrityError
-from rempart.repository.format import PackEntry, parse_pack_header
+from rempart.repository.format import PackEntry, read_pack_header
 from rempart.storage.base import Handle
 from rempart.storage.local import LocalBackend, fsync_dir, map_os_errors
 
@@ -90,16 +88,9 @@ class StagedUpload:
         """Parse the pack header from the file's tail (what the in-memory path parsed from the
         whole buffer); IntegrityError if it is not a pack."""
         assert self.path is not None
-        size = self.size
         with map_os_errors(f"read {self.handle}"), open(self.path, "rb") as f:
-            if size < 8:
-                raise IntegrityError("not a pack file (too short)")
-            f.seek(size - 8)
-            (hlen,) = struct.unpack("<I", f.read(4))
-            n = min(size, hlen + 8)
-            f.seek(size - n)
-            tail = f.read(n)
-        return list(parse_pack_header(tail, size).entries)
+            fd = f.fileno()
+            return list(read_pack_header(lambda offset, length: os.pread(fd, length, offset), self.size).entries)
 
     def publish(self) -> bool:
         """Make the checked bytes the object: fsync, link (create-only), fsync the folder.
