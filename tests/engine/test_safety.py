@@ -157,6 +157,10 @@ def test_agent_state_cannot_decrypt(repo, cli, tmp_path: Path) -> None:
     assert r.code == 2 and "recovery kit" in r.err
 
 
+def _packs(repo: Path) -> int:
+    return sum(1 for p in (repo / "data").rglob("*") if p.is_file())
+
+
 def test_backup_killed_at_any_point_leaves_a_valid_repository(env, cli, tmp_path: Path) -> None:
     repo = env
     assert cli("init", "--kit", str(env.kit), "--pack-size", "1").code == 0
@@ -165,18 +169,26 @@ def test_backup_killed_at_any_point_leaves_a_valid_repository(env, cli, tmp_path
     for i in range(12):
         (src / f"file{i}.bin").write_bytes(os.urandom(3_000_000))
     env = repo.environ()
+    # kill points that do not depend on the machine's speed: during start-up (before any pack),
+    # then once 1, 3 and 6 more packs (1 MiB each, of ~36) are stored by that run
     killed = 0
-    for delay in (0.3, 0.8, 1.5, 2.5):
+    for after_packs in (0, 1, 3, 6):
+        before = _packs(repo.repo)
         p = subprocess.Popen([sys.executable, "-m", "rempart.cli.main", "backup", str(src), "--no-detect", "-q"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        if after_packs == 0:
+            time.sleep(0.1)
+        else:
+            while p.poll() is None and _packs(repo.repo) < before + after_packs:
+                time.sleep(0.002)
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             killed += 1
         p.wait()
         r = run_subprocess(repo, "check")
         assert r.code == 0, r.out + r.err
-    assert killed >= 1
+    assert killed == 4
+    assert _packs(repo.repo) >= 10  # the killed runs did store packs
     r_before = Repository.open(LocalBackend(repo.repo))
     ids: list[bytes] = []
     stored_before = 0
