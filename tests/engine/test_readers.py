@@ -154,6 +154,39 @@ def test_a_killed_reading_process_stops_the_run_with_an_error_not_a_hang(rig: Ri
     assert "reading process" in str(outcome)
 
 
+
+def test_a_reading_process_that_dies_after_asking_which_blobs_exist_is_a_clear_error(
+        rig: Rig, src: Path, archivers: list[Any]) -> None:
+    """The answer to a process's question then meets a broken pipe: that is the process having
+    stopped (one clear error), not a BrokenPipeError out of the backup."""
+    for i in range(10):
+        (src / "docs" / f"more-{i}.bin").write_bytes(os.urandom(200_000))
+
+    class Killer(Observer):
+        armed = False
+
+        def sample_plan(self, n: int) -> list[tuple[int, int]]:
+            pool = archivers[-1]._readers
+            if not Killer.armed and pool is not None:
+                Killer.armed = True
+                real_claim = pool._claim
+
+                def claim_then_die(ids: list[bytes]) -> bytes:
+                    answer = real_claim(ids)
+                    for proc in pool._procs:  # every process dies before it gets its answer
+                        os.kill(proc.popen.pid, signal.SIGKILL)
+                        proc.popen.wait()
+                    return answer  # type: ignore[no-any-return]
+
+                pool._claim = claim_then_die
+            return []
+
+    outcome = archive_within(120, rig, src, observer=Killer())
+    assert Killer.armed
+    assert outcome is not None, "archive() hung after its reading processes died"
+    assert isinstance(outcome, RempartError), outcome
+    assert "reading process" in str(outcome)
+
 def test_detection_features_computed_in_processes_match_the_threads(rig: Rig, src: Path, tmp_path: Path) -> None:
     from rempart.agent.detection import make_detection
 

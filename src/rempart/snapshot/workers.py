@@ -294,7 +294,11 @@ class ReaderPool:
                 kind, payload = msg
                 if kind == b"Q":
                     proc.queries += 1
-                    proc.write(b"A", self._claim([payload[i : i + 32] for i in range(0, len(payload), 32)]))
+                    answer = self._claim([payload[i : i + 32] for i in range(0, len(payload), 32)])
+                    try:
+                        proc.write(b"A", answer)
+                    except OSError:  # it died after asking (a broken pipe): as if its stream ended
+                        break
                 elif kind == b"P":
                     self._pack(proc, payload)
                 elif kind == b"H":
