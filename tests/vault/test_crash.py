@@ -91,11 +91,16 @@ def test_sigkill_during_gc(own_vault: Any) -> None:
             except httpx.TransportError:
                 pass  # the vault was killed under us: expected
 
+        before = len(storage_names(v, name, FileType.DATA))
         t = threading.Thread(target=trigger)
         t.start()
-        time.sleep(0.4)
+        deadline = time.monotonic() + 60  # as soon as the collection has removed a first pack
+        while len(storage_names(v, name, FileType.DATA)) == before and time.monotonic() < deadline:
+            time.sleep(0.001)
         v.kill()  # SIGKILL in the middle of GC
         t.join(timeout=60)
+    left = len(storage_names(v, name, FileType.DATA))
+    assert 1 < left < before, (left, before)  # the kill did interrupt the collection
     v.start()
     check_consistent(v, name, toks["restore"], {s.name: s.data}, exact=False)
     b = v.backend(name, toks["restore"])
