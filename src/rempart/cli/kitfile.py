@@ -3,7 +3,7 @@
 The kit's key derivation (Argon2id, 64 MiB on purpose) is the peak of memory of a restore; a
 command that unlocks the kit before it imports the repository, snapshot and storage code keeps
 that peak as low as it can be (``rempart restore``: 98 MiB summed PSS with the index loading
-meanwhile, 89 MiB kit first, on the 2 GB benchmark folder; docs/benchmarks.md).
+meanwhile, 87-88 MiB kit first, on the 2 GB benchmark folder; docs/benchmarks.md).
 """
 
 from __future__ import annotations

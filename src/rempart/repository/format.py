@@ -126,6 +126,7 @@ def read_pack_header(read: Callable[[int, int], bytes], pack_size: int) -> PackH
         raise IntegrityError("not a pack file (no valid trailer)")
     return parse_pack_header(bytes(read(pack_size - 8 - hlen, hlen)) + trailer, pack_size)
 
+
 # --- snapshots ---------------------------------------------------------------------------
 
 
