@@ -154,7 +154,6 @@ def test_a_killed_reading_process_stops_the_run_with_an_error_not_a_hang(rig: Ri
     assert "reading process" in str(outcome)
 
 
-
 def test_a_reading_process_that_dies_after_asking_which_blobs_exist_is_a_clear_error(
         rig: Rig, src: Path, archivers: list[Any]) -> None:
     """The answer to a process's question then meets a broken pipe: that is the process having
@@ -186,6 +185,7 @@ def test_a_reading_process_that_dies_after_asking_which_blobs_exist_is_a_clear_e
     assert outcome is not None, "archive() hung after its reading processes died"
     assert isinstance(outcome, RempartError), outcome
     assert "reading process" in str(outcome)
+
 
 def test_detection_features_computed_in_processes_match_the_threads(rig: Rig, src: Path, tmp_path: Path) -> None:
     from rempart.agent.detection import make_detection

@@ -96,6 +96,7 @@ def test_a_full_target_disk_names_the_file_in_processes_and_in_threads(repo, cli
     assert "big.bin: cannot restore: no space left on the device" in caught.value.message
     assert list((tiny_fs / "out").rglob("big.bin")) == []  # the incomplete file was removed
 
+
 def _forge(env) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
     """A snapshot of two files: one whose data lies alone in a pack (trees in another), one
     whose blob is in no pack at all. Returns (the data pack, the root tree)."""
