@@ -173,7 +173,9 @@ def test_a_reading_process_that_dies_after_asking_which_blobs_exist_is_a_clear_e
 
                 def claim_then_die(ids: list[bytes]) -> bytes:
                     answer = real_claim(ids)
-                    if not Killer.killed:  # a question already sent by the other process comes next
+                    # once: the other process's question, already sent, comes through here too,
+                    # after its process was killed and reaped (os.kill would then raise)
+                    if not Killer.killed:
                         Killer.killed = True
                         for proc in pool._procs:  # every process dies before it gets its answer
                             os.kill(proc.popen.pid, signal.SIGKILL)
