@@ -3,11 +3,13 @@ run reports, status and timeline."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import hmac
 import struct
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -89,12 +91,15 @@ class Created(BaseModel):
     created: bool
 
 
-async def _receive(request: Request, write: Callable[[bytes], object]) -> int:
+async def _receive(request: Request, write: Callable[[bytes], object],
+                   wait: Callable[[int], Future[None] | None] | None = None) -> int:
     """Pass the request body to ``write`` chunk by chunk as it streams in (no second pass, no
     spool file written and read back); returns its size. Nothing is stored until the body is
     complete and checked, so a half-finished upload never becomes visible. The ASGI messages
     are read directly (not through ``Request.stream``: one async generator step less per chunk
-    of a 16 MiB pack)."""
+    of a 16 MiB pack). ``wait(n)``: a write to finish before ``n`` more bytes can be written
+    without blocking (a staged upload whose disk is behind); awaited, so the event loop serves
+    the other requests meanwhile."""
     limit = request.app.state.config.limits.max_request_bytes
     from rempart.vault.app import RequestTooLarge
 
@@ -112,6 +117,9 @@ async def _receive(request: Request, write: Callable[[bytes], object]) -> int:
             size += len(chunk)
             if size > limit:
                 raise RequestTooLarge(f"request body larger than the vault's limit of {limit} bytes")
+            behind = wait(len(chunk)) if wait is not None else None
+            if behind is not None:
+                await asyncio.wrap_future(behind)
             write(chunk)
         if not message.get("more_body", False):
             return size
@@ -152,7 +160,7 @@ async def upload(request: Request, auth: Auth, h: Handle) -> JSONResponse:
             staged = await run_in_threadpool(lambda: stage(vault.backend(pr), h))
         data: bytes | StagedUpload
         if staged is not None:
-            size = await _receive(request, staged.write)
+            size = await _receive(request, staged.write, staged.behind)
             sha, data = staged.hexdigest(), staged
         else:
             buf, sha = await _receive_bytes(request)
