@@ -5,6 +5,7 @@ complete and checked, and every refused or cut-off upload removes it."""
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import socket
 import ssl
@@ -137,12 +138,15 @@ def test_a_full_disk_during_an_upload_is_storage_full_and_leaves_nothing(tiny_fs
     completes), and discarding the upload removes its partial file."""
     backend = LocalBackend(tiny_fs / "repo", create=True)
     data = os.urandom(3 * STAGE)
+    for _ in range(staging.POOL_KEEP):  # a full pool: the failed upload's buffers are let go, not kept
+        staging._BUFFERS.give(mmap.mmap(-1, STAGE))
     up = StagedUpload(backend, Handle(FileType.DATA, sha(data)))
-    with pytest.raises(StorageFull, match="no space"):
+    with pytest.raises(StorageFull, match="no space") as failed:
         for i in range(0, len(data), 256 * 1024):
             up.write(data[i : i + 256 * 1024])
         up.publish()
-    up.discard()
+    up.discard()  # while the error (and its traceback, which may hold a view of a buffer) is alive
+    assert failed.value is not None
     assert _files(tiny_fs / "repo") == []
 
 

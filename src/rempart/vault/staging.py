@@ -75,7 +75,10 @@ class _Buffers:
             if len(self._free) < POOL_KEEP:
                 self._free.append(buf)
                 return
-        buf.close()
+        try:
+            buf.close()
+        except BufferError:  # a view of it still lives (e.g. in an error's traceback): unmapped with it
+            pass
 
 
 _BUFFERS = _Buffers()
@@ -243,8 +246,6 @@ class StagedUpload:
             self._wait()
         except (OSError, CancelledError):
             pass  # the upload failed or was abandoned anyway; its file goes
-        if self._bufs:
-            self._release()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -254,6 +255,8 @@ class StagedUpload:
             except FileNotFoundError:
                 pass
             self.path = None
+        if self._bufs:
+            self._release()
 
 
 def stage(backend: object, h: Handle) -> StagedUpload | None:
