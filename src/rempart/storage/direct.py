@@ -75,11 +75,23 @@ def write_new_file(path: str | os.PathLike[str], data: bytes | bytearray | memor
                 if exc.errno != errno.EINVAL:
                     raise
                 done = 0  # refused after all (an unusual device): start again through the cache
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
+            clear_direct(fd)
         _write_all(fd, view[done:], done)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def clear_direct(fd: int) -> bool:
+    """Turn ``O_DIRECT`` off on ``fd`` (what follows goes through the page cache); False if it
+    was not on."""
+    if not O_DIRECT:
+        return False
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if not flags & O_DIRECT:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~O_DIRECT)
+    return True
 
 
 def _write_all(fd: int, view: memoryview, offset: int) -> int:

@@ -4,17 +4,18 @@ A 16 MiB pack used to be collected in memory and written afterwards: a copy of e
 growing buffer, then a second copy of that cache-cold buffer into the page cache, after the
 whole body had arrived. Then each chunk of the body was hashed and written (buffered) to a
 temporary file as it arrived. That still copied every byte into the page cache, on the event
-loop's thread: the copy, the page allocation and the file system's block bookkeeping were about
-a third of the vault's CPU during a backup, and they filled the vault host's memory with packs
-that are rarely read again (a vault keeps thousands of practices' backups; restores are rare).
+loop's thread: the copy, the page allocation and the file system's block bookkeeping were a
+quarter to a half of the vault's CPU during a backup (docs/benchmarks.md, "Vault throughput
+(session 17)"), and they filled the vault host's memory with packs that are rarely read again
+(a vault keeps thousands of practices' backups; restores are rare).
 
 Here each chunk is hashed and copied into one of two 1 MiB page-aligned buffers; a full buffer
 is written with ``O_DIRECT`` (the device reads it from the buffer itself: no page cache, almost
 no CPU) by a writer thread while the other buffer fills. The event loop never waits for the
 disk: when the disk is slower than the network, the receiving coroutine awaits the write in
-flight (:meth:`StagedUpload.behind`) and the other requests go on. The tail (under 1 MiB) is written when the
-upload is complete: its whole 4 KiB blocks directly, the last partial block through the page
-cache once ``O_DIRECT`` is cleared (as :mod:`rempart.storage.direct` does for the agent's
+flight (:meth:`StagedUpload.behind`) and the other requests go on. The tail (under 1 MiB) is
+written when the upload is complete: its whole 4 KiB blocks directly, the last partial block
+through the page cache once ``O_DIRECT`` is cleared (as :mod:`rempart.storage.direct` does for the agent's
 local packs). A file system without ``O_DIRECT`` (tmpfs) gets the same writes, buffered.
 Buffers are reused across uploads (a small pool), so their pages are touched once.
 
@@ -41,13 +42,8 @@ from pathlib import Path
 
 from rempart.repository.format import PackEntry, read_pack_header
 from rempart.storage.base import Handle
-from rempart.storage.direct import BLOCK, O_DIRECT
+from rempart.storage.direct import BLOCK, O_DIRECT, clear_direct
 from rempart.storage.local import LocalBackend, fsync_dir, map_os_errors
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no O_DIRECT either
-    fcntl = None  # type: ignore[assignment]
 
 #: bytes of an upload held in memory per buffer (two per upload in flight)
 STAGE = 1 << 20
@@ -101,10 +97,8 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
             try:
                 n = os.pwrite(fd, view, offset)
             except OSError as exc:
-                flags = fcntl.fcntl(fd, fcntl.F_GETFL) if fcntl is not None and O_DIRECT else 0
-                if exc.errno != errno.EINVAL or not flags & O_DIRECT:
+                if exc.errno != errno.EINVAL or not clear_direct(fd):
                     raise
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~O_DIRECT)
                 continue
             if n <= 0:
                 raise OSError(errno.EIO, "the device wrote nothing")
@@ -189,8 +183,8 @@ class StagedUpload:
         try:
             if direct:
                 _pwrite_all(self._fd, view[:direct], self._written)
-            if self._direct and fcntl is not None:
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~O_DIRECT)
+            if self._direct:
+                clear_direct(self._fd)
                 self._direct = False
             _pwrite_all(self._fd, view[direct:], self._written + direct)
         finally:
