@@ -28,6 +28,8 @@ def allowed(method: str, path: str) -> set[str]:
         return {"admin"}
     if method == "POST" and path.endswith("/runs"):
         return {"backup"}
+    if method == "POST" and path.endswith("/drills"):
+        return {"restore", "admin"}  # a drill reads backups back: never with a backup token
     if method == "POST" and not path.endswith("/blobs/exists"):
         return {"backup", "admin"}
     if method == "GET" and path.endswith("/{type}/{name}"):

@@ -220,3 +220,19 @@ def test_timeline_shows_verdicts_and_alerts(denv: Env) -> None:
     assert html.count('class="v-suspicious"') == 1 and html.count('class="v-clean"') == 1
     en = c.get("/ui/lang/en", headers={"referer": "http://testserver/ui/practices/cabinet-a"})
     assert en.url.path == "/ui/practices/cabinet-a" and '<html lang="en">' in en.text and "suspicious" in en.text
+
+
+def test_practice_page_shows_the_latest_restore_drill(denv: Env) -> None:
+    from rempart.vault.watch.drills import DrillRecord, record_drill
+
+    c = login(TestClient(denv.app), "tech", PROV_PW)
+    page = c.get("/ui/practices/cabinet-a").text
+    assert re.search(r'<dd id="last-drill">never done: run `rempart drill`</dd>', page)
+    record_drill(denv.vault, denv.vault.practice("cabinet-a"),
+                 DrillRecord("failed", snapshot="ab" * 32, error_class="IntegrityError"), actor="test")
+    page = c.get("/ui/practices/cabinet-a").text
+    assert re.search(r'<dd id="last-drill">failed \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\) — IntegrityError</dd>', page)
+    assert "restore drill failed" in page  # the red condition it opened, among the alerts
+    record_drill(denv.vault, denv.vault.practice("cabinet-a"), DrillRecord("ok", snapshot="cd" * 32), actor="test")
+    page = c.get("/ui/practices/cabinet-a").text
+    assert re.search(r'<dd id="last-drill">passed \(', page) and "restore drill failed" not in page

@@ -171,15 +171,23 @@ def test_daily_reminder_by_mail(env: Env, smtp: SmtpServer) -> None:
     assert "toujours ouverte" in m.get_content()
 
 
-def test_migration_adds_the_reminder_column_to_an_old_schema(tmp_path: Path) -> None:
+def test_migrations_add_the_reminder_and_drill_columns_to_an_old_schema(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
     old = sa.MetaData()
     sa.Table("watch_alerts", old, sa.Column("id", sa.Integer, primary_key=True), sa.Column("grp", sa.String(16)))
+    sa.Table("watch_drills", old, sa.Column("id", sa.Integer, primary_key=True), sa.Column("practice_id", sa.Integer),
+             sa.Column("time", sa.Float), sa.Column("outcome", sa.String(16)), sa.Column("note", sa.String(200)))
     with engine.begin() as conn:
         old.create_all(conn)
+        conn.execute(sa.text("INSERT INTO watch_drills (practice_id, time, outcome, note) VALUES (1, 5.0, 'ok', 'x')"))
         t.version.create(conn)
         conn.execute(t.version.insert().values(version=1))
-    assert t.migrate(engine) == 2
+    assert t.migrate(engine) == 3
     cols = {c["name"] for c in sa.inspect(engine).get_columns("watch_alerts")}
     assert "notified" in cols
-    assert t.migrate(engine) == 2  # idempotent
+    cols = {c["name"] for c in sa.inspect(engine).get_columns("watch_drills")}
+    assert {"snapshot", "files", "bytes", "seconds", "error_class"} <= cols
+    with engine.connect() as conn:  # the drill recorded before is still there, with empty new fields
+        row = conn.execute(sa.select(t.drills)).one()
+    assert (row.outcome, row.note, row.snapshot, row.files) == ("ok", "x", None, None)
+    assert t.migrate(engine) == 3  # idempotent

@@ -8,7 +8,16 @@ import pytest
 
 from rempart.core.clock import FakeClock
 from rempart.core.errors import ConfigError
-from rempart.vault.watch.rules import AlertState, Facts, Policy, RunFact, conditions, status_light, step
+from rempart.vault.watch.rules import (
+    AlertState,
+    DrillFact,
+    Facts,
+    Policy,
+    RunFact,
+    conditions,
+    status_light,
+    step,
+)
 from rempart.vault.watch.schedule import Expectation, due_at, parse_days, parse_hours, silence_level
 
 PARIS_HOURLY = Expectation(every=3600, grace=900, missing_after=4 * 3600, max_gap=86400,
@@ -159,6 +168,26 @@ def test_quota_below_threshold_and_lights() -> None:
     assert status_light(["late"]) == "orange"
     assert status_light(["late", "missing"]) == "red"
     assert status_light(["quota"]) == "orange"
+
+
+def test_a_failed_restore_drill_is_red_until_a_later_drill_passes() -> None:
+    clock = FakeClock(utc(2026, 1, 5, 12, 0))
+    sim = Sim(clock, Policy(escalate_after=3600))
+    ok = Facts("p", created=clock.now(), last_snapshot=clock.now(),
+               last_drill=DrillFact(clock.now(), "ok", "ab" * 32))
+    assert sim.run(ok) == []
+    failed = Facts("p", created=ok.created, last_snapshot=clock.now(),
+                   last_drill=DrillFact(clock.now(), "failed", "ab" * 32, "IntegrityError"))
+    cond = conditions(failed, ALWAYS, clock.now(), sim.policy)
+    assert set(cond) == {"drill"} and cond["drill"].detail["error_class"] == "IntegrityError"
+    assert status_light(cond) == "red"
+    assert sim.run(failed) == [("open", "drill", "drill", ("practice",))]
+    clock.advance(3600)  # nobody fixed it within the hour: the provider is told
+    assert sim.run(Facts("p", created=ok.created, last_snapshot=clock.now(), last_drill=failed.last_drill)) == [
+        ("escalate", "drill", "drill", ("provider",))]
+    passed = Facts("p", created=ok.created, last_snapshot=clock.now(),
+                   last_drill=DrillFact(clock.now(), "ok", "cd" * 32))
+    assert sim.run(passed) == [("resolve", "drill", "drill", ("practice", "provider"))]
 
 
 def test_never_backed_up_counts_from_creation() -> None:

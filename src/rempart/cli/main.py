@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diff": ("rempart.cli.cmd_diff", "show what changed between two snapshots (needs the kit)"),
     "restore": ("rempart.cli.cmd_restore", "restore a snapshot to a folder (needs the kit)"),
     "check": ("rempart.cli.cmd_check", "check the repository (--read-data needs the kit)"),
+    "drill": ("rempart.cli.cmd_drill", "restore drill: read a snapshot back in full and record it (needs the kit)"),
     "forget": ("rempart.cli.cmd_forget", "apply a retention policy and collect garbage"),
     "unlock": ("rempart.cli.cmd_unlock", "remove expired repository locks"),
     "key": ("rempart.cli.cmd_key", "recovery kit commands"),

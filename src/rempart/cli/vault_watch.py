@@ -111,7 +111,6 @@ def _tick_text(res: Any) -> str:
 
 def _watch(args: argparse.Namespace, ctx: Context, vault: Any, service: Any) -> int:
     from rempart.vault.watch import settings as st
-    from rempart.vault.watch import tables as t
 
     c = args.watch_command
     if c is None:
@@ -138,11 +137,9 @@ def _watch(args: argparse.Namespace, ctx: Context, vault: Any, service: Any) -> 
         return 0
     p = vault.practice(args.practice)
     if c == "drill":
-        with vault.engine.begin() as conn:
-            conn.execute(t.drills.insert().values(practice_id=p.id, time=vault.now(), outcome=args.outcome,
-                                                  note=args.note[:200]))
-            vault.audit(conn, "cli", "watch.drill", p.name, "ok", {"outcome": args.outcome})
-        vault.checkpoint(conn)
+        from rempart.vault.watch.drills import DrillRecord, record_drill
+
+        record_drill(vault, p, DrillRecord(args.outcome, note=args.note), actor="cli")
         _emit(ctx, {"practice": p.name, "outcome": args.outcome}, f"restore drill recorded for {p.name}: {args.outcome}")
         return 0
     overrides: dict[str, Any] = {}

@@ -268,6 +268,13 @@ class VaultBackend:
         self.request("POST", f"{self._prefix}/runs",
                      json={"outcome": outcome, "error_class": error_class, "counts": counts or {}})
 
+    def report_drill(self, outcome: str, *, snapshot: str | None = None, files: int | None = None,
+                     nbytes: int | None = None, seconds: float | None = None, error_class: str | None = None) -> None:
+        """Record a restore drill's outcome (a restore token's right, not a backup token's)."""
+        self.request("POST", f"{self._prefix}/drills", json={
+            "outcome": outcome, "snapshot": snapshot, "files": files, "bytes": nbytes, "seconds": seconds,
+            "error_class": error_class})
+
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = self.request("GET", f"{self._prefix}/status").json()
         return out

@@ -14,6 +14,7 @@ from rempart.vault import db, tokens
 from rempart.vault.config import RetentionPolicy
 from rempart.vault.service import Practice, Vault
 from rempart.vault.store import check_practice_name
+from rempart.vault.watch.drills import drill_json, latest_drill
 
 RUN_OUTCOMES = ("ok", "failed", "partial", "suspicious")
 
@@ -148,6 +149,7 @@ def status(vault: Vault, practice: Practice) -> dict[str, Any]:
         ).order_by(db.snapshots.c.received.desc()).limit(1)).first()
         run = conn.execute(sa.select(db.runs).where(db.runs.c.practice_id == practice.id)
                            .order_by(db.runs.c.id.desc()).limit(1)).first()
+        drill = latest_drill(conn, practice.id)
         count = conn.execute(sa.select(sa.func.count()).select_from(db.snapshots).where(
             db.snapshots.c.practice_id == practice.id, db.snapshots.c.state == "kept")).scalar_one()
         incident = _incident(conn, practice)
@@ -166,6 +168,7 @@ def status(vault: Vault, practice: Practice) -> dict[str, Any]:
         "used_bytes": practice.used_bytes,
         "quota_bytes": practice.quota_bytes,
         "last_run": {"received": run.received, "outcome": run.outcome, "error_class": run.error_class} if run else None,
+        "last_drill": drill_json(drill),
         "policy": practice.policy.to_dict(),
         "incident": incident,
     }

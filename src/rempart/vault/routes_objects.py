@@ -1,5 +1,5 @@
 """Per-practice object routes (restic REST-like): create-only uploads, reads, lists, exists,
-run reports, status and timeline."""
+run and drill reports, status and timeline."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ ReadAuth = Annotated[Auth, _needs(*READ)]
 HotReadAuth = Annotated[Auth, _needs(*READ, cached=True)]
 WriteAuth = Annotated[Auth, _needs(*WRITE, cached=True)]
 RunAuth = Annotated[Auth, _needs("backup")]
+#: a restore drill reads backups back: done with a restore token (or the provider's admin token)
+DrillAuth = Annotated[Auth, _needs("restore", "admin")]
 AdminAuth = Annotated[Auth, _needs("admin")]
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
@@ -84,6 +86,15 @@ class RunReport(BaseModel):
     outcome: str = Field(pattern=r"^(ok|failed|partial|suspicious)$")
     error_class: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
     counts: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=50)
+
+
+class DrillReport(BaseModel):
+    outcome: str = Field(pattern=r"^(ok|failed)$")
+    snapshot: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    files: int | None = Field(default=None, ge=0, le=2**62)
+    bytes: int | None = Field(default=None, ge=0, le=2**62)
+    seconds: float | None = Field(default=None, ge=0, le=10**9)
+    error_class: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
 
 
 class Created(BaseModel):
@@ -265,6 +276,18 @@ def blobs_exist(request: Request, auth: HotReadAuth, body: ExistsRequest) -> Exi
 def report_run(request: Request, auth: RunAuth, body: RunReport) -> dict[str, str]:
     """The agent reports a run's outcome (no paths, only counts and an error class)."""
     ops.report_run(vault_of(request), auth[1], body.outcome, body.error_class, dict(body.counts), actor=auth[0].actor)
+    return {"status": "recorded"}
+
+
+@router.post("/drills", status_code=201)
+def report_drill(request: Request, auth: DrillAuth, body: DrillReport) -> dict[str, str]:
+    """A restore drill reports its outcome (`rempart drill`: counts, sizes, time and an error
+    class; no paths). A failed drill opens a "drill" alert until a later one passes."""
+    from rempart.vault.watch.drills import DrillRecord, record_drill
+
+    record_drill(vault_of(request), auth[1], DrillRecord(
+        body.outcome, snapshot=body.snapshot, files=body.files, bytes=body.bytes, seconds=body.seconds,
+        error_class=body.error_class or None), actor=auth[0].actor)
     return {"status": "recorded"}
 
 

@@ -115,6 +115,9 @@ class Views:
             "last_run": {"time": state.facts.last_run.received.astimezone(self.tz).strftime("%Y-%m-%d %H:%M:%S"),
                          "outcome": state.facts.last_run.outcome, "error": state.facts.last_run.error_class or ""}
             if state.facts.last_run else None,
+            "last_drill": {"time": state.facts.last_drill.time.astimezone(self.tz).strftime("%Y-%m-%d %H:%M:%S"),
+                           "outcome": state.facts.last_drill.outcome, "error": state.facts.last_drill.error_class or ""}
+            if state.facts.last_drill else None,
         }
 
     def practices(self, user: User, lang: str) -> list[dict[str, Any]]:

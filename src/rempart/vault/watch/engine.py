@@ -21,10 +21,12 @@ from rempart.vault.service import Vault
 from rempart.vault.watch import settings as st
 from rempart.vault.watch import tables as t
 from rempart.vault.watch.config import WatchConfig
+from rempart.vault.watch.drills import latest_drill
 from rempart.vault.watch.rules import (
     Action,
     AlertState,
     Condition,
+    DrillFact,
     Facts,
     Policy,
     RunFact,
@@ -64,6 +66,7 @@ def facts_of(conn: Connection, row: Any) -> Facts:
             db.snapshots.c.false_positive.is_(False), db.snapshots.c.received >= row.frozen_at - 1,
         )).scalar_one())
         suspicious = suspicious or count > 0
+    drill = latest_drill(conn, pid)
     return Facts(
         practice=row.name, created=ts(row.created) or datetime.fromtimestamp(0, UTC),
         last_snapshot=ts(row.last_snapshot_at),
@@ -71,6 +74,8 @@ def facts_of(conn: Connection, row: Any) -> Facts:
         suspicious=suspicious, suspicious_count=max(count, int(suspicious)),
         used_bytes=int(row.used_bytes or 0), quota_bytes=int(row.quota_bytes or 0),
         frozen=bool(row.frozen), frozen_reason=row.frozen_reason,
+        last_drill=DrillFact(ts(drill.time) or datetime.fromtimestamp(0, UTC), drill.outcome, drill.snapshot,
+                             drill.error_class) if drill else None,
     )
 
 

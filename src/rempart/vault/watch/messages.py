@@ -10,10 +10,10 @@ LANGS = ("fr", "en")
 LEVEL = {
     "fr": {"late": "sauvegarde en retard", "missing": "sauvegarde manquante", "failed": "sauvegarde en échec",
            "suspicious": "sauvegarde suspecte (possible attaque)", "quota": "espace de stockage presque plein",
-           "frozen": "gel d'incident en cours"},
+           "frozen": "gel d'incident en cours", "drill": "exercice de restauration en échec"},
     "en": {"late": "backup late", "missing": "backup missing", "failed": "backup failed",
            "suspicious": "suspicious backup (possible attack)", "quota": "storage almost full",
-           "frozen": "incident freeze in place"},
+           "frozen": "incident freeze in place", "drill": "restore drill failed"},
 }
 
 EVENT = {
@@ -36,6 +36,9 @@ ADVICE = {
         "quota": "L'espace de stockage réservé au cabinet est presque plein. Rien ne sera supprimé pour "
                  "faire de la place : demandez une augmentation du quota.",
         "frozen": "Le coffre est en gel d'incident : aucune sauvegarde ne sera supprimée jusqu'à la levée.",
+        "drill": "Le dernier exercice de restauration n'a pas pu relire une sauvegarde (données manquantes ou "
+                 "abîmées). Rien n'est supprimé ; votre prestataire doit vérifier le coffre (rempart check) et "
+                 "refaire l'exercice.",
         "resolved": "La situation est revenue à la normale.",
     },
     "en": {
@@ -49,6 +52,8 @@ ADVICE = {
         "quota": "The practice's storage space is almost full. Nothing will be deleted to make room: ask "
                  "for a larger quota.",
         "frozen": "The vault is under incident freeze: no backup will be deleted until it is released.",
+        "drill": "The latest restore drill could not read a backup back (missing or damaged data). Nothing is "
+                 "deleted; your IT provider must check the vault (rempart check) and run the drill again.",
         "resolved": "Things are back to normal.",
     },
 }

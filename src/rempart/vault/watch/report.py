@@ -19,11 +19,10 @@ from rempart.vault.service import Vault
 from rempart.vault.watch import settings as st
 from rempart.vault.watch import tables as t
 from rempart.vault.watch.config import DAYS, WatchConfig
+from rempart.vault.watch.drills import DRILL_MAX_AGE_DAYS, latest_drill
 from rempart.vault.watch.engine import Watch
 from rempart.vault.watch.messages import LEVEL, lang_of
 from rempart.vault.watch.schedule import zone
-
-DRILL_MAX_AGE_DAYS = 90
 
 
 def human_bytes(n: float, lang: str = "fr") -> str:
@@ -49,12 +48,12 @@ def report_data(conn: Connection, row: Any, now: datetime, days: int = 7) -> dic
         sa.or_(db.snapshots.c.verdict == "clean", db.snapshots.c.false_positive.is_(True)),
     ).order_by(db.snapshots.c.received.desc()).limit(1)).first()
     stats = json.loads(last_clean.stats or "{}") if last_clean else {}
-    drill = conn.execute(sa.select(t.drills).where(t.drills.c.practice_id == pid)
-                         .order_by(t.drills.c.time.desc()).limit(1)).first()
+    drill = latest_drill(conn, pid)
     alerts = conn.execute(sa.select(t.alerts.c.level).where(t.alerts.c.practice_id == pid,
                                                             t.alerts.c.is_open.is_(True))).all()
     attention = sorted({a.level for a in alerts})
-    if drill is None or drill.time < now.timestamp() - DRILL_MAX_AGE_DAYS * 86400 or drill.outcome != "ok":
+    stale = drill is None or drill.time < now.timestamp() - DRILL_MAX_AGE_DAYS * 86400 or drill.outcome != "ok"
+    if stale and "drill" not in attention:  # (a failed drill has its own open alert too)
         attention.append("drill")
     return {
         "event": "report", "practice": row.name, "time": to_iso(now), "days": days,

@@ -17,13 +17,23 @@ from typing import Any
 
 from rempart.vault.watch.schedule import Expectation, silence_level
 
-SEVERITY = {"late": 1, "quota": 1, "failed": 2, "missing": 3, "frozen": 3, "suspicious": 4}
+SEVERITY = {"late": 1, "quota": 1, "failed": 2, "missing": 3, "frozen": 3, "drill": 3, "suspicious": 4}
 
 
 @dataclass(frozen=True)
 class RunFact:
     received: datetime
     outcome: str  # ok | failed | partial
+    error_class: str | None = None
+
+
+@dataclass(frozen=True)
+class DrillFact:
+    """The practice's latest restore drill."""
+
+    time: datetime
+    outcome: str  # ok | failed
+    snapshot: str | None = None
     error_class: str | None = None
 
 
@@ -41,6 +51,7 @@ class Facts:
     quota_bytes: int = 0
     frozen: bool = False
     frozen_reason: str | None = None
+    last_drill: DrillFact | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,10 @@ def conditions(facts: Facts, exp: Expectation, now: datetime, policy: Policy) ->
             "percent": round(100 * facts.used_bytes / facts.quota_bytes, 1)})
     if facts.frozen:
         out["frozen"] = Condition("frozen", "frozen", {"reason": facts.frozen_reason or ""})
+    drill = facts.last_drill
+    if drill is not None and drill.outcome == "failed":  # open until a later drill passes
+        out["drill"] = Condition("drill", "drill", {"snapshot": drill.snapshot, "error_class": drill.error_class,
+                                                    "drill_time": drill.time.isoformat()})
     return out
 
 
@@ -136,7 +151,8 @@ def step(open_alerts: dict[str, AlertState], conds: dict[str, Condition], now: d
 
 
 def status_light(conds: dict[str, Condition] | list[str]) -> str:
-    """green (nothing), orange (late, quota, failed) or red (missing, suspicious, frozen)."""
+    """green (nothing), orange (late, quota, failed) or red (missing, suspicious, frozen, a failed
+    restore drill)."""
     levels = [c.level for c in conds.values()] if isinstance(conds, dict) else list(conds)
     worst = max((SEVERITY.get(level, 0) for level in levels), default=0)
     return "red" if worst >= 3 else "orange" if worst >= 1 else "green"

@@ -97,6 +97,12 @@ drills = sa.Table(
     sa.Column("time", sa.Float, nullable=False),
     sa.Column("outcome", sa.String(16), nullable=False),        # ok | failed
     sa.Column("note", sa.String(200), nullable=True),
+    # measured by `rempart drill` (empty for a drill recorded by hand)
+    sa.Column("snapshot", sa.String(64), nullable=True),
+    sa.Column("files", sa.BigInteger, nullable=True),
+    sa.Column("bytes", sa.BigInteger, nullable=True),
+    sa.Column("seconds", sa.Float, nullable=True),
+    sa.Column("error_class", sa.String(64), nullable=True),
 )
 
 
@@ -111,7 +117,16 @@ def _m2(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE watch_alerts ADD COLUMN notified FLOAT"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2]
+def _m3(conn: Connection) -> None:
+    """Drills measured by `rempart drill`: which snapshot, how much, how long, why it failed."""
+    cols = {c["name"] for c in sa.inspect(conn).get_columns("watch_drills")}
+    for name, kind in (("snapshot", "VARCHAR(64)"), ("files", "BIGINT"), ("bytes", "BIGINT"), ("seconds", "FLOAT"),
+                       ("error_class", "VARCHAR(64)")):
+        if name not in cols:
+            conn.execute(sa.text(f"ALTER TABLE watch_drills ADD COLUMN {name} {kind}"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3]
 
 
 def migrate(engine: Engine) -> int:
