@@ -51,6 +51,13 @@ def test_vault_view_wins_and_unreachable_vault_is_orange() -> None:
     assert st.level == "orange" and "2 days ago" in st.summary and st.source == "vault"  # the vault knows better
     st = compute(S, local(1), NOW, {**vault, "frozen": True}, None, is_vault=True)
     assert st.level == "red" and "frozen" in st.summary
+    failed_drill = {"outcome": "failed", "error_class": "IntegrityError", "time": 900.0}
+    st = compute(S, local(1), NOW, {**vault, "server_time": 1000.0 + 3600, "last_drill": failed_drill}, None,
+                 is_vault=True)
+    assert st.level == "red" and "restore drill" in st.summary
+    st = compute(S, local(1), NOW, {**vault, "server_time": 1000.0 + 3600,
+                                    "last_drill": {**failed_drill, "outcome": "ok"}}, None, is_vault=True)
+    assert st.level == "green"
     st = compute(S, local(1), NOW, None, "transient-error", is_vault=True)
     assert st.level == "orange" and "could not be reached" in st.summary and st.vault_reachable is False
 

@@ -3,8 +3,9 @@
 Sources, best first: the vault's own record (its clock, its snapshots: what really arrived),
 then the agent's local state. Rules, worst first:
 
-* red: incident freeze on the vault; the last backup looks attacked; no good backup ever; or
-  the last good backup is older than ``red_after_hours``.
+* red: incident freeze on the vault; the last backup looks attacked; no good backup ever; the
+  last restore drill could not read a backup back (``rempart drill``, vault only); or the last
+  good backup is older than ``red_after_hours``.
 * orange: the last good backup is older than ``orange_after_hours``; the last run failed; or
   the vault could not be reached to confirm.
 * green otherwise.
@@ -52,7 +53,7 @@ def compute(settings: StatusSettings, state: AgentState, now: datetime,
     last_good_time: datetime | None = state.time("last_success")
     source = "local"
     suspicious = state.last_outcome == "suspicious"
-    frozen = False
+    frozen = drill_failed = False
     if vault is not None:
         source = "vault"
         frozen = bool(vault.get("frozen"))
@@ -63,6 +64,8 @@ def compute(settings: StatusSettings, state: AgentState, now: datetime,
         else:
             last_good_time, hours = None, None
         suspicious = suspicious or vault.get("last_verdict") == "suspicious"
+        drill = vault.get("last_drill")
+        drill_failed = isinstance(drill, dict) and drill.get("outcome") == "failed"
     else:
         hours = (now - last_good_time).total_seconds() / 3600 if last_good_time else None
     failed = state.last_outcome == "failed"
@@ -81,6 +84,9 @@ def compute(settings: StatusSettings, state: AgentState, now: datetime,
     if hours is None:
         return make("red", "no backup has been stored yet",
                     "check that the Rempart agent service is running, or call your IT provider")
+    if drill_failed:
+        return make("red", "the last restore drill could not read a backup back",
+                    "call your IT provider: backups are kept, but they must check and repair them")
     if hours > settings.red_after_hours:
         return make("red", f"the last good backup is from {_age(hours)}",
                     "backups have stopped: call your IT provider today")
