@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from watch_helpers import Env, Hook, SmtpServer, backup, make_env, start_smtp
 
 from rempart.testing.servers import free_ports
+from rempart.vault import db
 from rempart.vault import practices as vp
 from rempart.vault.watch import tables as t
 from rempart.vault.watch.channels import verify_signature
@@ -117,6 +118,34 @@ def test_weekly_report_french_and_english(tmp_path: Path, smtp: SmtpServer) -> N
     assert "Backups received: 3" in en and "Latest restore drill: never done" in en
     env.clock.advance(600)
     assert env.watch.tick().reports == 0  # once a week
+
+
+def test_weekly_report_shows_a_measured_drill_and_a_failed_one_needs_attention(tmp_path: Path,
+                                                                              smtp: SmtpServer) -> None:
+    from rempart.vault.watch.drills import DrillRecord, record_drill
+    from rempart.vault.watch.report import render_report, report_data
+
+    env = make_env(tmp_path, smtp)
+    env.add("cabinet-d", contacts=("doc@practice.test",), lang="en")
+    backup(env.vault, "cabinet-d")
+    p = env.vault.practice("cabinet-d")
+    record_drill(env.vault, p, DrillRecord("ok", snapshot="ab" * 32, files=12, bytes=51_000_000, seconds=12.4),
+                 actor="test")
+
+    def report(lang: str) -> str:
+        with env.vault.engine.connect() as conn:
+            row = conn.execute(sa.select(db.practices).where(db.practices.c.name == "cabinet-d")).one()
+            return render_report(report_data(conn, row, env.clock.now()), lang)[1]
+
+    assert "(passed, 51.0 MB read back in 12 s)" in report("en")
+    assert "(réussi, 51,0 Mo relus en 12 s)" in report("fr")
+    assert "run a restore drill" not in report("en")
+    env.clock.advance(60)
+    record_drill(env.vault, p, DrillRecord("failed", snapshot="ab" * 32, error_class="IntegrityError"), actor="test")
+    env.watch.tick()  # opens the drill alert: listed once among the items needing attention
+    en = report("en")
+    assert "Latest restore drill: " in en and "(failed)" in en
+    assert en.count("run a restore drill") == 1
 
 
 def test_metrics_expose_open_alerts_and_status(env: Env) -> None:
