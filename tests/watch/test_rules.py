@@ -190,6 +190,17 @@ def test_a_failed_restore_drill_is_red_until_a_later_drill_passes() -> None:
     assert sim.run(passed) == [("resolve", "drill", "drill", ("practice", "provider"))]
 
 
+def test_damaged_storage_is_red_and_clears_when_the_scrub_finds_it_right() -> None:
+    clock = FakeClock(utc(2026, 1, 5, 12, 0))
+    sim = Sim(clock, Policy(escalate_after=3600))
+    bad = Facts("p", created=clock.now(), last_snapshot=clock.now(), damaged_objects=3)
+    cond = conditions(bad, ALWAYS, clock.now(), sim.policy)
+    assert set(cond) == {"damage"} and cond["damage"].detail == {"objects": 3} and status_light(cond) == "red"
+    assert sim.run(bad) == [("open", "damage", "damage", ("practice",))]
+    fine = Facts("p", created=bad.created, last_snapshot=clock.now())
+    assert sim.run(fine) == [("resolve", "damage", "damage", ("practice",))]
+
+
 def test_never_backed_up_counts_from_creation() -> None:
     now = utc(2026, 1, 5, 12, 0)
     f = Facts("p", created=now - timedelta(hours=2))

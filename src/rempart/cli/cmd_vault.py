@@ -54,6 +54,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     cmd("rebuild-index", "rebuild the metadata database index from the stored objects alone")
     g = cmd("gc", "apply retention and collect garbage now")
     g.add_argument("--practice", help="only this practice")
+    sc = cmd("scrub", "re-read stored objects and check each still hashes to its name (no key needed)")
+    sc.add_argument("--practice", help="only this practice")
+    sc.add_argument("--max-gib", type=float, help="read at most this much per practice, least recently "
+                                                   "verified first (default: everything)")
     au = sub.add_parser("audit", help="audit trail")
     asub = au.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     v = asub.add_parser("verify", help="check the hash chain and the checkpoint")
@@ -128,6 +132,20 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                  f"{len(r.forgotten)} snapshot(s) forgotten, {len(r.deleted_packs)} pack(s) deleted, "
                  f"{r.freed_bytes} bytes freed") for r in reports]
         _emit(ctx, [r.__dict__ for r in reports], "\n".join(lines) or "no practices")
+    elif c == "scrub":
+        from rempart.vault.scrub import scrub_practice
+
+        if args.max_gib is not None and args.max_gib <= 0:
+            raise UserError("--max-gib must be positive")
+        budget = None if args.max_gib is None else int(args.max_gib * 2**30)
+        targets = [vault.practice(args.practice)] if args.practice else vault.practices()
+        scrubbed = [scrub_practice(vault, p, max_bytes=budget, actor=actor) for p in targets]
+        lines = [f"{r.practice}: {r.objects} object(s), {r.bytes} bytes re-hashed, " +
+                 (f"{len(r.damaged)} DAMAGED: " + ", ".join(f"{t}/{n[:12]} ({d})" for t, n, d in r.damaged[:10])
+                  if r.damaged else "all intact") + (f", {r.repaired} repaired since the last pass" if r.repaired else "")
+                 for r in scrubbed]
+        _emit(ctx, [r.to_dict() for r in scrubbed], "\n".join(lines) or "no practices")
+        return 20 if any(r.damaged for r in scrubbed) else 0
     elif c == "audit":
         from rempart.vault.audit import verify
 

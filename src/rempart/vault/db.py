@@ -74,6 +74,10 @@ objects = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
     # live | deleting | deleted | superseded (index files replaced by a consolidated one)
     sa.Column("state", sa.String(16), nullable=False, default="live"),
+    # the scrub (rempart.vault.scrub, migration 3): when its bytes were last re-hashed, and what
+    # was wrong then (None: they matched their name)
+    sa.Column("verified", sa.Float, nullable=True),
+    sa.Column("damage", sa.String(32), nullable=True),
 )
 
 blobs = sa.Table(
@@ -155,8 +159,16 @@ def _m2(conn: Connection) -> None:
     ix_audit_practice_action.create(conn, checkfirst=True)
 
 
+def _m3(conn: Connection) -> None:
+    """The scrub's columns on ``objects``."""
+    cols = {c["name"] for c in sa.inspect(conn).get_columns("objects")}
+    for name, kind in (("verified", "FLOAT"), ("damage", "VARCHAR(32)")):
+        if name not in cols:
+            conn.execute(sa.text(f"ALTER TABLE objects ADD COLUMN {name} {kind}"))
+
+
 #: append-only list of migrations; index + 1 is the schema version after it ran
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3]
 
 
 def make_engine(url: str) -> Engine:

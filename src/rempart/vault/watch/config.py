@@ -14,7 +14,7 @@ Example::
     missing_after_seconds = 14400   # missing after due + this
     escalate_after_seconds = 14400  # practice contact first, IT provider after this
     remind_after_seconds = 86400    # remind everyone told while an alert stays open (0 = never)
-    urgent_kinds = ["suspicious"]   # kinds that reach the IT provider at once
+    urgent_kinds = ["suspicious", "damage"]  # kinds that reach the IT provider at once
     quota_warn_ratio = 0.9
     report_weekday = "mon"          # weekly report day (vault timezone above), 0 = off
     report_hour = 7
@@ -44,7 +44,7 @@ from typing import Any
 from rempart.core.errors import ConfigError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-KINDS = ("late", "missing", "failed", "suspicious", "quota", "frozen")
+KINDS = ("late", "missing", "failed", "suspicious", "quota", "frozen", "drill", "damage")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class WatchConfig:
     missing_after_seconds: float = 14400.0
     escalate_after_seconds: float = 14400.0
     remind_after_seconds: float = 86400.0
-    urgent_kinds: tuple[str, ...] = ("suspicious",)
+    urgent_kinds: tuple[str, ...] = ("suspicious", "damage")
     quota_warn_ratio: float = 0.9
     report_weekday: str = "mon"
     report_hour: int = 7

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from rempart.core.clock import to_iso
 from rempart.vault import db
+from rempart.vault.scrub import damaged_count
 from rempart.vault.service import Vault
 from rempart.vault.watch import settings as st
 from rempart.vault.watch import tables as t
@@ -74,6 +75,7 @@ def facts_of(conn: Connection, row: Any) -> Facts:
         suspicious=suspicious, suspicious_count=max(count, int(suspicious)),
         used_bytes=int(row.used_bytes or 0), quota_bytes=int(row.quota_bytes or 0),
         frozen=bool(row.frozen), frozen_reason=row.frozen_reason,
+        damaged_objects=damaged_count(conn, pid),
         last_drill=DrillFact(ts(drill.time) or datetime.fromtimestamp(0, UTC), drill.outcome, drill.snapshot,
                              drill.error_class) if drill else None,
     )

@@ -10,10 +10,12 @@ LANGS = ("fr", "en")
 LEVEL = {
     "fr": {"late": "sauvegarde en retard", "missing": "sauvegarde manquante", "failed": "sauvegarde en échec",
            "suspicious": "sauvegarde suspecte (possible attaque)", "quota": "espace de stockage presque plein",
-           "frozen": "gel d'incident en cours", "drill": "exercice de restauration en échec"},
+           "frozen": "gel d'incident en cours", "drill": "exercice de restauration en échec",
+           "damage": "sauvegardes abîmées dans le coffre"},
     "en": {"late": "backup late", "missing": "backup missing", "failed": "backup failed",
            "suspicious": "suspicious backup (possible attack)", "quota": "storage almost full",
-           "frozen": "incident freeze in place", "drill": "restore drill failed"},
+           "frozen": "incident freeze in place", "drill": "restore drill failed",
+           "damage": "damaged backups in the vault"},
 }
 
 EVENT = {
@@ -39,6 +41,8 @@ ADVICE = {
         "drill": "Le dernier exercice de restauration n'a pas pu relire une sauvegarde (données manquantes ou "
                  "abîmées). Rien n'est supprimé ; votre prestataire doit vérifier le coffre (rempart check) et "
                  "refaire l'exercice.",
+        "damage": "La vérification du coffre a trouvé des données de sauvegarde abîmées ou manquantes. Rien "
+                  "n'est supprimé ; le prestataire du coffre doit les restaurer depuis sa copie.",
         "resolved": "La situation est revenue à la normale.",
     },
     "en": {
@@ -54,6 +58,8 @@ ADVICE = {
         "frozen": "The vault is under incident freeze: no backup will be deleted until it is released.",
         "drill": "The latest restore drill could not read a backup back (missing or damaged data). Nothing is "
                  "deleted; your IT provider must check the vault (rempart check) and run the drill again.",
+        "damage": "The vault's scrub found damaged or missing backup data. Nothing is deleted; the backup "
+                  "provider must restore it from its replica.",
         "resolved": "Things are back to normal.",
     },
 }
@@ -82,6 +88,8 @@ def alert_mail(payload: dict[str, Any], lang: str) -> tuple[str, str]:
                      f"{detail['hours_without_backup']}")
     if detail.get("percent") is not None:
         lines.append(f"{'Espace utilisé' if lang == 'fr' else 'Space used'}: {detail['percent']} %")
+    if detail.get("objects") is not None:
+        lines.append(f"{'Objets abîmés' if lang == 'fr' else 'Damaged objects'}: {detail['objects']}")
     if detail.get("error_class"):
         lines.append(f"{'Erreur' if lang == 'fr' else 'Error'}: {detail['error_class']}")
     lines.append("")

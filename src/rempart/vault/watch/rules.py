@@ -17,7 +17,7 @@ from typing import Any
 
 from rempart.vault.watch.schedule import Expectation, silence_level
 
-SEVERITY = {"late": 1, "quota": 1, "failed": 2, "missing": 3, "frozen": 3, "drill": 3, "suspicious": 4}
+SEVERITY = {"late": 1, "quota": 1, "failed": 2, "missing": 3, "frozen": 3, "drill": 3, "damage": 3, "suspicious": 4}
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class Facts:
     frozen: bool = False
     frozen_reason: str | None = None
     last_drill: DrillFact | None = None
+    damaged_objects: int = 0  # stored objects the vault's last scrub found damaged or missing
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ def conditions(facts: Facts, exp: Expectation, now: datetime, policy: Policy) ->
     if drill is not None and drill.outcome == "failed":  # open until a later drill passes
         out["drill"] = Condition("drill", "drill", {"snapshot": drill.snapshot, "error_class": drill.error_class,
                                                     "drill_time": drill.time.isoformat()})
+    if facts.damaged_objects:
+        out["damage"] = Condition("damage", "damage", {"objects": facts.damaged_objects})
     return out
 
 
@@ -152,7 +155,7 @@ def step(open_alerts: dict[str, AlertState], conds: dict[str, Condition], now: d
 
 def status_light(conds: dict[str, Condition] | list[str]) -> str:
     """green (nothing), orange (late, quota, failed) or red (missing, suspicious, frozen, a failed
-    restore drill)."""
+    restore drill, damaged storage)."""
     levels = [c.level for c in conds.values()] if isinstance(conds, dict) else list(conds)
     worst = max((SEVERITY.get(level, 0) for level in levels), default=0)
     return "red" if worst >= 3 else "orange" if worst >= 1 else "green"
