@@ -4,6 +4,9 @@ overwrite of what the vault accepted."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,13 @@ def test_s3_object_lock_storage_refuses_deletion_and_overwrite(seaweed: Any, tmp
         # an overwrite only adds a version: the accepted bytes stay intact under their version id
         c.put_object(Bucket=bucket, Key=key, Body=b"ransomware was here")
         assert c.get_object(Bucket=bucket, Key=key, VersionId=version)["Body"].read() == pk.data
+        # ...but the key's latest version is no longer what the vault accepted: its scrub says so
+        out = subprocess.run([sys.executable, "-m", "rempart.cli.main", "--json", "vault", "scrub", "--practice",
+                              name, "--config", str(v.cfg)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 20, out.stderr
+        (rep,) = json.loads(out.stdout)
+        assert [(d["type"], d["name"], d["damage"]) for d in rep["damaged"]] == [("data", pk.name, "size")]
+        assert rep["objects"] == 3  # both packs and the snapshot were re-read from S3
         # the vault's admin deletion path reaches the storage, which refuses (after min age 0)
         with v.admin() as a:
             assert a.put(f"/v1/admin/practices/{name}/policy", json={"min_age_days": 0, "keep_last": 0,

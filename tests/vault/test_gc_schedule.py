@@ -5,6 +5,7 @@ scheduled pass leaves a consistent index after restart."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -247,3 +248,33 @@ def test_first_pass_is_due_one_interval_after_the_last_one_across_restarts(tmp_p
     assert sched().first_wait() == pytest.approx(86400 - 3600)
     clock.advance(2 * 86400)  # the vault was down past the due time: run at once
     assert sched().first_wait() == 0
+
+
+def test_scheduled_pass_scrubs_within_its_budget_and_finds_damage(tmp_path: Path) -> None:
+    """``[gc] scrub_gib``: after each practice's GC the pass re-hashes its objects (no key); a
+    pack damaged behind the vault's back is found by a later pass, audited and counted."""
+    v = scheduled_vault(tmp_path / "vault", "interval_seconds = 1\njitter_seconds = 0\nscrub_gib = 1")
+    v.start()
+    try:
+        name, toks = v.add_practice()
+        b = v.backend(name, toks["backup"])
+        pk, ids = make_pack([5000, 7000])
+        b.save(Handle(FileType.DATA, pk.name), pk.data)
+        snap = make_snapshot(ids)
+        b.save(Handle(FileType.SNAPSHOT, snap.name), snap.data)
+        b.close()
+
+        def scrubs() -> list[dict[str, Any]]:
+            return [r for r in audit_actions(v, "vault-gc") if r["action"] == "scrub" and r["practice"] == name]
+
+        assert wait_for(lambda: any(r["outcome"] == "ok" and json.loads(r["detail"])["objects"] == 2
+                                    for r in scrubs()))
+        path = next((v.root / "data" / "storage" / name / "data").rglob(pk.name))
+        path.chmod(0o644)
+        path.write_bytes(pk.data[:-1] + bytes([pk.data[-1] ^ 1]))
+        assert wait_for(lambda: any(r["outcome"] == "damaged" for r in scrubs()))
+        assert path.exists()  # found, reported, never deleted
+        assert metric(v, "rempart_vault_scrub_damaged_objects_total") >= 1
+        assert metric(v, "rempart_vault_scrub_bytes_total") >= len(pk.data) + len(snap.data)
+    finally:
+        v.stop()

@@ -197,7 +197,7 @@ def _include_gc_schedule(app: FastAPI, config: VaultConfig, vault: Vault) -> Non
     from rempart.vault.gc_schedule import GcMetrics, GcScheduler
 
     sched = GcScheduler(vault, GcMetrics(app.state.metrics.registry), interval=config.gc_interval_seconds or 86400,
-                        jitter=config.gc_jitter_seconds)
+                        jitter=config.gc_jitter_seconds, scrub_bytes=config.gc_scrub_bytes)
     app.state.gc = sched
     if not config.gc_enabled:
         return

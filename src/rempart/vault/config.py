@@ -46,6 +46,7 @@ config file)::
     enabled = true                  # retention + GC inside `vault serve` (false: use `vault gc`)
     interval_seconds = 86400        # between scheduled passes
     jitter_seconds = 900            # random extra wait, so vaults sharing a storage spread out
+    scrub_gib = 0                   # after each practice's GC, re-hash up to this much of it (0 = off)
 
     [metrics]
     public = false                  # true: /metrics without the admin token
@@ -139,6 +140,8 @@ class VaultConfig:
     gc_enabled: bool = True
     gc_interval_seconds: float = 86400.0
     gc_jitter_seconds: float = 900.0
+    #: bytes per practice the scheduled pass re-hashes after its GC (rempart.vault.scrub); 0: none
+    gc_scrub_bytes: int = 0
     metrics_public: bool = False
     # [watch] and [dashboard]: alerts, channels, reports and web UI (rempart.vault.watch)
     watch: WatchConfig = field(default_factory=WatchConfig)
@@ -226,10 +229,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
         raise ConfigError("[database] takes only url (a string)")
     gc = _section(raw, "gc")
     metrics = _section(raw, "metrics")
-    if set(gc) - {"grace_seconds", "enabled", "interval_seconds", "jitter_seconds"}:
-        raise ConfigError("[gc] takes only grace_seconds, enabled, interval_seconds and jitter_seconds")
+    if set(gc) - {"grace_seconds", "enabled", "interval_seconds", "jitter_seconds", "scrub_gib"}:
+        raise ConfigError("[gc] takes only grace_seconds, enabled, interval_seconds, jitter_seconds and scrub_gib")
     gc_num: dict[str, float] = {}
-    for k, d in (("grace_seconds", 86400.0), ("interval_seconds", 86400.0), ("jitter_seconds", 900.0)):
+    for k, d in (("grace_seconds", 86400.0), ("interval_seconds", 86400.0), ("jitter_seconds", 900.0),
+                 ("scrub_gib", 0.0)):
         v = gc.get(k, d)
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise ConfigError(f"[gc] {k} must be a number >= 0")
@@ -254,6 +258,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
         gc_enabled=gc_enabled and gc_num["interval_seconds"] > 0,
         gc_interval_seconds=gc_num["interval_seconds"],
         gc_jitter_seconds=gc_num["jitter_seconds"],
+        gc_scrub_bytes=int(gc_num["scrub_gib"] * 2**30),
         metrics_public=public,
         watch=parse_watch(_section(raw, "watch"), data_dir),
         dashboard=parse_dashboard(_section(raw, "dashboard")),

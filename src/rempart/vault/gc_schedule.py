@@ -10,7 +10,10 @@ scheduled pass is exactly a ``rempart vault gc`` run; the scheduler adds:
   the admin route run by a second worker): an exclusive, non-blocking lock on
   ``<data_dir>/gc.lock``; a pass that finds it held is skipped and counted;
 * an audit record at the start and end of each pass (actor ``vault-gc``);
-* Prometheus metrics (``rempart_vault_gc_*``): last run time, duration, bytes freed, errors.
+* Prometheus metrics (``rempart_vault_gc_*``): last run time, duration, bytes freed, errors;
+* with ``[gc] scrub_gib``, a scrub of each practice after its GC, within that budget
+  (:mod:`rempart.vault.scrub`: least recently verified objects first, so that daily passes cycle
+  through all the data), also for a frozen practice; ``rempart_vault_scrub_*`` metrics.
 
 Times come from the vault's Clock; waiting between passes uses a stop Event so the server's
 shutdown interrupts it at once.
@@ -31,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from rempart.core.errors import NotFound, RempartError
 from rempart.vault.gc import GcReport, run_gc
+from rempart.vault.scrub import scrub_practice
 from rempart.vault.service import Vault
 
 log = logging.getLogger("rempart.vault.gc")
@@ -74,6 +78,10 @@ class GcMetrics:
                                  "Snapshots forgotten by scheduled retention", registry=registry)
         self.errors = Counter("rempart_vault_gc_errors", "Practices whose scheduled GC failed",
                               registry=registry)
+        self.scrubbed = Counter("rempart_vault_scrub_bytes", "Bytes re-hashed by the scheduled scrub",
+                                registry=registry)
+        self.damaged = Counter("rempart_vault_scrub_damaged_objects",
+                               "Damaged or missing objects found by the scheduled scrub", registry=registry)
         self.frozen = Counter("rempart_vault_gc_practices_frozen",
                               "Practices skipped by scheduled GC because of an incident freeze",
                               registry=registry)
@@ -85,6 +93,7 @@ class PassResult:
     reports: list[GcReport] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    damaged: int = 0  # objects the scrub found damaged (``scrub_bytes``)
 
     @property
     def freed_bytes(self) -> int:
@@ -95,8 +104,9 @@ class GcScheduler:
     """Background thread running a retention + GC pass every ``interval`` (+ jitter) seconds."""
 
     def __init__(self, vault: Vault, metrics: GcMetrics, *, interval: float, jitter: float = 0.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, scrub_bytes: int = 0) -> None:
         self.vault = vault
+        self.scrub_bytes = scrub_bytes
         self.metrics = metrics
         self.interval = max(0.1, interval)
         self.jitter = max(0.0, jitter)
@@ -162,6 +172,20 @@ class GcScheduler:
         finally:
             self._running.release()
 
+    def _scrub(self, name: str, res: PassResult) -> None:
+        try:
+            rep = scrub_practice(self.vault, self.vault.practice(name), max_bytes=self.scrub_bytes, actor=ACTOR)
+        except RempartError as exc:
+            res.errors[name] = exc.reference
+            self.metrics.errors.inc()
+            log.error("scheduled scrub of %s failed: %s", name, exc.message)
+            return
+        self.metrics.scrubbed.inc(rep.bytes)
+        self.metrics.damaged.inc(len(rep.damaged))
+        res.damaged += len(rep.damaged)
+        if rep.damaged:
+            log.error("scrub of %s: %d damaged object(s)", name, len(rep.damaged))
+
     def _pass(self) -> PassResult:
         v = self.vault
         t0 = v.clock.monotonic()
@@ -186,6 +210,8 @@ class GcScheduler:
                 log.exception("scheduled GC of %s failed", name)
                 continue
             res.reports.append(rep)
+            if self.scrub_bytes:
+                self._scrub(name, res)
             self.metrics.freed.inc(rep.freed_bytes)
             self.metrics.packs.inc(len(rep.deleted_packs))
             self.metrics.forgotten.inc(len(rep.forgotten))
@@ -200,7 +226,8 @@ class GcScheduler:
             "practices": len(res.reports), "errors": len(res.errors), "freed_bytes": res.freed_bytes,
             "deleted_packs": sum(len(r.deleted_packs) for r in res.reports),
             "forgotten": sum(len(r.forgotten) for r in res.reports),
-            "frozen": sum(1 for r in res.reports if r.frozen), "seconds": round(res.seconds, 3)})
+            "frozen": sum(1 for r in res.reports if r.frozen), "damaged": res.damaged,
+            "seconds": round(res.seconds, 3)})
         log.info("scheduled GC: %d practice(s), %d bytes freed, %d error(s) in %.1f s",
                  len(res.reports), res.freed_bytes, len(res.errors), res.seconds)
         return res
