@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rempart demo: set up, start a local vault (HTTPS, self-signed, pinned), enroll a practice,
 # back up a generated dental-practice folder twice (a working day in between), then restore it
-# on a "wiped machine" (empty state, restore token + recovery kit only) and compare.
+# on a "wiped machine" (empty state, restore token + recovery kit only) and compare; then a
+# restore drill (recorded in the vault) and the vault's keyless scrub.
 # Everything lives in DEMO_DIR (default: a fresh temporary folder); the vault stops at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,3 +60,8 @@ export REMPART_STATE_DIR="$DEMO/new-pc-state"
 REMPART_VAULT_TOKEN=$(token restore) "$R" check --read-data --kit "$DEMO/recovery-kit.json"
 REMPART_VAULT_TOKEN=$(token restore) "$R" restore latest --target "$DEMO/restored" --kit "$DEMO/recovery-kit.json"
 diff -r "$DEMO/practice" "$DEMO/restored$DEMO/practice" && echo "== restored copy is identical to the source"
+
+echo "== monthly restore drill (IT provider's machine), recorded in the vault; the vault's keyless scrub"
+mkdir -p "$DEMO/scratch"
+REMPART_VAULT_TOKEN=$(token restore) "$R" drill --kit "$DEMO/recovery-kit.json" --scratch "$DEMO/scratch"
+"$R" vault scrub --config "$DEMO/vault.toml"
