@@ -161,6 +161,30 @@ def test_extend_retention(practice: S3Backend, admin: Any) -> None:
     assert practice.retention(h) == ("COMPLIANCE", later)
 
 
+@pytest.mark.parametrize("fresh", [False, True])
+def test_reads_and_retention_address_the_accepted_version(seaweed: S3Server, practice: S3Backend, admin: Any,
+                                                          client: Any, fresh: bool) -> None:
+    """A newer version or a delete marker put over a locked key by a stolen credential is
+    ignored: the backend reads, sizes and extends the lock of the version it wrote (remembered
+    from its PUT, or, ``fresh``, found again by a new process from the version list)."""
+    data = b"accepted bytes " * 100
+    h, key, v1 = _save(practice, data)
+    bucket = practice.config.bucket
+    client.put_object(Bucket=bucket, Key=key, Body=b"ransom")  # a newer version
+    b = S3Backend(practice.config, clock=SystemClock()) if fresh else practice
+    assert b.load(h) == data and b.load(h, offset=15, length=15) == data[15:30]
+    assert b.stat(h).size == len(data)
+    client.delete_object(Bucket=bucket, Key=key)  # and a delete marker on top
+    assert b.load(h, offset=0, length=8) == data[:8]
+    _, until = b.retention(h) or ("", datetime.min)
+    later = (until + timedelta(days=3)).replace(microsecond=0)
+    b.extend_retention(h, later)
+    r = admin.get_object_retention(Bucket=bucket, Key=key, VersionId=v1)["Retention"]
+    assert r["RetainUntilDate"] == later  # the accepted version's lock grew, not the intruder's
+    if fresh:
+        b.close()
+
+
 def test_client_cannot_change_bucket_lock_configuration(practice: S3Backend, client: Any) -> None:
     bucket = practice.config.bucket
     assert _refused(client.put_object_lock_configuration, Bucket=bucket,

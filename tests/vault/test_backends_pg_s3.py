@@ -91,13 +91,20 @@ def test_s3_object_lock_storage_refuses_deletion_and_overwrite(seaweed: Any, tmp
         # an overwrite only adds a version: the accepted bytes stay intact under their version id
         c.put_object(Bucket=bucket, Key=key, Body=b"ransomware was here")
         assert c.get_object(Bucket=bucket, Key=key, VersionId=version)["Body"].read() == pk.data
-        # ...but the key's latest version is no longer what the vault accepted: its scrub says so
+        # ...and the vault reads that accepted version, not the newer one: a restore token gets
+        # the pack's bytes, and the scrub (re-reading every object from S3) finds nothing wrong
+        snap_key = f"{name}/snapshots/{snap.name}"
+        c.delete_object(Bucket=bucket, Key=snap_key)  # a delete marker over a locked snapshot
+        rb = v.backend(name, toks["restore"])
+        assert rb.load(Handle(FileType.DATA, pk.name)) == pk.data
+        assert rb.load(Handle(FileType.DATA, pk.name), offset=10, length=100) == pk.data[10:110]
+        assert rb.load(Handle(FileType.SNAPSHOT, snap.name)) == snap.data
+        rb.close()
         out = subprocess.run([sys.executable, "-m", "rempart.cli.main", "--json", "vault", "scrub", "--practice",
                               name, "--config", str(v.cfg)], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 20, out.stderr
+        assert out.returncode == 0, out.stdout + out.stderr
         (rep,) = json.loads(out.stdout)
-        assert [(d["type"], d["name"], d["damage"]) for d in rep["damaged"]] == [("data", pk.name, "size")]
-        assert rep["objects"] == 3  # both packs and the snapshot were re-read from S3
+        assert rep["damaged"] == [] and rep["objects"] == 3  # both packs and the snapshot, from S3
         # the vault's admin deletion path reaches the storage, which refuses (after min age 0)
         with v.admin() as a:
             assert a.put(f"/v1/admin/practices/{name}/policy", json={"min_age_days": 0, "keep_last": 0,

@@ -19,9 +19,14 @@ including the bucket owner, can delete the version or shorten its retention befo
 :meth:`S3Backend.remove` then raises ``PermissionDenied`` because the *storage* refuses.
 :meth:`S3Backend.extend_retention` lets the vault's GC push the date of still-referenced packs.
 
-Known limit: a credential with plain ``s3:PutObject``/``DeleteObject`` (not this code) can add a
-newer version or a delete marker that hides a locked version; the locked version stays
-intact and recoverable through the version list.
+**Reads address the accepted version.** A credential with plain ``s3:PutObject``/``DeleteObject``
+(a stolen one; not this code) can add a newer version, or a delete marker, over a locked key.
+The store never writes a key twice (create-only, content-addressed names), so the version it
+wrote is the key's oldest: :meth:`load`, :meth:`stat` and retention extensions address that
+version by id (remembered from the ``PUT``, else found with one ``ListObjectVersions`` per key,
+remembered for the next :data:`S3Backend.VERSION_CACHE` keys). Newer versions and delete
+markers are ignored: restores read what was accepted, and GC extends the lock of what was
+accepted. On a bucket without versioning there is one version and nothing changes.
 
 Retries: botocore's own retries are switched off; wrap the backend in ``RetryBackend``, which
 retries the ``TransientError`` raised here.
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -170,6 +177,8 @@ def map_s3_errors(what: str) -> Iterator[None]:
 class S3Backend:
     #: objects per LIST request (S3's maximum is 1000)
     list_page_size = 1000
+    #: keys whose accepted version id is remembered
+    VERSION_CACHE = 100_000
 
     def __init__(self, config: S3Config, *, clock: Clock | None = None, create: bool = False,
                  client: Any = None) -> None:
@@ -183,6 +192,8 @@ class S3Backend:
             location=config.location,
         )
         self._s3 = client or self._make_client(config)
+        self._versions: OrderedDict[str, str] = OrderedDict()  # key -> accepted version ("": unversioned)
+        self._versions_lock = threading.Lock()
         if create:
             self._create_bucket()
 
@@ -241,6 +252,37 @@ class S3Backend:
         out: dict[str, Any] = self._s3.head_object(Bucket=self.config.bucket, Key=key)
         return out
 
+    def _remember(self, key: str, version: str | None) -> None:
+        with self._versions_lock:
+            self._versions[key] = "" if version in (None, "null") else str(version)
+            self._versions.move_to_end(key)
+            while len(self._versions) > self.VERSION_CACHE:
+                self._versions.popitem(last=False)
+
+    def _accepted(self, key: str) -> dict[str, Any]:
+        """``VersionId`` of the version this store wrote (the key's oldest), as request keyword
+        arguments: empty on an unversioned bucket. NotFound if the key has no version (delete
+        markers do not count). Call inside :func:`map_s3_errors`."""
+        with self._versions_lock:
+            known = self._versions.get(key)
+        if known is None:
+            versions: list[dict[str, Any]] = []
+            pages = self._s3.get_paginator("list_object_versions").paginate(Bucket=self.config.bucket, Prefix=key)
+            for page in pages:
+                versions += [v for v in page.get("Versions", []) if v["Key"] == key]
+            if not versions:
+                raise NotFound(f"{key}: no such object")
+            # listed newest first: among equal times, the last listed is the oldest
+            oldest = min(reversed(versions), key=lambda v: v["LastModified"])
+            vid = oldest.get("VersionId")
+            self._remember(key, vid)
+            known = "" if vid in (None, "null") else str(vid)
+        return {"VersionId": known} if known else {}
+
+    def _forget(self, key: str) -> None:
+        with self._versions_lock:
+            self._versions.pop(key, None)
+
     # --- protocol -----------------------------------------------------------------------
 
     def save(self, h: Handle, data: bytes) -> None:
@@ -259,7 +301,8 @@ class S3Backend:
                     raise
             else:
                 raise AlreadyExists(f"save {h}: already exists")
-            self._s3.put_object(**kw)
+            resp = self._s3.put_object(**kw)
+        self._remember(key, resp.get("VersionId") if isinstance(resp, dict) else None)
 
     def load(self, h: Handle, *, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
@@ -271,7 +314,7 @@ class S3Backend:
         rng = f"bytes={offset}-" if length is None else f"bytes={offset}-{offset + length - 1}"
         with map_s3_errors(f"load {h}"):
             try:
-                kw: dict[str, Any] = {"Bucket": self.config.bucket, "Key": key}
+                kw: dict[str, Any] = {"Bucket": self.config.bucket, "Key": key, **self._accepted(key)}
                 if offset or length is not None:
                     kw["Range"] = rng
                 resp = self._s3.get_object(**kw)
@@ -287,8 +330,9 @@ class S3Backend:
         return data
 
     def stat(self, h: Handle) -> FileInfo:
+        key = self._key(h)
         with map_s3_errors(f"stat {h}"):
-            head = self._head(self._key(h))
+            head = self._s3.head_object(Bucket=self.config.bucket, Key=key, **self._accepted(key))
         return FileInfo(h.name, int(head["ContentLength"]))
 
     def list(self, ftype: FileType) -> Iterator[FileInfo]:
@@ -314,6 +358,7 @@ class S3Backend:
         Under Object Lock the storage refuses while retention runs: ``PermissionDenied``.
         """
         key, bucket = self._key(h), self.config.bucket
+        self._forget(key)
         with map_s3_errors(f"remove {h}"):
             version = self._head(key).get("VersionId")
             if version in (None, "", "null"):
@@ -343,10 +388,11 @@ class S3Backend:
     # --- retention ------------------------------------------------------------------------
 
     def retention(self, h: Handle) -> tuple[str, datetime] | None:
-        """(mode, retain-until) of the current version, or None if it carries no retention."""
+        """(mode, retain-until) of the accepted version, or None if it carries no retention."""
+        key = self._key(h)
         with map_s3_errors(f"retention of {h}"):
             try:
-                r = self._s3.get_object_retention(Bucket=self.config.bucket, Key=self._key(h))
+                r = self._s3.get_object_retention(Bucket=self.config.bucket, Key=key, **self._accepted(key))
             except Exception as exc:
                 code = _error_code(exc)[0]
                 if code in ("NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"):
@@ -369,9 +415,6 @@ class S3Backend:
             return
         key = self._key(h)
         with map_s3_errors(f"extend retention of {h}"):
-            version = self._head(key).get("VersionId")
-            kw: dict[str, Any] = {"Bucket": self.config.bucket, "Key": key,
+            kw: dict[str, Any] = {"Bucket": self.config.bucket, "Key": key, **self._accepted(key),
                                   "Retention": {"Mode": self.config.lock_mode, "RetainUntilDate": until}}
-            if version not in (None, "", "null"):
-                kw["VersionId"] = version
             self._s3.put_object_retention(**kw)
