@@ -25,8 +25,10 @@ The store never writes a key twice (create-only, content-addressed names), so th
 wrote is the key's oldest: :meth:`load`, :meth:`stat` and retention extensions address that
 version by id (remembered from the ``PUT``, else found with one ``ListObjectVersions`` per key,
 remembered for the next :data:`S3Backend.VERSION_CACHE` keys). Newer versions and delete
-markers are ignored: restores read what was accepted, and GC extends the lock of what was
-accepted. On a bucket without versioning there is one version and nothing changes.
+markers are ignored: restores read what was accepted, GC extends the lock of what was accepted,
+and :meth:`list` reads the version list (a delete marker hides no object from it, and the size
+listed is the accepted version's). On a bucket without versioning there is one version and
+nothing changes.
 
 Retries: botocore's own retries are switched off; wrap the backend in ``RetryBackend``, which
 retries the ``TransientError`` raised here.
@@ -38,7 +40,7 @@ import contextlib
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -342,15 +344,28 @@ class S3Backend:
             except NotFound:
                 pass
             return
+        # the version list, not the key list: a key whose latest version is a delete marker put
+        # there by someone else still holds the version this store wrote (see the module docstring)
         prefix = self._key(Handle(ftype, "0" * 64))[:-64]
         with map_s3_errors(f"list {ftype.value}"):
-            pages = self._s3.get_paginator("list_objects_v2").paginate(
+            pages = self._s3.get_paginator("list_object_versions").paginate(
                 Bucket=self.config.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size})
+            key = ""
+            versions: list[dict[str, Any]] = []  # one key's, which may span two pages
             for page in pages:
-                for obj in page.get("Contents", []):
-                    name = obj["Key"][len(prefix):]
-                    if is_hex_id(name):
-                        yield FileInfo(name, int(obj["Size"]))
+                for v in page.get("Versions", []):
+                    if v["Key"] != key:
+                        yield from self._listed(key, versions, prefix)
+                        key, versions = v["Key"], []
+                    versions.append(v)
+            yield from self._listed(key, versions, prefix)
+
+    def _listed(self, key: str, versions: Sequence[dict[str, Any]], prefix: str) -> Iterator[FileInfo]:
+        name = key[len(prefix):]
+        if versions and is_hex_id(name):
+            oldest = min(reversed(versions), key=lambda v: v["LastModified"])
+            self._remember(key, oldest.get("VersionId"))
+            yield FileInfo(name, int(oldest["Size"]))
 
     def remove(self, h: Handle) -> None:
         """Delete the object for real: every version of its key, not just a delete marker.
