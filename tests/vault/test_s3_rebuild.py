@@ -1,6 +1,6 @@
 """``rempart vault rebuild-index`` on S3 storage rebuilds the whole index from the bucket alone:
 a vault whose database was lost (a fresh data_dir, no practice row, no audit) lists the
-bucket's practices, re-reads pack headers and snapshots, and serves restores again. Real
+bucket's practices (also one whose every key lies under a delete marker), re-reads pack headers and snapshots, and serves restores again. Real
 SeaweedFS with Object Lock, real vault processes."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from rempart.storage.base import FileType, Handle
+from rempart.testing.servers import s3_client
 
 from .conftest import cli, s3_vault
 from .objects import make_config, make_pack, make_snapshot
@@ -41,6 +42,17 @@ def test_s3_rebuild_index_from_the_bucket_alone(seaweed: Any, tmp_path: Path) ->
             stored[name] = {"ids": ids_all, "snaps": {s.name: s.data for s in snaps}, "attacked": kind == "attacked"}
     finally:
         v.stop()
+
+    # an attacker holding the vault's S3 credential puts a delete marker over every key of the
+    # attacked practice: the locked versions stay, and the rebuild must still find the practice
+    raw: Any = s3_client(seaweed, seaweed.admin)
+    attacked = next(n for n, e in stored.items() if e["attacked"])
+    keys = [o["Key"] for page in raw.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{attacked}/")
+            for o in page.get("Contents", [])]
+    assert len(keys) == 7  # config, three packs, three snapshots
+    for key in keys:
+        raw.delete_object(Bucket=bucket, Key=key)
+    assert raw.list_objects_v2(Bucket=bucket, Prefix=f"{attacked}/").get("KeyCount", 0) == 0
 
     # the database is lost: a new vault on a fresh data_dir, same bucket, rebuilt from storage only
     w = s3_vault(tmp_path / "b", seaweed, bucket)

@@ -69,7 +69,8 @@ class Store:
 
     def practice_names(self) -> list[str]:
         """Practices that have a namespace in storage: folders of the local storage, or the
-        top-level key prefixes of the S3 bucket (listed, so that ``rebuild-index`` needs no row)."""
+        top-level key prefixes of the S3 bucket's versions (listed, so that ``rebuild-index`` needs
+        no row)."""
         if self.config.kind == "s3":
             return self._s3_practice_names()
         if self.config.kind != "local":
@@ -89,7 +90,9 @@ class Store:
         names: set[str] = set()
         try:
             with map_s3_errors(f"list practices in bucket {c.bucket}"):
-                pages = client.get_paginator("list_objects_v2").paginate(Bucket=c.bucket, Delimiter="/")
+                # the version list, not the object list: a practice whose every key lies under
+                # a delete marker (put by a stolen credential) still has its locked versions
+                pages = client.get_paginator("list_object_versions").paginate(Bucket=c.bucket, Delimiter="/")
                 for page in pages:
                     for cp in page.get("CommonPrefixes", []):
                         name = str(cp.get("Prefix", "")).rstrip("/")
