@@ -178,11 +178,18 @@ def test_reads_and_retention_address_the_accepted_version(seaweed: S3Server, pra
     assert b.load(h, offset=0, length=8) == data[:8]
     _, until = b.retention(h) or ("", datetime.min)
     later = (until + timedelta(days=3)).replace(microsecond=0)
-    b.extend_retention(h, later)
+    time.sleep(1.05)  # SeaweedFS moves a version's LastModified to when its retention changed:
+    b.extend_retention(h, later)  # the accepted version now looks newer than the intruder's
     r = admin.get_object_retention(Bucket=bucket, Key=key, VersionId=v1)["Retention"]
     assert r["RetainUntilDate"] == later  # the accepted version's lock grew, not the intruder's
     # still listed, with the accepted size (an index rebuilt from storage alone keeps it)
     assert [(f.name, f.size) for f in b.list(FileType.DATA)] == [(h.name, len(data))]
+    # and a process started after the extension still finds the accepted version
+    later_process = S3Backend(practice.config, clock=SystemClock())
+    assert later_process.load(h) == data and later_process.stat(h).size == len(data)
+    assert [(f.name, f.size) for f in S3Backend(practice.config, clock=SystemClock()).list(FileType.DATA)] \
+        == [(h.name, len(data))]
+    later_process.close()
     if fresh:
         b.close()
 

@@ -176,6 +176,15 @@ def map_s3_errors(what: str) -> Iterator[None]:
         raise BackendError(f"{what}: S3 client error: {type(exc).__name__}") from exc
 
 
+def _oldest(versions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The first stored of one key's versions, as listed by ``ListObjectVersions``: S3 lists a
+    key's versions in the order they were stored, newest first, so it is the last one listed.
+    ``LastModified`` is no guide: it has one-second resolution, and SeaweedFS moves it forward
+    when a version's retention is extended (seen here), which would make the accepted version
+    look newer than one a stolen credential put over it."""
+    return versions[-1]
+
+
 class S3Backend:
     #: objects per LIST request (S3's maximum is 1000)
     list_page_size = 1000
@@ -274,9 +283,7 @@ class S3Backend:
                 versions += [v for v in page.get("Versions", []) if v["Key"] == key]
             if not versions:
                 raise NotFound(f"{key}: no such object")
-            # listed newest first: among equal times, the last listed is the oldest
-            oldest = min(reversed(versions), key=lambda v: v["LastModified"])
-            vid = oldest.get("VersionId")
+            vid = _oldest(versions).get("VersionId")
             self._remember(key, vid)
             known = "" if vid in (None, "null") else str(vid)
         return {"VersionId": known} if known else {}
@@ -363,7 +370,7 @@ class S3Backend:
     def _listed(self, key: str, versions: Sequence[dict[str, Any]], prefix: str) -> Iterator[FileInfo]:
         name = key[len(prefix):]
         if versions and is_hex_id(name):
-            oldest = min(reversed(versions), key=lambda v: v["LastModified"])
+            oldest = _oldest(versions)
             self._remember(key, oldest.get("VersionId"))
             yield FileInfo(name, int(oldest["Size"]))
 
