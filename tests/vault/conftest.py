@@ -23,7 +23,7 @@ from rempart.testing.servers import free_ports, stop_process
 PY = sys.executable
 
 
-def write_config(d: Path, port: int, extra: str = "") -> Path:
+def write_config(d: Path, port: int, extra: str = "", gc: str = "") -> Path:
     d.mkdir(parents=True, exist_ok=True)
     cfg = d / "vault.toml"
     cfg.write_text(f"""
@@ -37,6 +37,7 @@ self_signed = true
 hostnames = ["127.0.0.1", "localhost"]
 [gc]
 grace_seconds = 0
+{gc}
 {extra}
 """)
     return cfg
@@ -169,7 +170,7 @@ secret_key = "{seaweed.admin.secret_key}"
 lock_days = 1
 [retention]
 min_age_days = 1
-""")
+""", gc="interval_seconds = 3600  # less than half of lock_days: each pass renews the locks")
     v = VaultProc(root, cfg, port)
     v.pin = cli(cfg, "fingerprint").stdout.strip()
     v.admin_token = cli(cfg, "admin-token").stdout.strip().splitlines()[-1]

@@ -130,7 +130,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             reports = [run_gc(vault, p, actor=actor) for p in targets]
         lines = [f"{r.practice}: " + ("frozen, nothing deleted" if r.frozen else
                  f"{len(r.forgotten)} snapshot(s) forgotten, {len(r.deleted_packs)} pack(s) deleted, "
-                 f"{r.freed_bytes} bytes freed") for r in reports]
+                 f"{r.freed_bytes} bytes freed") + (f", {r.renewed_locks} lock(s) renewed" if r.renewed_locks else "")
+                 for r in reports]
         _emit(ctx, [r.__dict__ for r in reports], "\n".join(lines) or "no practices")
     elif c == "scrub":
         from rempart.vault.scrub import scrub_practice

@@ -243,6 +243,13 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
     gc_enabled = gc.get("enabled", True)
     if not isinstance(gc_enabled, bool):
         raise ConfigError("[gc] enabled must be true or false")
+    renew_window = storage.lock_days * 86400 / 2 if storage.kind == "s3" else 0
+    gc_every = gc_num["interval_seconds"] + gc_num["jitter_seconds"]
+    if renew_window and gc_enabled and gc_num["interval_seconds"] and gc_every >= renew_window:
+        raise ConfigError(
+            "[gc] interval_seconds + jitter_seconds must be less than half of [storage] lock_days",
+            hint="each GC pass renews the Object Lock of kept objects that have less than half a lock "
+                 "period left; passes further apart would let locks lapse")
     public = metrics.get("public", False)
     if set(metrics) - {"public"} or not isinstance(public, bool):
         raise ConfigError("[metrics] takes only public (true/false)")

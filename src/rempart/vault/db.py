@@ -78,6 +78,9 @@ objects = sa.Table(
     # was wrong then (None: they matched their name)
     sa.Column("verified", sa.Float, nullable=True),
     sa.Column("damage", sa.String(32), nullable=True),
+    # S3 Object Lock (rempart.vault.lockrenew, migration 4): the retain-until date last read
+    # from or set on the storage; None until the renewal pass has looked at the object
+    sa.Column("locked_until", sa.Float, nullable=True),
 )
 
 blobs = sa.Table(
@@ -174,8 +177,14 @@ def _m3(conn: Connection) -> None:
     ix_objects_damaged.create(conn, checkfirst=True)
 
 
+def _m4(conn: Connection) -> None:
+    """The lock renewal's column on ``objects``."""
+    if "locked_until" not in {c["name"] for c in sa.inspect(conn).get_columns("objects")}:
+        conn.execute(sa.text("ALTER TABLE objects ADD COLUMN locked_until FLOAT"))
+
+
 #: append-only list of migrations; index + 1 is the schema version after it ran
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3, _m4]
 
 
 def make_engine(url: str) -> Engine:

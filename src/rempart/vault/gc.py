@@ -32,6 +32,7 @@ from rempart.repository.format import BlobType, PackEntry, encode_index
 from rempart.storage.base import FileType, Handle
 from rempart.storage.local import TMP_GRACE
 from rempart.vault import db
+from rempart.vault.lockrenew import renew_locks
 from rempart.vault.retention import SnapRecord, select_kept
 from rempart.vault.service import CHUNK, Practice, Vault
 
@@ -46,6 +47,7 @@ class GcReport:
     freed_bytes: int = 0
     new_index: str | None = None
     tmp_removed: int = 0  # leftovers of uploads cut short (local storage)
+    renewed_locks: int = 0  # S3 Object Lock dates pushed forward on kept objects
 
 
 def referenced_packs(conn: Connection, pid: int, packs: list[str]) -> set[str]:
@@ -181,17 +183,24 @@ def _sweep(vault: Vault, practice: Practice, states: tuple[str, ...], types: tup
 
 
 def run_gc(vault: Vault, practice: Practice, *, actor: str) -> GcReport:
-    """Apply the retention policy, then delete unreferenced packs and refresh the index."""
+    """Apply the retention policy, delete unreferenced packs and refresh the index; then, frozen
+    or not, renew the S3 Object Lock of what is kept (:mod:`rempart.vault.lockrenew`)."""
     report = GcReport(practice.name)
+    _collect(vault, practice, actor=actor, report=report)
+    report.renewed_locks = renew_locks(vault, practice, actor=actor).renewed
+    return report
+
+
+def _collect(vault: Vault, practice: Practice, *, actor: str, report: GcReport) -> None:
     forget(vault, practice, actor=actor, report=report)
     if report.frozen:
-        return report
+        return
     clean = getattr(vault.store.backend(practice.name), "clean_tmp", None)
     if clean is not None:  # local storage: half-written uploads of a vault killed meanwhile
         report.tmp_removed = clean(older_than=TMP_GRACE, now=vault.clock.now().timestamp())
     _sweep(vault, practice, ("deleting",), ("snapshots",), report)
     if not _mark(vault, practice, actor=actor, report=report):
-        return report
+        return
     with vault.engine.connect() as conn:
         pending = conn.execute(sa.select(sa.func.count()).select_from(db.objects).where(
             db.objects.c.practice_id == practice.id, db.objects.c.type == "data",
@@ -203,4 +212,3 @@ def run_gc(vault: Vault, practice: Practice, *, actor: str) -> GcReport:
         vault.audit_now(actor, "gc", practice.name, "ok",
                         {"deleted_packs": len(report.deleted_packs), "freed_bytes": report.freed_bytes})
     vault.stat_cache.clear()
-    return report

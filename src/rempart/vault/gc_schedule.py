@@ -82,6 +82,9 @@ class GcMetrics:
                                 registry=registry)
         self.damaged = Counter("rempart_vault_scrub_damaged_objects",
                                "Damaged or missing objects found by the scheduled scrub", registry=registry)
+        self.renewed = Counter("rempart_vault_lock_renewals",
+                               "S3 Object Lock dates pushed forward on kept objects by scheduled GC",
+                               registry=registry)
         self.frozen = Counter("rempart_vault_gc_practices_frozen",
                               "Practices skipped by scheduled GC because of an incident freeze",
                               registry=registry)
@@ -215,6 +218,7 @@ class GcScheduler:
             self.metrics.freed.inc(rep.freed_bytes)
             self.metrics.packs.inc(len(rep.deleted_packs))
             self.metrics.forgotten.inc(len(rep.forgotten))
+            self.metrics.renewed.inc(rep.renewed_locks)
             if rep.frozen:
                 self.metrics.frozen.inc()
         res.seconds = v.clock.monotonic() - t0
@@ -226,6 +230,7 @@ class GcScheduler:
             "practices": len(res.reports), "errors": len(res.errors), "freed_bytes": res.freed_bytes,
             "deleted_packs": sum(len(r.deleted_packs) for r in res.reports),
             "forgotten": sum(len(r.forgotten) for r in res.reports),
+            "renewed_locks": sum(r.renewed_locks for r in res.reports),
             "frozen": sum(1 for r in res.reports if r.frozen), "damaged": res.damaged,
             "seconds": round(res.seconds, 3)})
         log.info("scheduled GC: %d practice(s), %d bytes freed, %d error(s) in %.1f s",

@@ -155,7 +155,8 @@ def gc_practice(request: Request, admin: Admin, practice: PracticeName) -> dict[
     """Apply retention and collect garbage for one practice now."""
     rep = _guard(request, admin, lambda v, actor: run_gc(v, v.practice(practice), actor=actor), practice=practice)
     return {"practice": rep.practice, "frozen": rep.frozen, "forgotten": len(rep.forgotten),
-            "deleted_packs": len(rep.deleted_packs), "freed_bytes": rep.freed_bytes}
+            "deleted_packs": len(rep.deleted_packs), "freed_bytes": rep.freed_bytes,
+            "renewed_locks": rep.renewed_locks}
 
 
 @router.get("/v1/admin/audit")

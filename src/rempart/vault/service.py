@@ -317,7 +317,7 @@ class Vault:
             conn.execute(
                 db.objects.update()
                 .where(db.objects.c.practice_id == pid, db.objects.c.type == h.type.value, db.objects.c.name == h.name)
-                .values(state="live", created=self.now(), size=size)
+                .values(state="live", created=self.now(), size=size, locked_until=None)
             )
         if not counted:
             conn.execute(db.practices.update().where(db.practices.c.id == pid)
