@@ -128,3 +128,33 @@ def test_auth_failure_rate_limit_per_ip_and_practice(tmp_path: Path) -> None:
     assert agent.get("/v1/p/doc/status", headers=good).status_code == 200
     clock.advance(61)
     assert attacker.get("/v1/p/doc/status", headers=good).status_code == 200
+
+
+def test_rebuild_index_puts_back_holds_and_false_positive_marks_from_the_audit_trail(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, 1)
+    v = open_vault(load_config(cfg), SystemClock())
+    ops.add_practice(v, "doc", actor="t")
+    names = []
+    for verdict in ("clean", "clean", "suspicious", "suspicious"):
+        pk, ids = make_pack()
+        v.ingest("t", v.practice("doc"), Handle(FileType.DATA, pk.name), pk.data)
+        s = make_snapshot(ids, verdict=verdict)
+        v.ingest("t", v.practice("doc"), Handle(FileType.SNAPSHOT, s.name), s.data)
+        names.append(s.name)
+    held, released, fp, bad = names
+    ops.set_hold(v, "doc", held, True, "case A", actor="admin")
+    ops.set_hold(v, "doc", released, True, "case B", actor="admin")
+    ops.set_hold(v, "doc", released, False, "closed", actor="admin")
+    ops.mark_false_positive(v, "doc", fp, actor="admin")
+    ops.freeze(v, "doc", False, "looked at it", actor="admin")
+    rep = rebuild_index(v, actor="t")
+    assert rep.marks == 2
+    tl = {t["name"]: t for t in ops.timeline(v, v.practice("doc"))}
+    assert tl[held]["hold"] == "case A" and tl[released]["hold"] is None and tl[bad]["hold"] is None
+    assert tl[fp]["false_positive"] and not tl[bad]["false_positive"]
+    assert v.practice("doc").frozen  # the unmarked suspicious snapshot freezes the rebuilt practice
+    # marked false positive, it would not have
+    ops.mark_false_positive(v, "doc", bad, actor="admin")
+    ops.freeze(v, "doc", False, "looked again", actor="admin")
+    rebuild_index(v, actor="t")
+    assert not v.practice("doc").frozen

@@ -153,3 +153,56 @@ def test_gc_removes_uploads_cut_short_long_ago_and_keeps_one_arriving(svc: Any) 
     rep = gc.run_gc(v, v.practice(name), actor="t")
     assert rep.tmp_removed == 1
     assert not stale.exists() and arriving.exists()
+
+
+def test_legal_hold_outlasts_retention_and_admin_deletion_until_released(svc: Any) -> None:
+    from rempart.core.errors import NotFound, PermissionDenied, UserError
+
+    v, clock, name = svc
+    a, ida = make_pack([10])
+    put(v, name, Handle(FileType.DATA, a.name), a.data)
+    s1 = make_snapshot(ida)
+    put(v, name, Handle(FileType.SNAPSHOT, s1.name), s1.data)
+    with pytest.raises(UserError, match="needs a reason"):
+        ops.set_hold(v, name, s1.name, True, "  ", actor="t")
+    full = ops.find_snapshot(v, name, s1.name[:8].upper())
+    assert full == s1.name
+    with pytest.raises(NotFound):
+        ops.find_snapshot(v, name, "0" * 8 if not s1.name.startswith("0" * 8) else "f" * 8)
+    with pytest.raises(UserError, match="not a snapshot id"):
+        ops.find_snapshot(v, name, "abc")
+    ops.set_hold(v, name, full, True, "CNIL request 2026-114", actor="admin-1")
+    clock.advance(DAY)
+    b, idb = make_pack([20])
+    put(v, name, Handle(FileType.DATA, b.name), b.data)
+    s2 = make_snapshot(idb)
+    put(v, name, Handle(FileType.SNAPSHOT, s2.name), s2.data)
+    clock.advance(8 * DAY)
+    # keep_last=1 would drop s1; the hold keeps it, and with it pack a
+    rep = gc.run_gc(v, v.practice(name), actor="t")
+    assert rep.forgotten == [] and rep.deleted_packs == []
+    with pytest.raises(PermissionDenied, match="legal hold"):
+        ops.admin_remove(v, v.practice(name), Handle(FileType.SNAPSHOT, s1.name), actor="admin-1")
+    assert [t["hold"] for t in ops.timeline(v, v.practice(name))] == [None, "CNIL request 2026-114"]
+    # released: the policy applies again
+    ops.set_hold(v, name, s1.name, False, "request closed", actor="admin-1")
+    with pytest.raises(UserError, match="not under legal hold"):
+        ops.set_hold(v, name, s1.name, False, "", actor="admin-1")
+    rep = gc.run_gc(v, v.practice(name), actor="t")
+    assert rep.forgotten == [s1.name] and rep.deleted_packs == [a.name]
+    with pytest.raises(UserError, match="already forgotten"):
+        ops.set_hold(v, name, s1.name, True, "too late", actor="admin-1")
+    entries = _audit(v)
+    assert [(e["action"], e["actor"]) for e in entries] == [("snapshot.hold", "admin-1"),
+                                                            ("snapshot.release-hold", "admin-1")]
+    assert "CNIL request 2026-114" in entries[0]["detail"] and "request closed" in entries[1]["detail"]
+
+
+def _audit(v: Any) -> list[dict[str, Any]]:
+    import sqlalchemy as sa
+
+    from rempart.vault import db
+
+    with v.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.select(db.audit).where(
+            db.audit.c.action.like("snapshot.%")).order_by(db.audit.c.seq))]

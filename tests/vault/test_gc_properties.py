@@ -50,6 +50,7 @@ op_st = st.one_of(
     st.tuples(st.just("advance"), st.sampled_from([60, 1800, 3 * 3600, 26 * 3600])),
     st.tuples(st.just("gc")),
     st.tuples(st.just("freeze"), st.booleans()),
+    st.tuples(st.just("hold"), st.integers(0, 40), st.booleans()),
 )
 
 
@@ -110,6 +111,15 @@ class World:
                 assert self.deleted_count() == before, "deletion while frozen"
         elif kind == "freeze":
             ops.freeze(self.v, self.name, op[1], "test", actor="test")
+        elif kind == "hold":  # hold (or release) the i-th kept snapshot
+            s = db.snapshots
+            with self.v.engine.connect() as c:
+                rows = c.execute(sa.select(s.c.name, s.c.hold).where(s.c.practice_id == self.p.id, s.c.state == "kept")
+                                 .order_by(s.c.name)).all()
+            if rows:
+                name, held = rows[op[1] % len(rows)]
+                if op[2] or held is not None:
+                    ops.set_hold(self.v, self.name, name, op[2], "case 1" if op[2] else "", actor="test")
 
     def deleted_count(self) -> int:
         with self.v.engine.connect() as c:
@@ -117,10 +127,14 @@ class World:
                 db.objects.c.practice_id == self.p.id, db.objects.c.state == "deleted")).scalar_one())
 
     def check(self) -> None:
-        """Every blob referenced by a kept snapshot is in a stored pack whose header lists it."""
+        """Every blob referenced by a kept snapshot is in a stored pack whose header lists it, and
+        no snapshot under legal hold was forgotten."""
         pid = self.p.id
         backend = self.v.backend(self.p)
         with self.v.engine.connect() as c:
+            assert not c.execute(sa.select(db.snapshots.c.name).where(
+                db.snapshots.c.practice_id == pid, db.snapshots.c.hold.is_not(None),
+                db.snapshots.c.state != "kept")).all(), "a held snapshot was forgotten"
             refs = {r[0] for r in c.execute(
                 sa.select(db.snapshot_refs.c.blob_id).join(db.snapshots, sa.and_(
                     db.snapshots.c.practice_id == db.snapshot_refs.c.practice_id,

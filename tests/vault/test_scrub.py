@@ -123,20 +123,28 @@ def test_a_byte_budget_cycles_through_the_objects(vault: Any, tmp_path: Path) ->
     assert r.returncode == 2 and "--max-gib must be positive" in r.stderr
 
 
-def test_migration_3_adds_the_scrub_columns_and_keeps_the_rows(tmp_path: Path) -> None:
+def test_migrations_3_to_5_add_their_columns_and_keep_the_rows(tmp_path: Path) -> None:
+    """3: the scrub's columns; 4: the lock renewal's date; 5: legal holds."""
     import sqlalchemy as sa
 
     from rempart.vault import db
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'v2.db'}")
-    with engine.begin() as conn:  # the objects table as migrations 1-2 left it
+    with engine.begin() as conn:  # the two tables these migrations touch, as migrations 1-2 left them
         conn.execute(sa.text("CREATE TABLE objects (practice_id INTEGER, type VARCHAR(16), name VARCHAR(64), "
                              "size BIGINT, created FLOAT, state VARCHAR(16), PRIMARY KEY (practice_id, type, name))"))
         conn.execute(sa.text("INSERT INTO objects VALUES (1, 'data', 'ab', 10, 1.0, 'live')"))
+        conn.execute(sa.text("CREATE TABLE snapshots (practice_id INTEGER, name VARCHAR(64), received FLOAT, "
+                             "client_time VARCHAR(64), verdict VARCHAR(16), detection TEXT, stats TEXT, "
+                             "false_positive BOOLEAN, state VARCHAR(16), PRIMARY KEY (practice_id, name))"))
+        conn.execute(sa.text("INSERT INTO snapshots VALUES (1, 'cd', 2.0, NULL, 'clean', NULL, NULL, 0, 'kept')"))
         db.schema_version.create(conn)
         conn.execute(db.schema_version.insert().values(version=2))
-    assert db.migrate(engine) == 3
+    assert db.migrate(engine) == 5
     with engine.connect() as conn:
         row = conn.execute(sa.select(db.objects)).one()
-    assert (row.name, row.size, row.state, row.verified, row.damage) == ("ab", 10, "live", None, None)
-    assert db.migrate(engine) == 3  # idempotent
+        snap = conn.execute(sa.select(db.snapshots)).one()
+    assert (row.name, row.size, row.state, row.verified, row.damage, row.locked_until) == \
+        ("ab", 10, "live", None, None, None)
+    assert (snap.name, snap.state, snap.hold, snap.held_at) == ("cd", "kept", None, None)
+    assert db.migrate(engine) == 5  # idempotent

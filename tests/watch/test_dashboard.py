@@ -236,3 +236,13 @@ def test_practice_page_shows_the_latest_restore_drill(denv: Env) -> None:
     record_drill(denv.vault, denv.vault.practice("cabinet-a"), DrillRecord("ok", snapshot="cd" * 32), actor="test")
     page = c.get("/ui/practices/cabinet-a").text
     assert re.search(r'<dd id="last-drill">passed \(', page) and "restore drill failed" not in page
+
+
+def test_timeline_marks_a_snapshot_under_legal_hold_without_its_reason(denv: Env) -> None:
+    held = backup(denv.vault, "cabinet-a")
+    backup(denv.vault, "cabinet-a")
+    vp.set_hold(denv.vault, "cabinet-a", held, True, "dossier 2026-77 Dupont", actor="test")
+    c = login(TestClient(denv.app), "tech", PROV_PW)
+    page = c.get("/ui/practices/cabinet-a").text
+    assert page.count('<span class="hold">legal hold</span>') == 1
+    assert "Dupont" not in page  # the case reference stays in the audit trail

@@ -47,6 +47,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     for n, h in (("freeze", "stop every deletion for a practice"), ("release", "release an incident freeze")):
         f = pcmd(n, h)
         f.add_argument("--reason", default="", help="recorded in the audit trail")
+    ho = pcmd("hold", "put a legal hold on a snapshot: retention never forgets it until released")
+    ho.add_argument("snapshot", help="snapshot id (at least its first 8 hex digits)")
+    ho.add_argument("--reason", required=True, help="case or request reference (recorded in the audit trail)")
+    rh = pcmd("release-hold", "release a snapshot's legal hold")
+    rh.add_argument("snapshot", help="snapshot id (at least its first 8 hex digits)")
+    rh.add_argument("--reason", default="", help="recorded in the audit trail")
     pol = pcmd("policy", "set a practice's retention policy (unset values keep the vault default)")
     for k in ("keep-last", "hourly", "daily", "weekly", "monthly", "yearly"):
         pol.add_argument(f"--{k}", type=int)
@@ -188,6 +194,11 @@ def _practice(args: argparse.Namespace, ctx: Context, vault: Any, actor: str) ->
     elif a in ("freeze", "release"):
         ops.freeze(vault, args.name, a == "freeze", args.reason, actor=actor)
         _emit(ctx, {"frozen": a == "freeze"}, f"{args.name}: {'frozen' if a == 'freeze' else 'released'}")
+    elif a in ("hold", "release-hold"):
+        snap = ops.find_snapshot(vault, args.name, args.snapshot)
+        ops.set_hold(vault, args.name, snap, a == "hold", args.reason, actor=actor)
+        _emit(ctx, {"snapshot": snap, "hold": a == "hold"},
+              f"{args.name}: snapshot {snap[:12]} {'held' if a == 'hold' else 'released from its hold'}")
     elif a == "policy":
         cur = vault.practice(args.name).policy.to_dict()
         for k in cur:

@@ -109,6 +109,9 @@ snapshots = sa.Table(
     sa.Column("stats", sa.Text, nullable=True),
     sa.Column("false_positive", sa.Boolean, nullable=False, default=False),
     sa.Column("state", sa.String(16), nullable=False, default="kept"),  # kept | forgotten
+    # legal hold (migration 5): the admin's reason; while set, retention never forgets it
+    sa.Column("hold", sa.String(200), nullable=True),
+    sa.Column("held_at", sa.Float, nullable=True),
 )
 
 snapshot_refs = sa.Table(
@@ -183,8 +186,16 @@ def _m4(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE objects ADD COLUMN locked_until FLOAT"))
 
 
+def _m5(conn: Connection) -> None:
+    """Legal holds on ``snapshots``."""
+    cols = {c["name"] for c in sa.inspect(conn).get_columns("snapshots")}
+    for name, kind in (("hold", "VARCHAR(200)"), ("held_at", "FLOAT")):
+        if name not in cols:
+            conn.execute(sa.text(f"ALTER TABLE snapshots ADD COLUMN {name} {kind}"))
+
+
 #: append-only list of migrations; index + 1 is the schema version after it ran
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3, _m4]
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3, _m4, _m5]
 
 
 def make_engine(url: str) -> Engine:

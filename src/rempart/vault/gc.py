@@ -13,6 +13,7 @@ Safety argument (checked by the property tests in tests/vault/test_gc_properties
 * Each marked pack is removed from storage in its own locked transaction that re-checks it is
   still marked (a client may have re-uploaded it meanwhile, which makes it live again).
 * While the practice is under incident freeze nothing is forgotten and nothing is deleted.
+* A snapshot under legal hold (``practices.set_hold``) is kept whatever the policy says.
 
 After deleting, GC writes one consolidated index file of all live packs and hides (then deletes,
 when storage allows) the older index files, so clients learn the current set of blobs.
@@ -77,6 +78,7 @@ def forget(vault: Vault, practice: Practice, *, actor: str, report: GcReport) ->
                 db.snapshots.c.practice_id == p.id, db.snapshots.c.state == "kept")).all()
             recs = [SnapRecord(r.name, r.received, r.verdict == "suspicious" and not r.false_positive) for r in rows]
             kept, _ = select_kept(recs, p.policy, now)
+            kept |= {r.name for r in rows if r.hold is not None}  # legal holds outlast every rule
             gone = sorted(r.name for r in recs if r.name not in kept)
             for i in range(0, len(gone), CHUNK):
                 part = gone[i : i + CHUNK]

@@ -125,6 +125,50 @@ def mark_false_positive(vault: Vault, practice: str, snapshot: str, *, actor: st
     vault.checkpoint(conn)
 
 
+def find_snapshot(vault: Vault, practice: str, prefix: str) -> str:
+    """The full name of ``practice``'s snapshot whose name starts with ``prefix`` (at least 8
+    hex digits, as ``rempart snapshots`` shows them); UserError when none or several match."""
+    prefix = prefix.lower()
+    if not (8 <= len(prefix) <= 64 and all(c in "0123456789abcdef" for c in prefix)):
+        raise UserError(f"{prefix[:70]!r} is not a snapshot id", hint="give at least its first 8 hex digits")
+    p = vault.practice(practice)
+    s = db.snapshots
+    with vault.engine.connect() as conn:
+        names = [r[0] for r in conn.execute(sa.select(s.c.name).where(
+            s.c.practice_id == p.id, s.c.name.startswith(prefix, autoescape=True)).limit(2))]
+    if not names:
+        raise NotFound(f"no snapshot {prefix} in practice {practice}")
+    if len(names) > 1:
+        raise UserError(f"snapshot id {prefix} is ambiguous", hint="give more of its hex digits")
+    return names[0]
+
+
+def set_hold(vault: Vault, practice: str, snapshot: str, held: bool, reason: str, *, actor: str) -> None:
+    """Put a legal hold on a kept snapshot (``reason``: a case reference, required) or release
+    it. A held snapshot is never forgotten by retention nor removed by an admin, so neither are
+    the packs it references; both changes are audited with their reason."""
+    reason = reason.strip()[:200]
+    if held and not reason:
+        raise UserError("a legal hold needs a reason (a case or request reference)")
+    with db.write(vault.engine) as conn:
+        p = vault.practice(practice, conn)
+        db.lock_practice(conn, p.id)
+        s = db.snapshots
+        row = conn.execute(sa.select(s.c.state, s.c.hold).where(s.c.practice_id == p.id, s.c.name == snapshot)).first()
+        if row is None:
+            raise NotFound(f"snapshot {snapshot[:64]!r} not found")
+        if held and row.state != "kept":
+            raise UserError(f"snapshot {snapshot[:64]} was already forgotten by retention: it cannot be held")
+        if not held and row.hold is None:
+            raise UserError(f"snapshot {snapshot[:64]} is not under legal hold")
+        conn.execute(s.update().where(s.c.practice_id == p.id, s.c.name == snapshot).values(
+            hold=reason if held else None, held_at=vault.now() if held else None))
+        detail = {"name": snapshot, "reason": reason} if held else {"name": snapshot, "reason": reason,
+                                                                    "held_for": row.hold}
+        vault.audit(conn, actor, "snapshot.hold" if held else "snapshot.release-hold", practice, "ok", detail)
+    vault.checkpoint(conn)
+
+
 def report_run(vault: Vault, practice: Practice, outcome: str, error_class: str | None,
                counts: dict[str, int], *, actor: str) -> None:
     if outcome not in RUN_OUTCOMES:
@@ -195,7 +239,7 @@ def timeline(vault: Vault, practice: Practice, limit: int = 500) -> list[dict[st
         rows = conn.execute(sa.select(db.snapshots).where(db.snapshots.c.practice_id == practice.id)
                             .order_by(db.snapshots.c.received.desc()).limit(limit)).all()
     return [{"name": r.name, "received": r.received, "client_time": r.client_time, "verdict": r.verdict,
-             "false_positive": bool(r.false_positive), "state": r.state,
+             "false_positive": bool(r.false_positive), "state": r.state, "hold": r.hold,
              "detection": json.loads(r.detection or "{}"), "stats": json.loads(r.stats or "{}")} for r in rows]
 
 
@@ -215,6 +259,9 @@ def admin_remove(vault: Vault, practice: Practice, h: Handle, *, actor: str) -> 
             raise PermissionDenied(f"practice {p.name} is under incident freeze: nothing may be deleted")
         if now - row.created < p.policy.min_age_days * 86400:
             raise PermissionDenied(f"{h} is younger than the retention minimum age")
+        if h.type is FileType.SNAPSHOT and conn.execute(sa.select(db.snapshots.c.hold).where(
+                db.snapshots.c.practice_id == p.id, db.snapshots.c.name == h.name)).scalar() is not None:
+            raise PermissionDenied(f"{h} is under legal hold")
         if h.type is FileType.DATA and h.name in referenced_packs(conn, p.id, [h.name]):
             raise PermissionDenied(f"{h} holds blobs that a kept snapshot references")
         vault.backend(p).remove(h)

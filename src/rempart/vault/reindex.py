@@ -29,6 +29,7 @@ class ReindexReport:
     objects: int = 0
     blobs: int = 0
     snapshots: int = 0
+    marks: int = 0  # legal holds and false-positive marks replayed from the audit trail
     skipped: list[str] = field(default_factory=list)
 
 
@@ -43,6 +44,49 @@ def _receive_times(vault: Vault, practice: str) -> dict[str, float]:
             except ValueError:
                 continue
     return out
+
+
+#: admin marks on snapshots that live only in the database, replayed from the audit trail
+MARK_ACTIONS = ("snapshot.hold", "snapshot.release-hold", "snapshot.false-positive")
+
+
+def _replay_marks(vault: Vault, p: Practice) -> int:
+    """Put back the legal holds and false-positive marks the audit trail records for ``p``'s
+    snapshots (in order: the last hold or release wins); returns how many snapshots got one."""
+    marks: dict[str, dict[str, object]] = {}
+    with vault.engine.connect() as conn:
+        for r in conn.execute(sa.select(db.audit.c.time, db.audit.c.action, db.audit.c.detail).where(
+                db.audit.c.practice == p.name, db.audit.c.action.in_(MARK_ACTIONS), db.audit.c.outcome == "ok")
+                .order_by(db.audit.c.seq)):
+            try:
+                detail = json.loads(r.detail or "{}")
+            except ValueError:
+                continue
+            m = marks.setdefault(str(detail.get("name", "")), {})
+            if r.action == "snapshot.false-positive":
+                m["false_positive"] = True
+            elif r.action == "snapshot.hold":
+                m.update(hold=str(detail.get("reason") or "held")[:200], held_at=r.time)
+            else:
+                m.update(hold=None, held_at=None)
+    marks = {k: v for k, v in marks.items() if v.get("false_positive") or v.get("hold")}
+    with db.write(vault.engine) as conn:
+        done = 0
+        for name, values in marks.items():
+            done += conn.execute(db.snapshots.update().where(
+                db.snapshots.c.practice_id == p.id, db.snapshots.c.name == name).values(**values)).rowcount
+    return done
+
+
+def _freeze_if_suspicious(vault: Vault, p: Practice) -> None:
+    """A rebuilt practice holding a suspicious snapshot not marked false positive is frozen (the
+    safe direction: an admin releases it again after looking)."""
+    s = db.snapshots
+    with db.write(vault.engine) as conn:
+        if conn.execute(sa.select(s.c.name).where(s.c.practice_id == p.id, s.c.verdict == "suspicious",
+                                                  s.c.false_positive.is_(False)).limit(1)).first():
+            conn.execute(db.practices.update().where(db.practices.c.id == p.id).values(
+                frozen=True, frozen_reason="suspicious snapshot found by rebuild-index"))
 
 
 def _index_practice(vault: Vault, p: Practice, report: ReindexReport, *, only_missing: bool) -> None:
@@ -72,10 +116,6 @@ def _index_practice(vault: Vault, p: Practice, report: ReindexReport, *, only_mi
                         vault.record_snapshot(conn, p, info.name, info.size, snap,
                                               received=times.get(info.name, now))
                         report.snapshots += 1
-                        det = snap.plain.get("detection")
-                        if isinstance(det, dict) and det.get("verdict") == "suspicious" and not only_missing:
-                            conn.execute(db.practices.update().where(db.practices.c.id == p.id).values(
-                                frozen=True, frozen_reason="suspicious snapshot found by rebuild-index"))
                     else:
                         if ftype is FileType.DATA:
                             entries = read_pack_entries(backend, h)
@@ -100,9 +140,12 @@ def rebuild_index(vault: Vault, *, actor: str) -> ReindexReport:
             conn.execute(db.practices.update().where(db.practices.c.id == p.id).values(
                 used_bytes=0, last_snapshot_at=None))
         _index_practice(vault, vault.practice(name), report, only_missing=False)
+        report.marks += _replay_marks(vault, vault.practice(name))
+        _freeze_if_suspicious(vault, vault.practice(name))
         report.practices += 1
     vault.audit_now(actor, "rebuild-index", None, "ok",
-                    {"practices": report.practices, "objects": report.objects, "skipped": len(report.skipped)})
+                    {"practices": report.practices, "objects": report.objects, "skipped": len(report.skipped),
+                     "marks": report.marks})
     return report
 
 

@@ -9,7 +9,8 @@ Rules (restic's forget policy, decided by the vault on its own clock):
 * ``hourly``/``daily``/``weekly``/``monthly``/``yearly`` N: the newest clean snapshot of each of
   the N most recent hours/days/... that hold a clean snapshot;
 * a suspicious snapshot marked a false positive counts as clean;
-* while the practice is frozen nothing is forgotten (the caller checks that).
+* while the practice is frozen nothing is forgotten, nor is a snapshot under legal hold (the
+  caller, ``rempart.vault.gc.forget``, checks both).
 
 Times are the *server* receive times, never the client's clock.
 """

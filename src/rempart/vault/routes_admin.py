@@ -1,5 +1,5 @@
 """Provider admin routes: practices, tokens, enrollment codes, policies, quotas, freeze and
-release, false positives, GC, audit. Plus the public enrollment exchange."""
+release, false positives, legal holds, GC, audit. Plus the public enrollment exchange."""
 
 from __future__ import annotations
 
@@ -130,6 +130,29 @@ def false_positive(request: Request, admin: Admin, practice: PracticeName,
                    name: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]) -> dict[str, bool]:
     _guard(request, admin, ops.mark_false_positive, practice, name, practice=practice)
     return {"false_positive": True}
+
+
+class HoldReason(BaseModel):
+    reason: str = Field(min_length=1, max_length=200, description="case or request reference")
+
+
+SnapshotName = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
+
+
+@router.post("/v1/admin/practices/{practice}/snapshots/{name}/hold")
+def hold(request: Request, admin: Admin, practice: PracticeName, name: SnapshotName,
+         body: HoldReason) -> dict[str, bool]:
+    """Put a legal hold on a kept snapshot: retention never forgets it while held (audited)."""
+    _guard(request, admin, ops.set_hold, practice, name, True, body.reason, practice=practice)
+    return {"hold": True}
+
+
+@router.post("/v1/admin/practices/{practice}/snapshots/{name}/release-hold")
+def release_hold(request: Request, admin: Admin, practice: PracticeName, name: SnapshotName,
+                 body: Reason) -> dict[str, bool]:
+    """Release a legal hold; the snapshot falls under the retention policy again (audited)."""
+    _guard(request, admin, ops.set_hold, practice, name, False, body.reason, practice=practice)
+    return {"hold": False}
 
 
 @router.post("/v1/admin/practices/{practice}/enroll-codes", status_code=201)

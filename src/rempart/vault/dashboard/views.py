@@ -139,7 +139,7 @@ class Views:
         snaps = vp.timeline(self.vault, self.vault.practice(name), limit=200)
         out["timeline"] = [{
             "received": self.fmt_time(s["received"]), "verdict": s["verdict"], "false_positive": s["false_positive"],
-            "name": s["name"][:12], "state": s["state"],
+            "name": s["name"][:12], "state": s["state"], "held": s["hold"] is not None,
             "files": s["stats"].get("files"), "size": human_bytes(int(s["stats"].get("bytes", 0) or 0), lang),
             "changed": _changed(s["stats"]),
             "findings": findings(s["detection"]),
