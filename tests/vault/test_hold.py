@@ -48,7 +48,7 @@ def test_hold_through_the_api_and_the_cli(vault: Any) -> None:
         assert gc["forgotten"] == 1
         log, after = [], 0
         while page := c.get("/v1/admin/audit", params={"after": after, "limit": 1000}).json():
-            log += [e for e in page if e["practice"] == name and e["action"].endswith("hold")]
+            log += [e for e in page if e["practice"] == name and e["action"] in ("snapshot.hold", "snapshot.release-hold")]
             after = page[-1]["seq"]
     assert [e["action"] for e in log] == ["snapshot.hold", "snapshot.release-hold"]
     refused = cli(vault.cfg, "practice", "hold", name, old[:8], "--reason", "too late", check=False)
