@@ -3,7 +3,9 @@ the authentication-failure rate limit (in-process app, injected clock)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from rempart.vault.bootstrap import open_vault
 from rempart.vault.config import load_config, parse_config
 from rempart.vault.reindex import rebuild_index
 
-from .conftest import cli, write_config
+from .conftest import PY, cli, write_config
 from .objects import make_pack, make_snapshot
 
 
@@ -67,6 +69,55 @@ def test_audit_verify_detects_truncation(tmp_path: Path) -> None:
     sql(cfg, "DELETE FROM audit WHERE seq > 4")  # the chain of records 1..4 is still valid
     out = cli(cfg, "audit", "verify", check=False)
     assert out.returncode == 20 and "truncated" in out.stdout
+
+
+def test_audit_verify_detects_a_deleted_first_record(tmp_path: Path) -> None:
+    cfg, _ = populated(tmp_path)
+    sql(cfg, "DELETE FROM audit WHERE seq = 1")
+    out = cli(cfg, "audit", "verify", check=False)
+    assert out.returncode == 20 and "record 1 is missing" in out.stdout
+
+
+def test_audit_export_is_checked_elsewhere_and_tampering_shows(tmp_path: Path) -> None:
+    """``audit export`` writes every record as JSON Lines; ``verify --file`` checks it with no
+    vault at hand, against a copy of the checkpoint; an edited, dropped or cut line fails."""
+    cfg, v = populated(tmp_path)
+    away = tmp_path / "auditor"
+    away.mkdir()
+    export = away / "audit.jsonl"
+    out = cli(cfg, "audit", "export", "--output", str(export))
+    total = int(out.stdout.split()[0])
+    lines = export.read_text().splitlines()
+    assert total == len(lines) >= 8 and json.loads(lines[0])["seq"] == 1
+    assert cli(cfg, "audit", "export").stdout.splitlines() == lines  # the same on standard output
+    refused = cli(cfg, "audit", "export", "--output", str(export), check=False)
+    assert refused.returncode == 2 and "already exists" in refused.stderr
+    checkpoint = away / "checkpoint.json"
+    checkpoint.write_bytes(v.config.audit_checkpoint.read_bytes())
+
+    def check(text: str, *extra: str) -> Any:
+        f = away / f"copy-{len(list(away.iterdir()))}.jsonl"
+        f.write_text(text)
+        argv = [PY, "-m", "rempart.cli.main", "vault", "audit", "verify", "--file", str(f), *extra]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=away)
+
+    ok = check("\n".join(lines) + "\n", "--checkpoint", str(checkpoint))
+    assert ok.returncode == 0 and f"OK: {total} records" in ok.stdout, ok.stdout + ok.stderr
+    edited = [json.loads(x) for x in lines]
+    edited[3]["actor"] = "token:innocent"
+    bad = check("\n".join(json.dumps(x) for x in edited))
+    assert bad.returncode == 20 and "record 4: content was modified" in bad.stdout
+    assert "record 3 is missing" in check("\n".join(lines[:2] + lines[3:])).stdout
+    cut = check("\n".join(lines[:-2]), "--checkpoint", str(checkpoint))
+    assert cut.returncode == 20 and "truncated" in cut.stdout
+    headless = check("\n".join(lines[2:]))
+    assert headless.returncode == 20 and "record 1 is missing" in headless.stdout
+    # an export made with --after is checked with --partial: from its first record on
+    part = cli(cfg, "audit", "export", "--after", "2").stdout
+    assert json.loads(part.splitlines()[0])["seq"] == 3
+    assert check(part, "--partial", "--checkpoint", str(checkpoint)).returncode == 0
+    garbage = check("not json\n")
+    assert garbage.returncode == 2 and "line 1 is not JSON" in garbage.stderr
 
 
 def test_rebuild_index_from_storage_alone(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,25 +90,51 @@ class VerifyResult:
     problems: tuple[str, ...]
 
 
+#: the fields of one record, in the order of the table and of an export line
+FIELDS = ("seq", "time", "actor", "action", "practice", "outcome", "detail", "prev_hash", "hash")
+
+
 def verify(engine: Engine, checkpoint: Path) -> VerifyResult:
+    """Check the whole chain in the database against the checkpoint file."""
+    with engine.connect() as conn:
+        rows = (dict(r._mapping) for r in conn.execute(sa.select(db.audit).order_by(db.audit.c.seq)))
+        return verify_records(rows, checkpoint)
+
+
+def verify_records(records: Iterable[Mapping[str, Any]], checkpoint: Path | None, *,
+                   partial: bool = False) -> VerifyResult:
+    """Check a chain of records in ``seq`` order (the database's, or an export's). With
+    ``partial`` (an export made with ``--after``), a chain may start after record 1 and is
+    checked from its first record's ``prev_hash``, which it cannot itself prove; otherwise a
+    missing first record is a problem. With ``checkpoint``, its count and head hash must be in
+    the chain, as :func:`verify` requires."""
     problems: list[str] = []
-    prev = GENESIS
+    prev: str | None = None
     expected_seq = 1
     hashes: dict[int, str] = {}
-    with engine.connect() as conn:
-        for r in conn.execute(sa.select(db.audit).order_by(db.audit.c.seq)):
-            if r.seq != expected_seq:
-                problems.append(f"record {expected_seq} is missing (next is {r.seq})")
-                expected_seq = r.seq
-            if r.prev_hash != prev:
-                problems.append(f"record {r.seq}: chain broken (previous hash does not match)")
-            h = record_hash(r.seq, r.time, r.actor, r.action, r.practice, r.outcome, r.detail, r.prev_hash)
-            if h != r.hash:
-                problems.append(f"record {r.seq}: content was modified (hash mismatch)")
-            hashes[r.seq] = r.hash
-            prev = r.hash
-            expected_seq += 1
+    for r in records:
+        try:
+            seq, time, prev_hash = int(r["seq"]), float(r["time"]), str(r["prev_hash"])
+            h = record_hash(seq, time, str(r["actor"]), str(r["action"]), r["practice"], str(r["outcome"]),
+                            r["detail"], prev_hash)
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"record after {expected_seq - 1}: not an audit record")
+            continue
+        if partial and prev is None and seq > 1:
+            expected_seq, prev = seq, prev_hash  # a partial export: its start cannot be proven
+        if seq != expected_seq:
+            problems.append(f"record {expected_seq} is missing (next is {seq})")
+            expected_seq = seq
+        if prev_hash != (prev or GENESIS):
+            problems.append(f"record {seq}: chain broken (previous hash does not match)")
+        if h != r["hash"]:
+            problems.append(f"record {seq}: content was modified (hash mismatch)")
+        hashes[seq] = str(r["hash"])
+        prev = str(r["hash"])
+        expected_seq += 1
     count = expected_seq - 1
+    if checkpoint is None:
+        return VerifyResult(not problems, count, tuple(problems))
     try:
         cp = json.loads(checkpoint.read_text())
         cp_count, cp_head = int(cp["count"]), str(cp["head"])
