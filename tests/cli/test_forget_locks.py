@@ -123,8 +123,30 @@ def paused_backup(repo: Repo, **env: str) -> subprocess.Popen[str]:
     proc = repo.spawn_backup(**env)
     wait_for(lambda: repo.packs() - before, proc)
     os.killpg(proc.pid, signal.SIGSTOP)
+    wait_stopped(proc.pid)
     assert repo.locks(), "a running backup holds a lock file"
     return proc
+
+
+def wait_stopped(pgid: int, timeout: float = 20.0) -> None:
+    """Wait until every thread of every process in ``pgid`` is stopped. SIGSTOP wakes one thread
+    of each process, which then stops the others: until it gets a CPU (seconds on a loaded
+    machine), another thread may go on, and store one more pack (seen once in 30 runs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                    continue
+                states += [(t / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                           for t in Path(f"/proc/{pid}/task").iterdir()]
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+        if states and all(s in "TtZ" for s in states):
+            return
+        assert time.monotonic() < deadline, f"the backup did not stop: thread states {states}"
+        time.sleep(0.01)
 
 
 def test_prune_refuses_while_a_backup_runs_and_the_finished_backup_restores(repo: Repo) -> None:

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("rempart.cli.cmd_check", "check the repository (--read-data needs the kit)"),
     "drill": ("rempart.cli.cmd_drill", "restore drill: read a snapshot back in full and record it (needs the kit)"),
     "forget": ("rempart.cli.cmd_forget", "apply a retention policy and collect garbage"),
+    "mirror": ("rempart.cli.cmd_mirror", "copy the repository's objects into a folder (no key; from a vault: restore token)"),
     "unlock": ("rempart.cli.cmd_unlock", "remove expired repository locks"),
     "key": ("rempart.cli.cmd_key", "recovery kit commands"),
     "vault": ("rempart.cli.cmd_vault", "run and administer a vault server"),
