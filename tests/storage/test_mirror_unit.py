@@ -60,3 +60,10 @@ def test_objects_gone_or_rotten_after_the_listing_are_reported_and_not_copied() 
     assert rep.gone == [f"snapshots/{gone}"] and rep.damaged == [f"data/{rotten}"]
     assert rep.copied == {"data": 4, "index": 1, "snapshots": 1}
     assert rotten not in {f.name for f in dst.list(FileType.DATA)}
+
+
+def test_a_source_not_initialised_yet_mirrors_nothing_and_fails_nothing() -> None:
+    dst = MemoryBackend()
+    rep = mirror(MemoryBackend(), dst)
+    assert rep.copied == {"data": 0, "index": 0, "snapshots": 0} and not rep.config_created
+    assert list(dst.list(FileType.CONFIG)) == []

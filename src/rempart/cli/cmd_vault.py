@@ -60,6 +60,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     cmd("rebuild-index", "rebuild the metadata database index from the stored objects alone")
     g = cmd("gc", "apply retention and collect garbage now")
     g.add_argument("--practice", help="only this practice")
+    rp = cmd("replicate", "copy every practice's objects to the [replica] storage now")
+    rp.add_argument("--practice", help="only this practice")
     sc = cmd("scrub", "re-read stored objects and check each still hashes to its name (no key needed)")
     sc.add_argument("--practice", help="only this practice")
     sc.add_argument("--max-gib", type=float, help="read at most this much per practice, least recently "
@@ -140,6 +142,24 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                  f"{r.freed_bytes} bytes freed") + (f", {r.renewed_locks} lock(s) renewed" if r.renewed_locks else "")
                  for r in reports]
         _emit(ctx, [r.__dict__ for r in reports], "\n".join(lines) or "no practices")
+    elif c == "replicate":
+        from rempart.core.errors import LockedError
+        from rempart.vault.gc_schedule import gc_lock
+        from rempart.vault.replica import open_replica, replicate_practice
+
+        replica = open_replica(vault)
+        targets = [vault.practice(args.practice)] if args.practice else vault.practices()
+        with gc_lock(config.data_dir / "gc.lock") as got:
+            if not got:
+                raise LockedError("a garbage collection or replication is running (the vault's scheduled pass "
+                                  "or another command)", hint="try again when it has finished")
+            done = [replicate_practice(vault, replica, p, actor=actor) for p in targets]
+        replica.close()
+        _emit(ctx, [r.to_dict() for r in done], "\n".join(
+            f"{r.practice}: {r.copied} object(s) copied ({r.bytes} bytes), {r.present} already there, "
+            f"{r.removed} removed after GC" + (f", {len(r.damaged)} DAMAGED in the vault's storage (not copied)"
+                                               if r.damaged else "") for r in done) or "no practices")
+        return 20 if any(r.damaged for r in done) else 0
     elif c == "scrub":
         from rempart.vault.scrub import scrub_practice
 

@@ -92,7 +92,10 @@ def mirror(src: Backend, dst: Backend, *, listed: Listing | None = None, workers
 
 def _config(src: Backend, dst: Backend, report: MirrorReport) -> None:
     h = Handle(FileType.CONFIG, "config")
-    data = src.load(h)
+    try:
+        data = src.load(h)
+    except NotFound:  # not initialised yet (a vault practice before its first `rempart init`)
+        return
     try:
         existing = dst.load(h)
     except NotFound:

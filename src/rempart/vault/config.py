@@ -21,6 +21,10 @@ config file)::
     path = "storage"
     # s3: endpoint, bucket, region, access_key, secret_key, lock_days
 
+    [replica]                       # optional: a copy of every practice's objects elsewhere
+    kind = "local"                  # or "s3" (same keys as [storage]); local needs a path
+    path = "/mnt/second-disk/rempart"
+
     [database]
     url = ""                        # default sqlite:///<data_dir>/vault.db; or postgresql+psycopg://...
 
@@ -133,6 +137,8 @@ class VaultConfig:
     listen: ListenConfig = ListenConfig()
     tls: TlsConfig = TlsConfig()
     storage: StorageConfig = StorageConfig()
+    #: [replica]: a second storage every practice's objects are copied to (rempart.vault.replica)
+    replica: StorageConfig | None = None
     database_url: str = ""
     retention: RetentionPolicy = RetentionPolicy()
     limits: Limits = Limits()
@@ -204,9 +210,18 @@ def _build(cls: type, sec: dict[str, Any], name: str, base: Path | None = None) 
         raise ConfigError(f"[{name}]: {exc}") from exc
 
 
+def _storage(sec: dict[str, Any], name: str, data_dir: Path) -> StorageConfig:
+    st: StorageConfig = _build(StorageConfig, sec, name, data_dir)
+    if st.kind not in ("local", "s3"):
+        raise ConfigError(f"[{name}] kind must be 'local' or 's3'")
+    if st.kind == "s3" and not (st.endpoint and st.bucket):
+        raise ConfigError(f"[{name}] kind = 's3' needs endpoint and bucket")
+    return st
+
+
 def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
-    top_known = {"data_dir", "listen", "tls", "storage", "database", "retention", "limits", "gc", "metrics",
-                 "watch", "dashboard"}
+    top_known = {"data_dir", "listen", "tls", "storage", "replica", "database", "retention", "limits", "gc",
+                 "metrics", "watch", "dashboard"}
     unknown = set(raw) - top_known
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -215,11 +230,13 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
         raise ConfigError("data_dir must be a path string")
     data_dir = Path(dd) if Path(dd).is_absolute() else (base_dir / dd)
     data_dir = data_dir.resolve()
-    storage = _build(StorageConfig, _section(raw, "storage"), "storage", data_dir)
-    if storage.kind not in ("local", "s3"):
-        raise ConfigError("[storage] kind must be 'local' or 's3'")
-    if storage.kind == "s3" and not (storage.endpoint and storage.bucket):
-        raise ConfigError("[storage] kind = 's3' needs endpoint and bucket")
+    storage = _storage(_section(raw, "storage"), "storage", data_dir)
+    replica = _storage(_section(raw, "replica"), "replica", data_dir) if "replica" in raw else None
+    if replica is not None and replica.kind == "local" and "path" not in raw["replica"]:
+        raise ConfigError("[replica] kind = 'local' needs a path (on another disk or host)")
+    if replica is not None and (replica.kind, replica.path, replica.endpoint, replica.bucket) == \
+            (storage.kind, storage.path, storage.endpoint, storage.bucket):
+        raise ConfigError("[replica] must be another place than [storage]")
     retention = RetentionPolicy.from_dict(_section(raw, "retention"))
     if storage.kind == "s3" and storage.lock_days and storage.lock_days < retention.min_age_days:
         raise ConfigError("[storage] lock_days must be at least [retention] min_age_days",
@@ -258,6 +275,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> VaultConfig:
         listen=_build(ListenConfig, _section(raw, "listen"), "listen"),
         tls=_build(TlsConfig, _section(raw, "tls"), "tls", data_dir),
         storage=storage,
+        replica=replica,
         database_url=str(db.get("url", "")),
         retention=retention,
         limits=_build(Limits, _section(raw, "limits"), "limits"),

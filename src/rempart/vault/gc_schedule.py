@@ -36,6 +36,7 @@ from rempart.core.errors import NotFound, RempartError
 from rempart.vault.gc import GcReport, run_gc
 from rempart.vault.scrub import scrub_practice
 from rempart.vault.service import Vault
+from rempart.vault.store import Store
 
 log = logging.getLogger("rempart.vault.gc")
 ACTOR = "vault-gc"
@@ -82,6 +83,11 @@ class GcMetrics:
                                 registry=registry)
         self.damaged = Counter("rempart_vault_scrub_damaged_objects",
                                "Damaged or missing objects found by the scheduled scrub", registry=registry)
+        self.replicated = Counter("rempart_vault_replica_bytes", "Bytes copied to the [replica] storage",
+                                  registry=registry)
+        self.replica_failures = Counter("rempart_vault_replica_failures",
+                                        "Practices whose replication failed or found damaged objects",
+                                        registry=registry)
         self.renewed = Counter("rempart_vault_lock_renewals",
                                "S3 Object Lock dates pushed forward on kept objects by scheduled GC",
                                registry=registry)
@@ -118,6 +124,7 @@ class GcScheduler:
         self._stop = threading.Event()
         self._running = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._replica: Store | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="rempart-gc", daemon=True)
@@ -189,6 +196,23 @@ class GcScheduler:
         if rep.damaged:
             log.error("scrub of %s: %d damaged object(s)", name, len(rep.damaged))
 
+    def _replicate(self, name: str, res: PassResult) -> None:
+        from rempart.vault.replica import open_replica, replicate_practice
+
+        try:
+            if self._replica is None:
+                self._replica = open_replica(self.vault)
+            rep = replicate_practice(self.vault, self._replica, self.vault.practice(name), actor=ACTOR)
+        except RempartError as exc:
+            res.errors[name] = exc.reference
+            self.metrics.replica_failures.inc()
+            log.error("replication of %s failed: %s", name, exc.message)
+            return
+        self.metrics.replicated.inc(rep.bytes)
+        if rep.damaged:
+            self.metrics.replica_failures.inc()
+            res.damaged += len(rep.damaged)
+
     def _pass(self) -> PassResult:
         v = self.vault
         t0 = v.clock.monotonic()
@@ -215,6 +239,8 @@ class GcScheduler:
             res.reports.append(rep)
             if self.scrub_bytes:
                 self._scrub(name, res)
+            if v.config.replica is not None:
+                self._replicate(name, res)
             self.metrics.freed.inc(rep.freed_bytes)
             self.metrics.packs.inc(len(rep.deleted_packs))
             self.metrics.forgotten.inc(len(rep.forgotten))
