@@ -116,3 +116,40 @@ def test_the_scheduled_pass_replicates_and_the_cli_too(tmp_path: Path) -> None:
     out = cli(v.cfg, "replicate", "--practice", name, "--json")
     (r,) = json.loads(out.stdout)
     assert r["copied"] == 0 and r["already_present"] == 2 and r["damaged"] == []
+    fixed = cli(v.cfg, "repair", "--json")  # nothing damaged: nothing to put back
+    assert json.loads(fixed.stdout) == [{"practice": name, "repaired": [], "failed": {}}]
+
+
+def test_repair_puts_back_what_the_scrub_found_damaged_only_from_good_replica_bytes(tmp_path: Path) -> None:
+    from rempart.vault.replica import repair_from_replica
+    from rempart.vault.scrub import scrub_practice
+
+    v = open_vault(parse_config({"tls": {"enabled": False},
+                                 "replica": {"kind": "local", "path": str(tmp_path / "site-b")}}, tmp_path), FakeClock())
+    ops.add_practice(v, "doc", actor="t")
+    packs = [make_pack([1000 + i])[0] for i in range(3)]
+    for pk in packs:
+        v.ingest("t", v.practice("doc"), Handle(FileType.DATA, pk.name), pk.data)
+    replica = open_replica(v)
+    replicate_practice(v, replica, v.practice("doc"), actor="t")
+    primary, copy = tmp_path / "storage" / "doc", tmp_path / "site-b" / "doc"
+    good, bad_too, absent = packs
+    for pk in packs:  # bit rot in the vault's storage
+        f = next(primary.rglob(pk.name))
+        f.chmod(0o644)
+        f.write_bytes(pk.data[:-1] + bytes([pk.data[-1] ^ 1]))
+    rot = next(copy.rglob(bad_too.name))
+    rot.write_bytes(b"?" + bad_too.data[1:])  # ...and in the replica too
+    next(copy.rglob(absent.name)).unlink()
+    assert len(scrub_practice(v, v.practice("doc")).damaged) == 3
+    rep = repair_from_replica(v, replica, v.practice("doc"), actor="admin")
+    assert rep.repaired == [f"data/{good.name}"]
+    assert rep.failed == {f"data/{bad_too.name}": "damaged in the replica too",
+                          f"data/{absent.name}": "not in the replica"}
+    assert next(primary.rglob(good.name)).read_bytes() == good.data
+    again = scrub_practice(v, v.practice("doc"))
+    assert sorted(n for _, n, _ in again.damaged) == sorted([bad_too.name, absent.name])
+    # put_back itself refuses bytes that do not hash to the name
+    from rempart.core.errors import IntegrityError
+    with pytest.raises(IntegrityError):
+        v.backend(v.practice("doc")).put_back(Handle(FileType.DATA, absent.name), b"not the pack")

@@ -62,6 +62,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--practice", help="only this practice")
     rp = cmd("replicate", "copy every practice's objects to the [replica] storage now")
     rp.add_argument("--practice", help="only this practice")
+    rr = cmd("repair", "put back, from the [replica], the objects the scrub found damaged")
+    rr.add_argument("--practice", help="only this practice")
     sc = cmd("scrub", "re-read stored objects and check each still hashes to its name (no key needed)")
     sc.add_argument("--practice", help="only this practice")
     sc.add_argument("--max-gib", type=float, help="read at most this much per practice, least recently "
@@ -142,24 +144,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                  f"{r.freed_bytes} bytes freed") + (f", {r.renewed_locks} lock(s) renewed" if r.renewed_locks else "")
                  for r in reports]
         _emit(ctx, [r.__dict__ for r in reports], "\n".join(lines) or "no practices")
-    elif c == "replicate":
-        from rempart.core.errors import LockedError
-        from rempart.vault.gc_schedule import gc_lock
-        from rempart.vault.replica import open_replica, replicate_practice
-
-        replica = open_replica(vault)
-        targets = [vault.practice(args.practice)] if args.practice else vault.practices()
-        with gc_lock(config.data_dir / "gc.lock") as got:
-            if not got:
-                raise LockedError("a garbage collection or replication is running (the vault's scheduled pass "
-                                  "or another command)", hint="try again when it has finished")
-            done = [replicate_practice(vault, replica, p, actor=actor) for p in targets]
-        replica.close()
-        _emit(ctx, [r.to_dict() for r in done], "\n".join(
-            f"{r.practice}: {r.copied} object(s) copied ({r.bytes} bytes), {r.present} already there, "
-            f"{r.removed} removed after GC" + (f", {len(r.damaged)} DAMAGED in the vault's storage (not copied)"
-                                               if r.damaged else "") for r in done) or "no practices")
-        return 20 if any(r.damaged for r in done) else 0
+    elif c in ("replicate", "repair"):
+        return _replica(args, ctx, config, vault, actor)
     elif c == "scrub":
         from rempart.vault.scrub import scrub_practice
 
@@ -175,6 +161,34 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         _emit(ctx, [r.to_dict() for r in scrubbed], "\n".join(lines) or "no practices")
         return 20 if any(r.damaged for r in scrubbed) else 0
     return 0
+
+
+def _replica(args: argparse.Namespace, ctx: Context, config: Any, vault: Any, actor: str) -> int:
+    from rempart.core.errors import LockedError
+    from rempart.vault.gc_schedule import gc_lock
+    from rempart.vault.replica import open_replica, repair_from_replica, replicate_practice
+
+    replica = open_replica(vault)
+    targets = [vault.practice(args.practice)] if args.practice else vault.practices()
+    with gc_lock(config.data_dir / "gc.lock") as got:
+        if not got:
+            raise LockedError("a garbage collection or replication is running (the vault's scheduled pass "
+                              "or another command)", hint="try again when it has finished")
+        if args.vault_command == "repair":
+            fixed = [repair_from_replica(vault, replica, p, actor=actor) for p in targets]
+            replica.close()
+            _emit(ctx, [r.to_dict() for r in fixed], "\n".join(
+                f"{r.practice}: {len(r.repaired)} object(s) put back"
+                + "".join(f"\n  NOT REPAIRED {k}: {why}" for k, why in r.failed.items()) for r in fixed)
+                or "no practices")
+            return 20 if any(r.failed for r in fixed) else 0
+        done = [replicate_practice(vault, replica, p, actor=actor) for p in targets]
+    replica.close()
+    _emit(ctx, [r.to_dict() for r in done], "\n".join(
+        f"{r.practice}: {r.copied} object(s) copied ({r.bytes} bytes), {r.present} already there, "
+        f"{r.removed} removed after GC" + (f", {len(r.damaged)} DAMAGED in the vault's storage (not copied)"
+                                           if r.damaged else "") for r in done) or "no practices")
+    return 20 if any(r.damaged for r in done) else 0
 
 
 def _practice(args: argparse.Namespace, ctx: Context, vault: Any, actor: str) -> int:

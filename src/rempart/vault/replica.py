@@ -21,6 +21,7 @@ hand with ``rempart vault replicate``; each practice's run is audited (``replica
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ import sqlalchemy as sa
 
 from rempart.core.errors import ConfigError, NotFound, PermissionDenied
 from rempart.repository.mirror import ORDER, mirror
-from rempart.storage.base import Backend, Handle
+from rempart.storage.base import Backend, FileType, Handle
 from rempart.vault import db
 from rempart.vault.service import CHUNK, Practice, Vault
 from rempart.vault.store import Store
@@ -95,3 +96,58 @@ def _follow_deletions(vault: Vault, practice: Practice, dst: Backend, report: Re
                     pass
                 except PermissionDenied:  # the replica's own Object Lock: next pass
                     report.kept_by_lock += 1
+
+
+@dataclass
+class RepairReport:
+    practice: str
+    repaired: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # object -> why it could not be put back
+
+    def to_dict(self) -> dict[str, object]:
+        return {"practice": self.practice, "repaired": self.repaired, "failed": self.failed}
+
+
+def repair_from_replica(vault: Vault, replica: Store, practice: Practice, *, actor: str) -> RepairReport:
+    """Put back, from the replica, each object the scrub found damaged in the vault's storage:
+    the replica's bytes are used only if they hash to the object's name, then the object is
+    scrubbed again (which clears its damage and the watch's alert). A vault on S3 cannot
+    rewrite a version under Object Lock: refused there, with the reason."""
+    from rempart.vault.scrub import check_object
+
+    report = RepairReport(practice.name)
+    o = db.objects
+    with vault.engine.connect() as conn:
+        rows = conn.execute(sa.select(o.c.type, o.c.name, o.c.size).where(
+            o.c.practice_id == practice.id, o.c.state.in_(("live", "superseded")),
+            o.c.damage.is_not(None)).order_by(o.c.type, o.c.name)).all()
+    if not rows:
+        return report
+    primary = vault.backend(practice)
+    put_back = getattr(primary, "put_back", None)
+    source = replica.backend(practice.name)
+    for t, name, size in rows:
+        h = Handle(FileType(t), name)
+        if put_back is None:
+            report.failed[str(h)] = "the vault's storage cannot rewrite an object (S3 Object Lock)"
+            continue
+        try:
+            data = source.load(h)
+        except NotFound:
+            report.failed[str(h)] = "not in the replica"
+            continue
+        if hashlib.sha256(data).hexdigest() != name:
+            report.failed[str(h)] = "damaged in the replica too"
+            continue
+        put_back(h, data)
+        damage = check_object(vault, practice, h, size)  # read back from the vault's storage
+        with db.write(vault.engine) as conn:
+            conn.execute(o.update().where(o.c.practice_id == practice.id, o.c.type == t, o.c.name == name)
+                         .values(verified=vault.now(), damage=damage))
+        if damage:
+            report.failed[str(h)] = f"still {damage} after it was put back"
+        else:
+            report.repaired.append(str(h))
+    vault.audit_now(actor, "repair", practice.name, "ok" if not report.failed else "failed",
+                    {"repaired": report.repaired[:20], "failed": dict(list(report.failed.items())[:20])})
+    return report

@@ -47,7 +47,7 @@ class ScrubReport:
                 "damaged": [{"type": t, "name": n, "damage": d} for t, n, d in self.damaged]}
 
 
-def _check(vault: Vault, practice: Practice, h: Handle, size: int) -> str | None:
+def check_object(vault: Vault, practice: Practice, h: Handle, size: int) -> str | None:
     """What is wrong with the stored bytes of ``h`` (None: they hash to its name)."""
     backend = vault.backend(practice)
     try:
@@ -75,7 +75,7 @@ def scrub_practice(vault: Vault, practice: Practice, *, max_bytes: int | None = 
         if max_bytes is not None and report.objects and report.bytes + row.size > max_bytes:
             break
         h = Handle(FileType(row.type), row.name)
-        damage = _check(vault, practice, h, row.size)
+        damage = check_object(vault, practice, h, row.size)
         with db.write(vault.engine) as conn:
             still = conn.execute(sa.select(o.c.state).where(
                 o.c.practice_id == practice.id, o.c.type == row.type, o.c.name == row.name)).scalar()
