@@ -89,20 +89,26 @@ class LocalBackend:
         return self.root / h.type.value / h.name
 
     def save(self, h: Handle, data: bytes) -> None:
+        self._write(h, data, replace=False)
+
+    def _write(self, h: Handle, data: bytes, *, replace: bool) -> None:
         final = self._path(h)
         tmpdir = self.root / "tmp"
         tmp = tmpdir / f"{h.name}.{secrets.token_hex(8)}.tmp"
-        with map_os_errors(f"save {h}"):
-            if final.exists():
+        with map_os_errors(f"{'put back' if replace else 'save'} {h}"):
+            if not replace and final.exists():
                 raise FileExistsError(str(final))
             tmpdir.mkdir(exist_ok=True)
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
                 write_new_file(tmp, data)  # fsynced; a pack from shared memory skips the page cache
-                try:
-                    os.link(tmp, final)  # atomic and never replaces an existing file
-                except (AttributeError, NotImplementedError):  # pragma: no cover - no hard links
-                    os.rename(tmp, final)  # Windows: rename refuses to replace
+                if replace:
+                    os.replace(tmp, final)
+                else:
+                    try:
+                        os.link(tmp, final)  # atomic and never replaces an existing file
+                    except (AttributeError, NotImplementedError):  # pragma: no cover - no hard links
+                        os.rename(tmp, final)  # Windows: rename refuses to replace
             finally:
                 try:
                     os.unlink(tmp)
@@ -118,20 +124,7 @@ class LocalBackend:
         fsync), then renamed over the damaged file."""
         if h.type is FileType.CONFIG or hashlib.sha256(data).hexdigest() != h.name:
             raise IntegrityError(f"put back {h}: the bytes do not hash to its name")
-        final = self._path(h)
-        tmp = self.root / "tmp" / f"{h.name}.{secrets.token_hex(8)}.tmp"
-        with map_os_errors(f"put back {h}"):
-            (self.root / "tmp").mkdir(exist_ok=True)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                write_new_file(tmp, data)
-                os.replace(tmp, final)
-            finally:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
-            fsync_dir(final.parent)
+        self._write(h, data, replace=True)
 
     def load(self, h: Handle, *, offset: int = 0, length: int | None = None) -> bytes:
         with map_os_errors(f"load {h}"):
