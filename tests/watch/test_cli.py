@@ -66,6 +66,17 @@ def test_cli_users_settings_watch_once_and_report(tmp_path: Path, smtp: SmtpServ
     with engine.connect() as conn:
         stored = conn.execute(sa.select(t.users.c.pw_hash)).scalar_one()
     assert stored.startswith("scrypt$") and "a long password" not in stored
+    # a second factor: the otpauth address is printed once; --off removes it; unknown users refused
+    on = run(cfg, "user", "totp", "alice", json_out=True)
+    assert on.returncode == 0, on.stderr
+    uri = json.loads(on.stdout)["otpauth"]
+    assert uri.startswith("otpauth://totp/Rempart%20vault:alice?") and "secret=" in uri
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(t.users.c.totp_secret)).scalar_one() in uri
+    assert run(cfg, "user", "totp", "nobody").returncode == 2
+    assert run(cfg, "user", "totp", "alice", "--off").returncode == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(t.users.c.totp_secret)).scalar_one() is None
 
     # expectations and contacts, with bad input refused clearly
     bad = run(cfg, "watch", "set", "cabinet-cli", "--contact", "not-an-address")

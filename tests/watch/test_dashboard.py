@@ -3,8 +3,11 @@ rate limiting, escaping, freeze/release audited, and that nothing encrypted is e
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -246,3 +249,49 @@ def test_timeline_marks_a_snapshot_under_legal_hold_without_its_reason(denv: Env
     page = c.get("/ui/practices/cabinet-a").text
     assert page.count('<span class="hold">legal hold</span>') == 1
     assert "Dupont" not in page  # the case reference stays in the audit trail
+
+
+def test_a_user_with_one_time_codes_needs_a_current_unused_code(denv: Env) -> None:
+    from urllib.parse import parse_qs, urlparse
+
+    from rempart.vault.dashboard import totp
+
+    with denv.vault.engine.begin() as conn:
+        uri = totp.enable(conn, "admin")
+    secret = parse_qs(urlparse(uri).query)["secret"][0]
+    assert uri.startswith("otpauth://totp/Rempart%20vault:admin?") and len(secret) == 32
+    c = TestClient(denv.app)
+
+    def attempt(code: str) -> int:
+        token = csrf_of(c.get("/ui/login").text)
+        return c.post("/ui/login", data={"username": "admin", "password": ADMIN_PW, "csrf": token, "code": code},
+                      follow_redirects=False).status_code
+
+    now = denv.vault.now()
+    assert attempt("") == 401  # the password alone is no longer enough
+    wrong = f"{(int(totp.code_at(secret, now)) + 1) % 10**6:06d}"
+    assert attempt(wrong) == 401
+    assert attempt(totp.code_at(secret, now - 120)) == 401  # four steps old
+    denv.clock.advance(601)  # past the failed-login window (three failures block the address)
+    good = totp.code_at(secret, denv.vault.now())
+    assert attempt(good) == 303
+    assert attempt(good) == 401  # single use: a replayed code is refused within its 30 seconds
+    denv.clock.advance(30)
+    assert attempt(totp.code_at(secret, denv.vault.now() - 30)) == 401  # the step before the used one's next
+    assert attempt(totp.code_at(secret, denv.vault.now())) == 303  # ...but the next step's code works
+    why = [json.loads(r.detail or "{}").get("why") for r in audit_rows(denv) if r.action == "ui.login"
+           and r.outcome == "authentication-error"]
+    assert "one-time code already used" in why and "wrong one-time code" in why
+    assert all(secret not in str(r) for r in audit_rows(denv))
+    # a provider without codes still signs in, unless the vault requires them of everyone
+    login(TestClient(denv.app), "tech", PROV_PW)
+    denv.app.state.dashboard.config = dataclasses.replace(denv.app.state.dashboard.config, require_totp=True)
+    c2 = TestClient(denv.app)
+    r = c2.post("/ui/login", data={"username": "tech", "password": PROV_PW, "csrf": csrf_of(c2.get("/ui/login").text)},
+                follow_redirects=False)
+    assert r.status_code == 401
+
+
+def audit_rows(env: Env) -> list[Any]:
+    with env.vault.engine.connect() as conn:
+        return list(conn.execute(sa.select(db.audit).order_by(db.audit.c.seq)))

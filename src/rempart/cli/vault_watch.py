@@ -75,6 +75,9 @@ def add_parsers(sub: Any) -> None:
     leaf(us, "passwd", "change a user's password (ends its sessions)").add_argument("name")
     leaf(us, "disable", "disable a user (ends its sessions)").add_argument("name")
     leaf(us, "list", "list dashboard users")
+    tp = leaf(us, "totp", "give a user a one-time-code secret for its logins (shown once), or --off")
+    tp.add_argument("name")
+    tp.add_argument("--off", action="store_true", help="remove the user's second factor")
 
     r = sub.add_parser("report", help="weekly reports")
     rs = r.add_subparsers(dest="report_command", metavar="ACTION", required=True)
@@ -176,6 +179,20 @@ def _user(args: argparse.Namespace, ctx: Context, vault: Any) -> int:
         _emit(ctx, [{"name": u.username, "role": u.role, "provider": u.provider, "disabled": d} for u, d in users],
               "\n".join(f"{u.username:<24} {u.role:<9} {u.provider or '':<20} {'DISABLED' if d else ''}"
                         for u, d in users) or "no users")
+        return 0
+    if c == "totp":
+        from rempart.vault.dashboard import totp
+
+        with vault.engine.begin() as conn:
+            uri = None if args.off else totp.enable(conn, args.name)
+            if args.off:
+                totp.disable(conn, args.name)
+            conn.execute(auth.t.sessions.delete().where(auth.t.sessions.c.username == args.name))
+            vault.audit(conn, "cli", "user.totp", None, "ok", {"user": args.name, "enabled": not args.off})
+        vault.checkpoint(conn)
+        _emit(ctx, {"user": args.name, "otpauth": uri}, f"user {args.name}: one-time codes off" if args.off else
+              f"user {args.name}: one-time codes on (sessions ended). Add this to the user's authenticator app "
+              f"now; it is shown once:\n{uri}")
         return 0
     if c == "disable":
         with vault.engine.begin() as conn:

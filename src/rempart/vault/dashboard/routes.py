@@ -11,8 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from rempart.core.errors import AuthenticationError, NotFound, PermissionDenied, RempartError
+from rempart.vault import db
 from rempart.vault import practices as vp
-from rempart.vault.dashboard import auth
+from rempart.vault.dashboard import auth, totp
 from rempart.vault.dashboard.i18n import pick, translator
 from rempart.vault.dashboard.views import Views
 
@@ -101,6 +102,7 @@ async def login(request: Request) -> Response:
     form = await request.form()
     username = str(form.get("username", ""))[:64]
     password = str(form.get("password", ""))
+    code = str(form.get("code", ""))[:16]
     if not auth.csrf_ok(request.cookies.get(LOGIN_CSRF, ""), str(form.get("csrf", ""))):
         vault.audit_now(f"ip:{ip}", "ui.login", None, "csrf-refused", {"user": username})
         return error_page(request, 403, "error.csrf", None)
@@ -113,9 +115,11 @@ async def login(request: Request) -> Response:
     try:
         with vault.engine.connect() as conn:
             user = auth.check_login(conn, username, password)
-    except AuthenticationError:
+        with db.write(vault.engine) as conn:  # the one-time code, once the password is right
+            totp.check(conn, user.username, code, vault.now(), required=_ui(request).config.require_totp)
+    except AuthenticationError as exc:
         limiter.failed(ip, username.lower())
-        vault.audit_now(f"ip:{ip}", "ui.login", None, "authentication-error", {"user": username})
+        vault.audit_now(f"ip:{ip}", "ui.login", None, "authentication-error", {"user": username, "why": exc.message})
         return render(request, "login.html", status=401, login_csrf=request.cookies.get(LOGIN_CSRF, ""),
                       failed=True)
     with vault.engine.begin() as conn:

@@ -105,6 +105,7 @@ class DashboardConfig:
     login_window_seconds: float = 900.0
     provider_can_release: bool = False
     secure_cookies: bool | None = None  # None: Secure when the vault serves TLS
+    require_totp: bool = False  # every login needs a one-time code (rempart.vault.dashboard.totp)
 
 
 def _typed(cls: type, raw: dict[str, Any], name: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:

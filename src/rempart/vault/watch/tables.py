@@ -72,6 +72,9 @@ users = sa.Table(
     sa.Column("lang", sa.String(2), nullable=False, default="fr"),
     sa.Column("created", sa.Float, nullable=False),
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    # second factor (rempart.vault.dashboard.totp, migration 4): base32 secret, last step used
+    sa.Column("totp_secret", sa.String(64), nullable=True),
+    sa.Column("totp_last_step", sa.BigInteger, nullable=True),
 )
 
 sessions = sa.Table(
@@ -126,7 +129,15 @@ def _m3(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE watch_drills ADD COLUMN {name} {kind}"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3]
+def _m4(conn: Connection) -> None:
+    """A second factor for dashboard users."""
+    cols = {c["name"] for c in sa.inspect(conn).get_columns("watch_users")}
+    for name, kind in (("totp_secret", "VARCHAR(64)"), ("totp_last_step", "BIGINT")):
+        if name not in cols:
+            conn.execute(sa.text(f"ALTER TABLE watch_users ADD COLUMN {name} {kind}"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3, _m4]
 
 
 def migrate(engine: Engine) -> int:
