@@ -21,7 +21,6 @@ live object keeps being renewed.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -32,8 +31,6 @@ from rempart.core.errors import NotFound
 from rempart.storage.base import FileType, Handle
 from rempart.vault import db
 from rempart.vault.service import Practice, Vault
-
-log = logging.getLogger(__name__)
 
 #: rows written back per transaction
 BATCH = 200
