@@ -123,14 +123,14 @@ def test_a_byte_budget_cycles_through_the_objects(vault: Any, tmp_path: Path) ->
     assert r.returncode == 2 and "--max-gib must be positive" in r.stderr
 
 
-def test_migrations_3_to_5_add_their_columns_and_keep_the_rows(tmp_path: Path) -> None:
-    """3: the scrub's columns; 4: the lock renewal's date; 5: legal holds."""
+def test_migrations_3_to_6_add_their_columns_and_keep_the_rows(tmp_path: Path) -> None:
+    """3: the scrub's columns; 4: the lock renewal's date; 5: legal holds; 6: closing."""
     import sqlalchemy as sa
 
     from rempart.vault import db
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'v2.db'}")
-    with engine.begin() as conn:  # the two tables these migrations touch, as migrations 1-2 left them
+    with engine.begin() as conn:  # the three tables these migrations touch, as migrations 1-2 left them
         conn.execute(sa.text("CREATE TABLE objects (practice_id INTEGER, type VARCHAR(16), name VARCHAR(64), "
                              "size BIGINT, created FLOAT, state VARCHAR(16), PRIMARY KEY (practice_id, type, name))"))
         conn.execute(sa.text("INSERT INTO objects VALUES (1, 'data', 'ab', 10, 1.0, 'live')"))
@@ -138,13 +138,20 @@ def test_migrations_3_to_5_add_their_columns_and_keep_the_rows(tmp_path: Path) -
                              "client_time VARCHAR(64), verdict VARCHAR(16), detection TEXT, stats TEXT, "
                              "false_positive BOOLEAN, state VARCHAR(16), PRIMARY KEY (practice_id, name))"))
         conn.execute(sa.text("INSERT INTO snapshots VALUES (1, 'cd', 2.0, NULL, 'clean', NULL, NULL, 0, 'kept')"))
+        conn.execute(sa.text("CREATE TABLE practices (id INTEGER PRIMARY KEY, name VARCHAR(64), created FLOAT, "
+                             "quota_bytes BIGINT, used_bytes BIGINT, frozen BOOLEAN, frozen_reason VARCHAR(200), "
+                             "frozen_at FLOAT, policy TEXT, last_snapshot_at FLOAT)"))
+        conn.execute(sa.text("INSERT INTO practices VALUES (1, 'doc', 1.0, 0, 10, 0, NULL, NULL, NULL, NULL)"))
         db.schema_version.create(conn)
         conn.execute(db.schema_version.insert().values(version=2))
-    assert db.migrate(engine) == 5
+    assert db.migrate(engine) == 6
     with engine.connect() as conn:
         row = conn.execute(sa.select(db.objects)).one()
         snap = conn.execute(sa.select(db.snapshots)).one()
     assert (row.name, row.size, row.state, row.verified, row.damage, row.locked_until) == \
         ("ab", 10, "live", None, None, None)
     assert (snap.name, snap.state, snap.hold, snap.held_at) == ("cd", "kept", None, None)
-    assert db.migrate(engine) == 5  # idempotent
+    with engine.connect() as conn:
+        prac = conn.execute(sa.select(db.practices)).one()
+    assert (prac.name, prac.used_bytes, prac.closed_at, prac.erased_at) == ("doc", 10, None, None)
+    assert db.migrate(engine) == 6  # idempotent

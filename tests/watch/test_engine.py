@@ -200,18 +200,23 @@ def test_daily_reminder_by_mail(env: Env, smtp: SmtpServer) -> None:
     assert "toujours ouverte" in m.get_content()
 
 
-def test_migrations_add_the_reminder_and_drill_columns_to_an_old_schema(tmp_path: Path) -> None:
+def test_migrations_add_the_reminder_drill_and_totp_columns_to_an_old_schema(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
     old = sa.MetaData()
     sa.Table("watch_alerts", old, sa.Column("id", sa.Integer, primary_key=True), sa.Column("grp", sa.String(16)))
     sa.Table("watch_drills", old, sa.Column("id", sa.Integer, primary_key=True), sa.Column("practice_id", sa.Integer),
              sa.Column("time", sa.Float), sa.Column("outcome", sa.String(16)), sa.Column("note", sa.String(200)))
+    sa.Table("watch_users", old, sa.Column("username", sa.String(64), primary_key=True),
+             sa.Column("pw_hash", sa.String(200)), sa.Column("role", sa.String(16)))
     with engine.begin() as conn:
         old.create_all(conn)
         conn.execute(sa.text("INSERT INTO watch_drills (practice_id, time, outcome, note) VALUES (1, 5.0, 'ok', 'x')"))
+        conn.execute(sa.text("INSERT INTO watch_users VALUES ('alice', 'scrypt$x', 'admin')"))
         t.version.create(conn)
         conn.execute(t.version.insert().values(version=1))
-    assert t.migrate(engine) == 3
+    assert t.migrate(engine) == 4
+    cols = {c["name"] for c in sa.inspect(engine).get_columns("watch_users")}
+    assert {"totp_secret", "totp_last_step"} <= cols  # migration 4: one-time codes
     cols = {c["name"] for c in sa.inspect(engine).get_columns("watch_alerts")}
     assert "notified" in cols
     cols = {c["name"] for c in sa.inspect(engine).get_columns("watch_drills")}
@@ -219,4 +224,4 @@ def test_migrations_add_the_reminder_and_drill_columns_to_an_old_schema(tmp_path
     with engine.connect() as conn:  # the drill recorded before is still there, with empty new fields
         row = conn.execute(sa.select(t.drills)).one()
     assert (row.outcome, row.note, row.snapshot, row.files) == ("ok", "x", None, None)
-    assert t.migrate(engine) == 3  # idempotent
+    assert t.migrate(engine) == 4  # idempotent

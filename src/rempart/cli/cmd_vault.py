@@ -47,6 +47,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     for n, h in (("freeze", "stop every deletion for a practice"), ("release", "release an incident freeze")):
         f = pcmd(n, h)
         f.add_argument("--reason", default="", help="recorded in the audit trail")
+    cl = pcmd("close", "end of contract: revoke the practice's tokens; GC erases its data after the "
+                       "retention minimum age")
+    cl.add_argument("--reason", required=True, help="contract end, request reference (audited)")
+    ro = pcmd("reopen", "undo a closing within its grace period")
+    ro.add_argument("--reason", default="", help="recorded in the audit trail")
     ho = pcmd("hold", "put a legal hold on a snapshot: retention never forgets it until released")
     ho.add_argument("snapshot", help="snapshot id (at least its first 8 hex digits)")
     ho.add_argument("--reason", required=True, help="case or request reference (recorded in the audit trail)")
@@ -81,6 +86,12 @@ def _config(args: argparse.Namespace, ctx: Context) -> Any:
     if not path:
         raise ConfigError("the vault config file is needed", hint="pass --config FILE or set REMPART_VAULT_CONFIG")
     return load_config(Path(path))
+
+
+def ctx_time(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _emit(ctx: Context, data: Any, text: str) -> None:
@@ -205,7 +216,8 @@ def _practice(args: argparse.Namespace, ctx: Context, vault: Any, actor: str) ->
         rows = [ops.status(vault, p) for p in vault.practices()]
         text = "\n".join(
             f"{r['practice']:<24} snapshots={r['snapshots']:<5} used={r['used_bytes']:<12} "
-            f"quota={r['quota_bytes'] or '-':<12} {'FROZEN' if r['frozen'] else ''}" for r in rows)
+            f"quota={r['quota_bytes'] or '-':<12} {'FROZEN' if r['frozen'] else ''}"
+            + (" ERASED" if r["erased_at"] else " CLOSED" if r["closed_at"] else "") for r in rows)
         _emit(ctx, rows, text or "no practices")
     elif a == "enroll-code":
         code = ops.enroll_code(vault, args.name, actor=actor)
@@ -221,6 +233,20 @@ def _practice(args: argparse.Namespace, ctx: Context, vault: Any, actor: str) ->
     elif a in ("freeze", "release"):
         ops.freeze(vault, args.name, a == "freeze", args.reason, actor=actor)
         _emit(ctx, {"frozen": a == "freeze"}, f"{args.name}: {'frozen' if a == 'freeze' else 'released'}")
+    elif a == "close":
+        from rempart.vault import closing
+
+        after = closing.close(vault, args.name, args.reason, actor=actor)
+        when = ctx_time(after)
+        _emit(ctx, {"closed": True, "erase_after": after},
+              f"{args.name}: closed, its tokens revoked. Its data is erased by GC from {when} on; until then a "
+              f"restore token (`practice token {args.name} --scope restore`) lets it take its data "
+              f"(`rempart mirror`), and `practice reopen` undoes this")
+    elif a == "reopen":
+        from rempart.vault import closing
+
+        closing.reopen(vault, args.name, args.reason, actor=actor)
+        _emit(ctx, {"closed": False}, f"{args.name}: reopened; issue new tokens")
     elif a in ("hold", "release-hold"):
         snap = ops.find_snapshot(vault, args.name, args.snapshot)
         ops.set_hold(vault, args.name, snap, a == "hold", args.reason, actor=actor)

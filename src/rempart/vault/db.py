@@ -39,6 +39,10 @@ practices = sa.Table(
     sa.Column("frozen_at", sa.Float, nullable=True),
     sa.Column("policy", sa.Text, nullable=True),
     sa.Column("last_snapshot_at", sa.Float, nullable=True),
+    # end of contract (rempart.vault.closing, migration 6): when closed, why, when fully erased
+    sa.Column("closed_at", sa.Float, nullable=True),
+    sa.Column("closed_reason", sa.String(200), nullable=True),
+    sa.Column("erased_at", sa.Float, nullable=True),
 )
 
 tokens = sa.Table(
@@ -194,8 +198,16 @@ def _m5(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE snapshots ADD COLUMN {name} {kind}"))
 
 
+def _m6(conn: Connection) -> None:
+    """Closing a practice at the end of its contract."""
+    cols = {c["name"] for c in sa.inspect(conn).get_columns("practices")}
+    for name, kind in (("closed_at", "FLOAT"), ("closed_reason", "VARCHAR(200)"), ("erased_at", "FLOAT")):
+        if name not in cols:
+            conn.execute(sa.text(f"ALTER TABLE practices ADD COLUMN {name} {kind}"))
+
+
 #: append-only list of migrations; index + 1 is the schema version after it ran
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3, _m4, _m5]
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3, _m4, _m5, _m6]
 
 
 def make_engine(url: str) -> Engine:

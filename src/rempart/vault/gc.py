@@ -32,7 +32,7 @@ from rempart.core.errors import NotFound, PermissionDenied
 from rempart.repository.format import BlobType, PackEntry, encode_index
 from rempart.storage.base import FileType, Handle
 from rempart.storage.local import TMP_GRACE
-from rempart.vault import db
+from rempart.vault import closing, db
 from rempart.vault.lockrenew import renew_locks
 from rempart.vault.retention import SnapRecord, select_kept
 from rempart.vault.service import CHUNK, Practice, Vault
@@ -49,6 +49,7 @@ class GcReport:
     new_index: str | None = None
     tmp_removed: int = 0  # leftovers of uploads cut short (local storage)
     renewed_locks: int = 0  # S3 Object Lock dates pushed forward on kept objects
+    erased: bool = False  # a closed practice's last object went (rempart.vault.closing)
 
 
 def referenced_packs(conn: Connection, pid: int, packs: list[str]) -> set[str]:
@@ -77,7 +78,8 @@ def forget(vault: Vault, practice: Practice, *, actor: str, report: GcReport) ->
             rows = conn.execute(sa.select(db.snapshots).where(
                 db.snapshots.c.practice_id == p.id, db.snapshots.c.state == "kept")).all()
             recs = [SnapRecord(r.name, r.received, r.verdict == "suspicious" and not r.false_positive) for r in rows]
-            kept, _ = select_kept(recs, p.policy, now)
+            # a closed practice past its grace period keeps nothing but its held snapshots
+            kept = set() if closing.erasing(vault, p) else select_kept(recs, p.policy, now)[0]
             kept |= {r.name for r in rows if r.hold is not None}  # legal holds outlast every rule
             gone = sorted(r.name for r in recs if r.name not in kept)
             for i in range(0, len(gone), CHUNK):
@@ -189,6 +191,9 @@ def run_gc(vault: Vault, practice: Practice, *, actor: str) -> GcReport:
     or not, renew the S3 Object Lock of what is kept (:mod:`rempart.vault.lockrenew`)."""
     report = GcReport(practice.name)
     _collect(vault, practice, actor=actor, report=report)
+    if not report.frozen and closing.erasing(vault, practice) and closing.mark_the_rest(vault, practice, actor=actor):
+        _sweep(vault, practice, ("deleting", "retained", "superseded"), ("index", "config"), report)
+        report.erased = closing.finish_if_erased(vault, vault.practice(practice.name), actor=actor)
     report.renewed_locks = renew_locks(vault, practice, actor=actor).renewed
     return report
 

@@ -52,7 +52,10 @@ def ensure_practice_row(vault: Vault, name: str) -> Practice:
 
 def new_token(vault: Vault, practice: str | None, scope: str, *, actor: str) -> str:
     with db.write(vault.engine) as conn:
-        pid = vault.practice(practice, conn).id if practice else None
+        p = vault.practice(practice, conn) if practice else None
+        if p is not None and p.closed_at is not None and scope != "restore":
+            raise UserError(f"practice {p.name} is closed: only a restore token can be issued (to take its data)")
+        pid = p.id if p else None
         tok = tokens.create_token(conn, scope=scope, practice_id=pid, now=vault.now(), label=scope)
         vault.audit(conn, actor, "token.create", practice, "ok", {"scope": scope, "token_id": tokens.token_id_of(tok)})
     vault.checkpoint(conn)
@@ -71,6 +74,8 @@ def revoke_token(vault: Vault, token_id: str, *, actor: str) -> None:
 def enroll_code(vault: Vault, practice: str, *, actor: str) -> str:
     with db.write(vault.engine) as conn:
         p = vault.practice(practice, conn)
+        if p.closed_at is not None:
+            raise UserError(f"practice {p.name} is closed: no new agent can enroll")
         code = tokens.create_enroll_code(conn, p.id, now=vault.now(), ttl=vault.config.limits.enroll_code_ttl_seconds)
         vault.audit(conn, actor, "enroll-code.create", practice, "ok", {"code_id": code.split("-")[0]})
     vault.checkpoint(conn)
@@ -209,6 +214,8 @@ def status(vault: Vault, practice: Practice) -> dict[str, Any]:
         "last_clean_at": last_clean.received if last_clean else None,
         "frozen": practice.frozen,
         "frozen_reason": practice.frozen_reason,
+        "closed_at": practice.closed_at,
+        "erased_at": practice.erased_at,
         "used_bytes": practice.used_bytes,
         "quota_bytes": practice.quota_bytes,
         "last_run": {"received": run.received, "outcome": run.outcome, "error_class": run.error_class} if run else None,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from rempart.core.errors import RempartError
 from rempart.vault import audit as audit_mod
-from rempart.vault import db
+from rempart.vault import closing, db
 from rempart.vault import practices as ops
 from rempart.vault.config import RetentionPolicy
 from rempart.vault.deps import authenticate, client_ip, refuse, require_admin, vault_of
@@ -132,7 +132,22 @@ def false_positive(request: Request, admin: Admin, practice: PracticeName,
     return {"false_positive": True}
 
 
-class HoldReason(BaseModel):
+@router.post("/v1/admin/practices/{practice}/close")
+def close_practice(request: Request, admin: Admin, practice: PracticeName, body: RequiredReason) -> dict[str, Any]:
+    """End of contract: revoke the practice's tokens; its data is erased by GC after its
+    retention minimum age (audited; see rempart.vault.closing)."""
+    after = _guard(request, admin, closing.close, practice, body.reason, practice=practice)
+    return {"closed": True, "erase_after": after}
+
+
+@router.post("/v1/admin/practices/{practice}/reopen")
+def reopen_practice(request: Request, admin: Admin, practice: PracticeName, body: Reason) -> dict[str, bool]:
+    """Undo a closing within its grace period (issue new tokens afterwards)."""
+    _guard(request, admin, closing.reopen, practice, body.reason, practice=practice)
+    return {"closed": False}
+
+
+class RequiredReason(BaseModel):
     reason: str = Field(min_length=1, max_length=200, description="case or request reference")
 
 
@@ -141,7 +156,7 @@ SnapshotName = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
 
 @router.post("/v1/admin/practices/{practice}/snapshots/{name}/hold")
 def hold(request: Request, admin: Admin, practice: PracticeName, name: SnapshotName,
-         body: HoldReason) -> dict[str, bool]:
+         body: RequiredReason) -> dict[str, bool]:
     """Put a legal hold on a kept snapshot: retention never forgets it while held (audited)."""
     _guard(request, admin, ops.set_hold, practice, name, True, body.reason, practice=practice)
     return {"hold": True}

@@ -27,6 +27,7 @@ from rempart.core.errors import (
     IntegrityError,
     MissingBlobs,
     NotFound,
+    PermissionDenied,
     UserError,
 )
 from rempart.repository.format import PackEntry, parse_index, parse_pack_header, parse_snapshot
@@ -53,6 +54,8 @@ class Practice:
     frozen_reason: str | None
     policy: RetentionPolicy
     last_snapshot_at: float | None
+    closed_at: float | None = None  # end of contract (rempart.vault.closing)
+    erased_at: float | None = None
 
 
 class Vault:
@@ -101,7 +104,7 @@ class Vault:
     def practice_from_row(self, row: Any) -> Practice:
         policy = RetentionPolicy.from_dict(json.loads(row.policy)) if row.policy else self.config.retention
         return Practice(row.id, row.name, int(row.quota_bytes or 0), int(row.used_bytes or 0), bool(row.frozen),
-                        row.frozen_reason, policy, row.last_snapshot_at)
+                        row.frozen_reason, policy, row.last_snapshot_at, row.closed_at, row.erased_at)
 
     def practice(self, name: str, conn: Connection | None = None) -> Practice:
         check_practice_name(name)
@@ -202,6 +205,8 @@ class Vault:
     def ingest(self, actor: str, practice: Practice, h: Handle, data: bytes | StagedUpload) -> bool:
         """Validate and store one uploaded object (its bytes, or a pack staged in a temporary
         file whose SHA-256 the caller checked); True if created, False if already there."""
+        if practice.closed_at is not None:
+            raise PermissionDenied(f"practice {practice.name} is closed: it takes no more backups")
         staged: StagedUpload | None = None
         raw = b""
         if isinstance(data, StagedUpload):

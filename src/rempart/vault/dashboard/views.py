@@ -73,7 +73,7 @@ class Views:
         return datetime.fromtimestamp(x, UTC).astimezone(self.tz).strftime("%Y-%m-%d %H:%M:%S")
 
     def visible(self, conn: Connection, user: User) -> list[Any]:
-        q = sa.select(db.practices).order_by(db.practices.c.name)
+        q = sa.select(db.practices).where(db.practices.c.closed_at.is_(None)).order_by(db.practices.c.name)
         if not user.is_admin:
             q = q.select_from(db.practices.join(t.settings, t.settings.c.practice_id == db.practices.c.id)) \
                  .where(t.settings.c.provider == user.provider)

@@ -119,14 +119,16 @@ class Watch:
     def states(self) -> list[PracticeState]:
         now = self.now()
         with self.vault.engine.connect() as conn:
-            rows = conn.execute(sa.select(db.practices).order_by(db.practices.c.name)).all()
+            rows = conn.execute(sa.select(db.practices).where(db.practices.c.closed_at.is_(None))
+                                .order_by(db.practices.c.name)).all()  # a closed practice expects nothing
             return [self.state_of(conn, r, now) for r in rows]
 
     def evaluate(self) -> Evaluation:
         """One pass over every practice: update alerts, queue notifications."""
         out = Evaluation([], [])
         with self.vault.engine.connect() as conn:
-            ids = [r.id for r in conn.execute(sa.select(db.practices.c.id).order_by(db.practices.c.name))]
+            ids = [r.id for r in conn.execute(sa.select(db.practices.c.id).where(
+                db.practices.c.closed_at.is_(None)).order_by(db.practices.c.name))]
         for pid in ids:
             now = self.now()
             with self.vault.engine.begin() as conn:

@@ -143,7 +143,7 @@ def due_reports(vault: Vault, config: WatchConfig, watch: Watch) -> int:
     period = f"{year}-W{week:02d}"
     n = 0
     with vault.engine.begin() as conn:
-        rows = conn.execute(sa.select(db.practices)).all()
+        rows = conn.execute(sa.select(db.practices).where(db.practices.c.closed_at.is_(None))).all()
         done = {r[0] for r in conn.execute(sa.select(t.reports.c.practice_id).where(t.reports.c.period == period))}
         for row in rows:
             if row.id in done or not st.get(conn, row.id).reports:
