@@ -225,3 +225,21 @@ def test_migrations_add_the_reminder_drill_and_totp_columns_to_an_old_schema(tmp
         row = conn.execute(sa.select(t.drills)).one()
     assert (row.outcome, row.note, row.snapshot, row.files) == ("ok", "x", None, None)
     assert t.migrate(engine) == 4  # idempotent
+
+
+def test_closing_a_practice_tells_the_practice_and_its_provider_then_the_watch_goes_quiet(
+        env: Env, smtp: SmtpServer) -> None:
+    from rempart.vault import closing
+
+    env.add("cabinet-a")
+    env.provider("infogarde", ["support@infogarde.test"], lang="en")
+    backup(env.vault, "cabinet-a")
+    closing.close(env.vault, "cabinet-a", "contract ended", actor="token:admin")
+    assert env.watch.tick().dispatch.sent == 2
+    fr = smtp.wait_for(lambda m: m["X-Test-Rcpt"] == "dr@cabinet.test")[0]
+    en = smtp.wait_for(lambda m: m["X-Test-Rcpt"] == "support@infogarde.test")[0]
+    assert fr["Subject"] == "[Rempart] CLÔTURE cabinet-a: cabinet clôturé"
+    assert en["Subject"] == "[Rempart] CLOSED cabinet-a: practice closed"
+    assert "Erased from (UTC): 2026-" in en.get_content() and "call the vault's provider at once" in en.get_content()
+    env.clock.advance(40 * 86400)  # long silent: a closed practice raises no alert
+    assert env.watch.tick().evaluation.actions == [] and len(smtp.messages) == 2

@@ -6,7 +6,9 @@ reversibility). The vault holds no key, so destroying the ciphertext is its whol
 practice destroys its recovery kit, which makes every copy unreadable (crypto-shredding).
 
 * :func:`close` (``rempart vault practice close NAME --reason ...``) revokes every token of the
-  practice and its unused enrollment codes and records when and why. No backup can arrive any
+  practice and its unused enrollment codes, records when and why, and tells the practice's
+  contacts, its IT provider and the webhooks at once (the watch then leaves it alone, so a
+  closing nobody asked for must not go unnoticed). No backup can arrive any
   more (a new backup token is refused); a **restore** token can still be issued, for the
   practice to take its data with ``rempart mirror`` during the grace period.
 * The grace period is the practice's retention minimum age (``min_age_days``) counted from the
@@ -23,11 +25,15 @@ practice destroys its recovery kit, which makes every copy unreadable (crypto-sh
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 
+from rempart.core.clock import to_iso
 from rempart.core.errors import UserError
 from rempart.vault import db
 from rempart.vault.service import Practice, Vault
+from rempart.vault.watch.engine import Watch
 
 #: object states still holding bytes in storage
 STORED = ("live", "superseded", "deleting", "retained")
@@ -55,6 +61,11 @@ def close(vault: Vault, name: str, reason: str, *, actor: str) -> float:
         vault.audit(conn, actor, "practice.close", name, "ok",
                     {"reason": reason, "tokens_revoked": revoked, "erase_after": erase_after,
                      "stored_objects": stored[0], "stored_bytes": stored[1]})
+        # the practice and its IT provider are told at once: closing also silences the watch,
+        # so a closing nobody asked for (a stolen admin token) must not go unnoticed
+        row = conn.execute(sa.select(db.practices).where(db.practices.c.id == p.id)).one()
+        Watch(vault, vault.config.watch).notice(conn, row, "closed", {"erase_after": to_iso(
+            datetime.fromtimestamp(erase_after, UTC))})
     vault.auth_cache.clear()
     vault.checkpoint(conn)
     return erase_after

@@ -39,7 +39,7 @@ from rempart.vault.watch.rules import (
 log = logging.getLogger("rempart.vault.watch")
 
 EVENT_OF = {"open": "opened", "worsen": "worsened", "escalate": "escalated", "remind": "reminder",
-            "resolve": "resolved"}
+            "resolve": "resolved", "closed": "closed"}
 
 
 def ts(x: float | None) -> datetime | None:
@@ -165,6 +165,11 @@ class Watch:
                 values.update(is_open=False, resolved=n)
             conn.execute(t.alerts.update().where(t.alerts.c.id == aid).values(**values))
         self._queue(conn, row, int(aid), a, now)
+
+    def notice(self, conn: Connection, row: Any, kind: str, detail: dict[str, Any]) -> None:
+        """A one-off notification, outside any alert, to the practice's contacts, its IT provider
+        and the webhooks (``closed``: the practice was closed; rempart.vault.closing)."""
+        self._queue(conn, row, 0, Action(kind, kind, kind, ("practice", "provider"), detail), self.now())
 
     def _queue(self, conn: Connection, row: Any, aid: int, a: Action, now: datetime) -> None:
         ws = st.get(conn, row.id)

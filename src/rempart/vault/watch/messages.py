@@ -11,18 +11,18 @@ LEVEL = {
     "fr": {"late": "sauvegarde en retard", "missing": "sauvegarde manquante", "failed": "sauvegarde en échec",
            "suspicious": "sauvegarde suspecte (possible attaque)", "quota": "espace de stockage presque plein",
            "frozen": "gel d'incident en cours", "drill": "exercice de restauration en échec",
-           "damage": "sauvegardes abîmées dans le coffre"},
+           "damage": "sauvegardes abîmées dans le coffre", "closed": "cabinet clôturé"},
     "en": {"late": "backup late", "missing": "backup missing", "failed": "backup failed",
            "suspicious": "suspicious backup (possible attack)", "quota": "storage almost full",
            "frozen": "incident freeze in place", "drill": "restore drill failed",
-           "damage": "damaged backups in the vault"},
+           "damage": "damaged backups in the vault", "closed": "practice closed"},
 }
 
 EVENT = {
     "fr": {"opened": "ALERTE", "worsened": "AGGRAVATION", "escalated": "ESCALADE", "reminder": "RAPPEL",
-           "resolved": "RÉSOLU"},
+           "resolved": "RÉSOLU", "closed": "CLÔTURE"},
     "en": {"opened": "ALERT", "worsened": "WORSE", "escalated": "ESCALATED", "reminder": "REMINDER",
-           "resolved": "RESOLVED"},
+           "resolved": "RESOLVED", "closed": "CLOSED"},
 }
 
 ADVICE = {
@@ -44,6 +44,10 @@ ADVICE = {
         "damage": "La vérification du coffre a trouvé des données de sauvegarde abîmées ou manquantes. Rien "
                   "n'est supprimé ; le prestataire du coffre doit les restaurer depuis sa copie.",
         "resolved": "La situation est revenue à la normale.",
+        "closed": "Le contrat de ce cabinet avec le coffre est clos : ses jetons sont révoqués et aucune "
+                  "sauvegarde n'est plus reçue. Ses données seront effacées du coffre à partir de la date "
+                  "ci-dessus ; d'ici là, demandez un jeton de restauration pour les récupérer (rempart mirror). "
+                  "Si personne au cabinet ne l'a demandé, appelez tout de suite le prestataire du coffre.",
     },
     "en": {
         "late": "No backup reached the vault when expected. Check that the backup PC is on and online.",
@@ -61,6 +65,10 @@ ADVICE = {
         "damage": "The vault's scrub found damaged or missing backup data. Nothing is deleted; the backup "
                   "provider must restore it from its replica.",
         "resolved": "Things are back to normal.",
+        "closed": "This practice's contract with the vault has ended: its tokens are revoked and no backup "
+                  "is received any more. Its data will be erased from the vault from the date above on; "
+                  "until then, ask for a restore token to take it (rempart mirror). If nobody at the practice "
+                  "asked for this, call the vault's provider at once.",
     },
 }
 
@@ -90,6 +98,9 @@ def alert_mail(payload: dict[str, Any], lang: str) -> tuple[str, str]:
         lines.append(f"{'Espace utilisé' if lang == 'fr' else 'Space used'}: {detail['percent']} %")
     if detail.get("objects") is not None:
         lines.append(f"{'Objets abîmés' if lang == 'fr' else 'Damaged objects'}: {detail['objects']}")
+    if detail.get("erase_after"):
+        lines.append(f"{'Effacement à partir du (UTC)' if lang == 'fr' else 'Erased from (UTC)'}: "
+                     f"{detail['erase_after']}")
     if detail.get("error_class"):
         lines.append(f"{'Erreur' if lang == 'fr' else 'Error'}: {detail['error_class']}")
     lines.append("")
