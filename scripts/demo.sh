@@ -65,3 +65,8 @@ echo "== monthly restore drill (IT provider's machine), recorded in the vault; t
 mkdir -p "$DEMO/scratch"
 REMPART_VAULT_TOKEN=$(token restore) "$R" drill --kit "$DEMO/recovery-kit.json" --scratch "$DEMO/scratch"
 "$R" vault scrub --config "$DEMO/vault.toml"
+
+echo "== the practice takes a copy of its repository (no key; restore token) and restores from it alone"
+REMPART_VAULT_TOKEN=$(token restore) "$R" mirror --to "$DEMO/usb-copy"
+"$R" -r "$DEMO/usb-copy" restore latest --target "$DEMO/restored-from-copy" --kit "$DEMO/recovery-kit.json"
+diff -r "$DEMO/practice" "$DEMO/restored-from-copy$DEMO/practice" && echo "== the copy restores identically, without the vault"
