@@ -161,3 +161,25 @@ def test_closing_through_the_vault_process_stops_its_tokens_at_once(vault: Any) 
     assert any(line.startswith(name) and line.endswith("CLOSED") for line in out.stdout.splitlines())
     r = cli(vault.cfg, "practice", "reopen", name, "--reason", "mistake", "--json")
     assert json.loads(r.stdout) == {"closed": False}
+
+
+def test_the_replica_follows_a_closed_practice_to_its_erasure(tmp_path: Path) -> None:
+    from rempart.vault.replica import open_replica, replicate_practice
+
+    clock = FakeClock()
+    v = open_vault(parse_config({"tls": {"enabled": False}, "gc": {"grace_seconds": 0},
+                                 "replica": {"kind": "local", "path": str(tmp_path / "site-b")}}, tmp_path), clock)
+    ops.add_practice(v, "doc", actor="t")
+    v.ingest("t", v.practice("doc"), Handle(FileType.CONFIG, "config"), make_config())
+    pk, ids = make_pack([1000])
+    v.ingest("t", v.practice("doc"), Handle(FileType.DATA, pk.name), pk.data)
+    s = make_snapshot(ids)
+    v.ingest("t", v.practice("doc"), Handle(FileType.SNAPSHOT, s.name), s.data)
+    replica = open_replica(v)
+    assert replicate_practice(v, replica, v.practice("doc"), actor="t").copied == 2  # and the config
+    assert len(stored_files(tmp_path / "site-b" / "doc")) == 3
+    closing.close(v, "doc", "contract ended", actor="admin")
+    clock.advance(31 * DAY)
+    assert gc.run_gc(v, v.practice("doc"), actor="gc").erased
+    rep = replicate_practice(v, replica, v.practice("doc"), actor="t")
+    assert rep.removed == 3 and stored_files(tmp_path / "site-b" / "doc") == []

@@ -81,7 +81,7 @@ def replicate_practice(vault: Vault, replica: Store, practice: Practice, *, acto
 
 def _follow_deletions(vault: Vault, practice: Practice, dst: Backend, report: ReplicaReport) -> None:
     o = db.objects
-    for t in ORDER:
+    for t in (*ORDER, FileType.CONFIG):  # the config too: a closed practice's erasure reaches here
         names = sorted(f.name for f in dst.list(t))
         for i in range(0, len(names), CHUNK):
             with vault.engine.connect() as conn:
