@@ -54,7 +54,7 @@ def world(vault: Any) -> dict[str, Any]:
 
 def fill(path: str, w: dict[str, Any]) -> str:
     out = path.replace("{practice}", w["a"]).replace("{type}", "data").replace("{name}", w["pack"].name)
-    out = out.replace("{token_id}", "0" * 12)
+    out = out.replace("{token_id}", "0" * 12).replace("{approval}", "0" * 16).replace("{decision}", "approve")
     assert not re.search(r"\{", out), out
     return out
 

@@ -144,7 +144,7 @@ def test_migrations_3_to_6_add_their_columns_and_keep_the_rows(tmp_path: Path) -
         conn.execute(sa.text("INSERT INTO practices VALUES (1, 'doc', 1.0, 0, 10, 0, NULL, NULL, NULL, NULL)"))
         db.schema_version.create(conn)
         conn.execute(db.schema_version.insert().values(version=2))
-    assert db.migrate(engine) == 6
+    assert db.migrate(engine) == 7
     with engine.connect() as conn:
         row = conn.execute(sa.select(db.objects)).one()
         snap = conn.execute(sa.select(db.snapshots)).one()
@@ -154,4 +154,4 @@ def test_migrations_3_to_6_add_their_columns_and_keep_the_rows(tmp_path: Path) -
     with engine.connect() as conn:
         prac = conn.execute(sa.select(db.practices)).one()
     assert (prac.name, prac.used_bytes, prac.closed_at, prac.erased_at) == ("doc", 10, None, None)
-    assert db.migrate(engine) == 6  # idempotent
+    assert db.migrate(engine) == 7  # idempotent

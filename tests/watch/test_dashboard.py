@@ -295,3 +295,15 @@ def test_a_user_with_one_time_codes_needs_a_current_unused_code(denv: Env) -> No
 def audit_rows(env: Env) -> list[Any]:
     with env.vault.engine.connect() as conn:
         return list(conn.execute(sa.select(db.audit).order_by(db.audit.c.seq)))
+
+
+def test_under_the_two_person_rule_the_dashboard_cannot_release_a_freeze(denv: Env) -> None:
+    cfg = denv.vault.config
+    denv.vault.config = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, two_person=True))
+    vp.freeze(denv.vault, "cabinet-a", True, "odd files", actor="test")
+    admin = login(TestClient(denv.app), "admin", ADMIN_PW)
+    tok = csrf_of(admin.get("/ui/practices/cabinet-a").text)
+    r = admin.post("/ui/practices/cabinet-a/release", data={"csrf": tok}, follow_redirects=False)
+    assert r.status_code == 403 and "deux administrateurs" in r.text
+    assert denv.vault.practice("cabinet-a").frozen
+    assert ("user:admin", "release", "cabinet-a", "needs-two-admins") in audit_actions(denv)

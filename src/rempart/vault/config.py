@@ -44,6 +44,7 @@ config file)::
     auth_failures_per_practice = 100
     auth_window_seconds = 300
     enroll_code_ttl_seconds = 86400
+    two_person = false              # true: policy changes, releases, closings, deletions need 2 admins
 
     [gc]
     grace_seconds = 86400
@@ -129,6 +130,8 @@ class Limits:
     auth_failures_per_practice: int = 100
     auth_window_seconds: float = 300.0
     enroll_code_ttl_seconds: float = 86400.0
+    #: admin API requests that can lead to deletion need a second admin token (rempart.vault.approvals)
+    two_person: bool = False
 
 
 @dataclass(frozen=True)

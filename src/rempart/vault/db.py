@@ -154,6 +154,23 @@ audit = sa.Table(
 )
 
 
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    # two-person rule (rempart.vault.approvals, migration 7)
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+    sa.Column("requested_by", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("practice", sa.String(64), nullable=False),
+    sa.Column("args", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | approved | rejected | failed
+    sa.Column("decided_by", sa.String(64), nullable=True),
+    sa.Column("decided_at", sa.Float, nullable=True),
+)
+
+
 def _m1(conn: Connection) -> None:
     metadata.create_all(
         conn,
@@ -206,8 +223,13 @@ def _m6(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE practices ADD COLUMN {name} {kind}"))
 
 
+def _m7(conn: Connection) -> None:
+    """The two-person rule's pending requests."""
+    metadata.create_all(conn, tables=[approvals], checkfirst=True)
+
+
 #: append-only list of migrations; index + 1 is the schema version after it ran
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3, _m4, _m5, _m6]
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1, _m2, _m3, _m4, _m5, _m6, _m7]
 
 
 def make_engine(url: str) -> Engine:

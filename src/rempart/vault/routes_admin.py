@@ -7,11 +7,12 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from rempart.core.errors import RempartError
+from rempart.vault import approvals, closing, db
 from rempart.vault import audit as audit_mod
-from rempart.vault import closing, db
 from rempart.vault import practices as ops
 from rempart.vault.config import RetentionPolicy
 from rempart.vault.deps import authenticate, client_ip, refuse, require_admin, vault_of
@@ -54,6 +55,16 @@ class EnrollRequest(BaseModel):
 
 
 Admin = Annotated[Principal, Depends(require_admin)]
+
+
+def _second_admin(request: Request, admin: Principal, action: str, practice: str,
+                  args: dict[str, Any]) -> JSONResponse | None:
+    """Under the two-person rule: record the request and answer 202 (rempart.vault.approvals)."""
+    if not approvals.required(vault_of(request)):
+        return None
+    out = _guard(request, admin, lambda v, actor: approvals.request(v, actor, action, practice, args),
+                 practice=practice)
+    return JSONResponse(status_code=202, content=out)
 
 
 def _guard(request: Request, p: Principal, fn: Any, *args: Any, practice: str | None = None, **kw: Any) -> Any:
@@ -100,8 +111,11 @@ def get_practice(request: Request, admin: Admin, practice: PracticeName) -> dict
 
 
 @router.put("/v1/admin/practices/{practice}/policy")
-def put_policy(request: Request, admin: Admin, practice: PracticeName, body: PolicyBody) -> dict[str, Any]:
+def put_policy(request: Request, admin: Admin, practice: PracticeName, body: PolicyBody) -> Any:
+    """Set the retention policy (202 and a pending approval under the two-person rule)."""
     pol = RetentionPolicy.from_dict(body.model_dump())
+    if (pending := _second_admin(request, admin, "policy", practice, {"policy": pol.to_dict()})) is not None:
+        return pending
     _guard(request, admin, ops.set_policy, practice, pol, practice=practice)
     return pol.to_dict()
 
@@ -119,8 +133,11 @@ def freeze(request: Request, admin: Admin, practice: PracticeName, body: Reason)
 
 
 @router.post("/v1/admin/practices/{practice}/release")
-def release(request: Request, admin: Admin, practice: PracticeName, body: Reason) -> dict[str, bool]:
-    """Release an incident freeze (audited); retention and GC resume."""
+def release(request: Request, admin: Admin, practice: PracticeName, body: Reason) -> Any:
+    """Release an incident freeze (audited); retention and GC resume (202 and a pending approval
+    under the two-person rule)."""
+    if (pending := _second_admin(request, admin, "release", practice, {"reason": body.reason})) is not None:
+        return pending
     _guard(request, admin, ops.freeze, practice, False, body.reason, practice=practice)
     return {"frozen": False}
 
@@ -133,9 +150,12 @@ def false_positive(request: Request, admin: Admin, practice: PracticeName,
 
 
 @router.post("/v1/admin/practices/{practice}/close")
-def close_practice(request: Request, admin: Admin, practice: PracticeName, body: RequiredReason) -> dict[str, Any]:
+def close_practice(request: Request, admin: Admin, practice: PracticeName, body: RequiredReason) -> Any:
     """End of contract: revoke the practice's tokens; its data is erased by GC after its
-    retention minimum age (audited; see rempart.vault.closing)."""
+    retention minimum age (audited; see rempart.vault.closing; 202 and a pending approval under
+    the two-person rule)."""
+    if (pending := _second_admin(request, admin, "close", practice, {"reason": body.reason})) is not None:
+        return pending
     after = _guard(request, admin, closing.close, practice, body.reason, practice=practice)
     return {"closed": True, "erase_after": after}
 
@@ -164,8 +184,12 @@ def hold(request: Request, admin: Admin, practice: PracticeName, name: SnapshotN
 
 @router.post("/v1/admin/practices/{practice}/snapshots/{name}/release-hold")
 def release_hold(request: Request, admin: Admin, practice: PracticeName, name: SnapshotName,
-                 body: Reason) -> dict[str, bool]:
-    """Release a legal hold; the snapshot falls under the retention policy again (audited)."""
+                 body: Reason) -> Any:
+    """Release a legal hold; the snapshot falls under the retention policy again (audited; 202
+    and a pending approval under the two-person rule)."""
+    args = {"snapshot": name, "reason": body.reason}
+    if (pending := _second_admin(request, admin, "release-hold", practice, args)) is not None:
+        return pending
     _guard(request, admin, ops.set_hold, practice, name, False, body.reason, practice=practice)
     return {"hold": False}
 
@@ -195,6 +219,20 @@ def gc_practice(request: Request, admin: Admin, practice: PracticeName) -> dict[
     return {"practice": rep.practice, "frozen": rep.frozen, "forgotten": len(rep.forgotten),
             "deleted_packs": len(rep.deleted_packs), "freed_bytes": rep.freed_bytes,
             "renewed_locks": rep.renewed_locks}
+
+
+@router.get("/v1/admin/approvals")
+def list_approvals(request: Request, admin: Admin) -> list[dict[str, Any]]:
+    """Pending requests under the two-person rule."""
+    return approvals.pending(vault_of(request))
+
+
+@router.post("/v1/admin/approvals/{approval}/{decision}")
+def decide_approval(request: Request, admin: Admin,
+                    approval: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")],
+                    decision: Annotated[str, Path(pattern=r"^(approve|reject)$")]) -> dict[str, Any]:
+    """A second admin token carries out (or rejects) a pending request; not the requesting one."""
+    return _guard(request, admin, lambda v, actor: approvals.decide(v, approval, actor, approve=decision == "approve"))
 
 
 @router.get("/v1/admin/audit")

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 
 from rempart.core.errors import IntegrityError, PermissionDenied, RempartError, UserError
 from rempart.storage.base import FileType, Handle
+from rempart.vault import approvals
 from rempart.vault import practices as ops
 from rempart.vault.deps import refuse, require_practice, vault_of
 from rempart.vault.mapped import read_range
@@ -252,7 +253,11 @@ def serve_object(request: Request, auth: Auth, h: Handle, *, head: bool = False)
 
 def _delete(request: Request, auth: Auth, h: Handle) -> Response:
     p, pr = auth
+    v = vault_of(request)
     try:
+        if approvals.required(v):  # two-person rule: recorded, carried out when a second admin approves
+            out = approvals.request(v, p.actor, "delete", pr.name, {"type": h.type.value, "name": h.name})
+            return JSONResponse(status_code=202, content=out)
         ops.admin_remove(vault_of(request), pr, h, actor=p.actor)
     except RempartError as exc:
         raise refuse(request, exc, actor=p.actor, practice=pr.name) from None

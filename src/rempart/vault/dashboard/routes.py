@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from rempart.core.errors import AuthenticationError, NotFound, PermissionDenied, RempartError
-from rempart.vault import db
+from rempart.vault import approvals, db
 from rempart.vault import practices as vp
 from rempart.vault.dashboard import auth, totp
 from rempart.vault.dashboard.i18n import pick, translator
@@ -215,6 +215,9 @@ async def practice_action(request: Request, name: str, action: str) -> Response:
         if not (s.user.is_admin or _ui(request).config.provider_can_release):
             vault.audit_now(s.user.actor, "release", name, "permission-denied", {"via": "dashboard"})
             return error_page(request, 403, "error.forbidden", s)
+        if approvals.required(vault):  # two admins over the API (rempart.vault.approvals)
+            vault.audit_now(s.user.actor, "release", name, "needs-two-admins", {"via": "dashboard"})
+            return error_page(request, 403, "error.two_person", s)
         vp.freeze(vault, name, False, reason or f"released from the dashboard by {s.user.username}", actor=s.user.actor)
         done = "released"
     else:
