@@ -46,6 +46,13 @@ class Reason(BaseModel):
     reason: str = Field(default="", max_length=200)
 
 
+class RequiredReason(BaseModel):
+    reason: str = Field(min_length=1, max_length=200, description="case or request reference")
+
+
+SnapshotName = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
+
+
 class TokenRequest(BaseModel):
     scope: str = Field(pattern=r"^(backup|restore)$")
 
@@ -165,13 +172,6 @@ def reopen_practice(request: Request, admin: Admin, practice: PracticeName, body
     """Undo a closing within its grace period (issue new tokens afterwards)."""
     _guard(request, admin, closing.reopen, practice, body.reason, practice=practice)
     return {"closed": False}
-
-
-class RequiredReason(BaseModel):
-    reason: str = Field(min_length=1, max_length=200, description="case or request reference")
-
-
-SnapshotName = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
 
 
 @router.post("/v1/admin/practices/{practice}/snapshots/{name}/hold")
