@@ -4,6 +4,7 @@ runs, suspicious snapshots, quota, retries when SMTP is down, weekly reports, me
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -107,6 +108,12 @@ def test_weekly_report_french_and_english(tmp_path: Path, smtp: SmtpServer) -> N
     for _ in range(3):
         backup(env.vault, "cabinet-fr", nbytes=2_500_000_000, files=1234)
         backup(env.vault, "cabinet-en")
+    cfg = env.vault.config  # where the data is hosted, as the provider configured it, is told (HDS)
+    env.vault.config = dataclasses.replace(
+        cfg, storage=dataclasses.replace(cfg.storage, location="France, OVHcloud Roubaix (HDS)"),
+        replica=dataclasses.replace(cfg.storage, path=tmp_path / "b", location="France, Strasbourg (HDS)"))
+    assert vp.status(env.vault, env.vault.practice("cabinet-en"))["data_location"] == {
+        "vault": "France, OVHcloud Roubaix (HDS)", "replica": "France, Strasbourg (HDS)"}
     assert env.watch.tick().reports == 0  # 10:00 Paris, reports at 11:00
     env.clock.advance(3600)
     assert env.watch.tick().reports == 2
@@ -114,8 +121,10 @@ def test_weekly_report_french_and_english(tmp_path: Path, smtp: SmtpServer) -> N
     assert "Sauvegardes reçues: 3 (dont suspectes: 0)" in fr
     assert "Données protégées (dernière sauvegarde saine): 2,5 Go, 1234 fichiers" in fr
     assert "jamais fait" in fr  # no restore drill recorded
+    assert "Lieu d'hébergement des données: France, OVHcloud Roubaix (HDS) (copie: France, Strasbourg (HDS))" in fr
     en = smtp.wait_for(lambda m: m["Subject"] == "[Rempart] Weekly report cabinet-en")[0].get_content()
     assert "Backups received: 3" in en and "Latest restore drill: never done" in en
+    assert "Where the data is hosted: France, OVHcloud Roubaix (HDS) (copy: France, Strasbourg (HDS))" in en
     env.clock.advance(600)
     assert env.watch.tick().reports == 0  # once a week
 

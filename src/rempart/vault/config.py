@@ -20,6 +20,7 @@ config file)::
     kind = "local"                  # or "s3"
     path = "storage"
     # s3: endpoint, bucket, region, access_key, secret_key, lock_days
+    location = ""                   # told to practices: where their data is hosted (e.g. "France, HDS")
 
     [replica]                       # optional: a copy of every practice's objects elsewhere
     kind = "local"                  # or "s3" (same keys as [storage]); local needs a path
@@ -120,6 +121,9 @@ class StorageConfig:
     access_key: str = field(default="", repr=False)
     secret_key: str = field(default="", repr=False)
     lock_days: int = 0
+    #: where the data is hosted, told to the practices (status, weekly report), e.g.
+    #: "France, OVHcloud Roubaix (HDS)"; free text, never a credential
+    location: str = ""
 
 
 @dataclass(frozen=True)

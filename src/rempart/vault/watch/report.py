@@ -77,7 +77,8 @@ T = {
            "drill": "Dernier exercice de restauration", "drill_none": "jamais fait : prévoyez-en un",
            "attention": "À traiter", "nothing": "Rien à signaler.",
            "drill_item": "faire un exercice de restauration (le dernier date de plus de 90 jours ou a échoué)",
-           "ok": "réussi", "failed_drill": "échoué"},
+           "ok": "réussi", "failed_drill": "échoué", "location": "Lieu d'hébergement des données",
+           "copy": "copie"},
     "en": {"subject": "[Rempart] Weekly report {p}", "title": "Report for the last {d} days, practice {p}",
            "backups": "Backups received", "suspicious": "of which suspicious", "failed": "Failures reported by the agent",
            "protected": "Data protected (latest clean backup)", "files": "files",
@@ -86,7 +87,7 @@ T = {
            "drill": "Latest restore drill", "drill_none": "never done: plan one",
            "attention": "Needs attention", "nothing": "Nothing to report.",
            "drill_item": "run a restore drill (the last one is older than 90 days or failed)",
-           "ok": "passed", "failed_drill": "failed"},
+           "ok": "passed", "failed_drill": "failed", "location": "Where the data is hosted", "copy": "copy"},
 }
 
 
@@ -104,8 +105,11 @@ def render_report(d: dict[str, Any], lang: str) -> tuple[str, str]:
         f"{w['storage']}: {human_bytes(d['used_bytes'], lang)} {w['of']} {quota}",
         f"{w['drill']}: " + (f"{drill['time']} ({w['ok'] if drill['outcome'] == 'ok' else w['failed_drill']}"
                              + _measured(drill, lang) + ")" if drill else w["drill_none"]),
-        "", f"{w['attention']}:",
     ]
+    loc = d.get("location") or {}
+    if loc.get("vault"):
+        lines.append(f"{w['location']}: {loc['vault']}" + (f" ({w['copy']}: {loc['replica']})" if loc.get("replica") else ""))
+    lines += ["", f"{w['attention']}:"]
     items = [w["drill_item"] if a == "drill" else LEVEL[lang].get(a, a) for a in d["attention"]]
     lines += [f"  - {i}" for i in items] or [f"  {w['nothing']}"]
     lines += ["", "-- ", "Rempart"]
@@ -126,7 +130,7 @@ def queue_report(watch: Watch, conn: Connection, row: Any, now: datetime, *, lan
     to, to_lang = (ws.contacts, ws.lang) if ws.contacts else st.provider_contacts(conn, ws.provider)
     if not to:
         return False
-    payload = {**report_data(conn, row, now), "lang": lang or to_lang}
+    payload = {**report_data(conn, row, now), "lang": lang or to_lang, "location": watch.vault.data_location()}
     watch.enqueue(conn, "email", json.dumps(list(to)), payload, None, row.id, now)
     return True
 
