@@ -297,13 +297,27 @@ def audit_rows(env: Env) -> list[Any]:
         return list(conn.execute(sa.select(db.audit).order_by(db.audit.c.seq)))
 
 
-def test_under_the_two_person_rule_the_dashboard_cannot_release_a_freeze(denv: Env) -> None:
+def test_under_the_two_person_rule_a_second_administrator_approves_a_release(denv: Env) -> None:
     cfg = denv.vault.config
     denv.vault.config = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, two_person=True))
+    with denv.vault.engine.begin() as conn:
+        auth.add_user(conn, "admin2", ADMIN_PW + " too", "admin", None, "en", denv.vault.now())
     vp.freeze(denv.vault, "cabinet-a", True, "odd files", actor="test")
     admin = login(TestClient(denv.app), "admin", ADMIN_PW)
     tok = csrf_of(admin.get("/ui/practices/cabinet-a").text)
     r = admin.post("/ui/practices/cabinet-a/release", data={"csrf": tok}, follow_redirects=False)
-    assert r.status_code == 403 and "deux administrateurs" in r.text
+    assert r.status_code == 303 and r.headers["location"].endswith("done=requested")
+    assert denv.vault.practice("cabinet-a").frozen  # only requested
+    page = admin.get("/ui/approvals").text
+    (aid,) = re.findall(r'action="/ui/approvals/([0-9a-f]{16})/approve"', page)
+    r = admin.post(f"/ui/approvals/{aid}/approve", data={"csrf": tok})
+    assert r.status_code == 403 and "un autre administrateur" in r.text  # not one's own request
     assert denv.vault.practice("cabinet-a").frozen
-    assert ("user:admin", "release", "cabinet-a", "needs-two-admins") in audit_actions(denv)
+    tech = login(TestClient(denv.app), "tech", PROV_PW)
+    assert tech.get("/ui/approvals").status_code == 403  # administrators only
+    second = login(TestClient(denv.app), "admin2", ADMIN_PW + " too")
+    tok2 = csrf_of(second.get("/ui/approvals").text)
+    r = second.post(f"/ui/approvals/{aid}/approve", data={"csrf": tok2}, follow_redirects=False)
+    assert r.status_code == 303 and not denv.vault.practice("cabinet-a").frozen
+    assert ("user:admin+user:admin2", "release", "cabinet-a", "ok") in audit_actions(denv)
+    assert "Nothing is waiting." in second.get("/ui/approvals").text

@@ -8,9 +8,10 @@ object does nothing yet: it is recorded as a pending approval (HTTP 202, audited
 after :data:`TTL` seconds; either admin may reject it. The operation then runs with the actor
 ``token:<requester>+token:<approver>`` in the audit trail, which also records the grant.
 
-Out of its reach, by design: the vault's own CLI, run on the vault host by whoever administers
-it (the database and the storage are there too), and the dashboard, which refuses a release
-while the rule is on (it needs two admin tokens).
+The dashboard follows the same rule: an administrator's release is a request, which another
+administrator approves on its Approvals page (actors ``user:<a>+user:<b>``). Out of its reach,
+by design: the vault's own CLI, run on the vault host by whoever administers it (the database
+and the storage are there too).
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ def practice_page(request: Request, name: str, done: str = "") -> Response:
         return error_page(request, 404, "error.not_found", s)
     can_release = s.user.is_admin or _ui(request).config.provider_can_release
     return render(request, "practice.html", session=s, p=p, can_release=can_release,
-                  done=done if done in ("frozen", "released") else "")
+                  done=done if done in ("frozen", "released", "requested") else "")
 
 
 @router.post("/practices/{name}/{action}")
@@ -215,14 +215,46 @@ async def practice_action(request: Request, name: str, action: str) -> Response:
         if not (s.user.is_admin or _ui(request).config.provider_can_release):
             vault.audit_now(s.user.actor, "release", name, "permission-denied", {"via": "dashboard"})
             return error_page(request, 403, "error.forbidden", s)
-        if approvals.required(vault):  # two admins over the API (rempart.vault.approvals)
-            vault.audit_now(s.user.actor, "release", name, "needs-two-admins", {"via": "dashboard"})
-            return error_page(request, 403, "error.two_person", s)
-        vp.freeze(vault, name, False, reason or f"released from the dashboard by {s.user.username}", actor=s.user.actor)
+        reason = reason or f"released from the dashboard by {s.user.username}"
+        if approvals.required(vault):  # two-person rule: a second administrator approves it
+            approvals.request(vault, s.user.actor, "release", name, {"reason": reason})
+            return RedirectResponse(f"/ui/practices/{name}?done=requested", status_code=303)
+        vp.freeze(vault, name, False, reason, actor=s.user.actor)
         done = "released"
     else:
         return error_page(request, 404, "error.not_found", s)
     return RedirectResponse(f"/ui/practices/{name}?done={done}", status_code=303)
+
+
+@router.get("/approvals")
+def approvals_page(request: Request, done: str = "") -> Response:
+    """Pending two-person requests (administrators only; rempart.vault.approvals)."""
+    s = require(request)
+    if not s.user.is_admin:
+        return error_page(request, 403, "error.forbidden", s)
+    return render(request, "approvals.html", session=s, rows=approvals.pending(request.app.state.vault),
+                  done=done if done in ("approved", "rejected") else "")
+
+
+@router.post("/approvals/{approval}/{decision}")
+async def approval_decision(request: Request, approval: str, decision: str) -> Response:
+    s = require(request)
+    try:
+        await check_csrf(request, s.csrf)
+    except PermissionDenied:
+        return error_page(request, 403, "error.csrf", s)
+    if not s.user.is_admin or decision not in ("approve", "reject"):
+        return error_page(request, 403, "error.forbidden", s)
+    vault = request.app.state.vault
+    try:
+        approvals.decide(vault, approval, s.user.actor, approve=decision == "approve")
+    except PermissionDenied:
+        vault.audit_now(s.user.actor, "approval.grant", None, "own-request", {"approval": approval[:32]})
+        return error_page(request, 403, "error.own_request", s)
+    except NotFound:
+        return error_page(request, 404, "error.not_found", s)
+    return RedirectResponse(f"/ui/approvals?done={'approved' if decision == 'approve' else 'rejected'}",
+                            status_code=303)
 
 
 @router.get("/audit")
