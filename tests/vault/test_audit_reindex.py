@@ -209,3 +209,27 @@ def test_rebuild_index_puts_back_holds_and_false_positive_marks_from_the_audit_t
     ops.freeze(v, "doc", False, "looked again", actor="admin")
     rebuild_index(v, actor="t")
     assert not v.practice("doc").frozen
+
+
+def test_backup_db_copies_the_live_database_consistently(tmp_path: Path) -> None:
+    from rempart.vault.audit import verify_records
+
+    cfg, _ = populated(tmp_path)
+    out = tmp_path / "safe" / "vault-copy.db"
+    out.parent.mkdir()
+    run = subprocess.run([PY, "-m", "rempart.cli.main", "--json", "vault", "backup-db", "--output", str(out),
+                          "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    info = json.loads(run.stdout)
+    con = sqlite3.connect(out)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert [r[0] for r in con.execute("SELECT name FROM practices")] == ["doc"]
+        cols = [d[1] for d in con.execute("PRAGMA table_info(audit)")]
+        rows = [dict(zip(cols, r, strict=True)) for r in con.execute("SELECT * FROM audit ORDER BY seq")]
+    finally:
+        con.close()
+    assert info["audit_records"] == len(rows) > 5 and info["audit_head"] == rows[-1]["hash"]
+    assert verify_records(rows, None).ok  # the copied trail is whole and chained
+    again = cli(cfg, "backup-db", "--output", str(out), check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr

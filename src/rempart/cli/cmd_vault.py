@@ -63,6 +63,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         pol.add_argument(f"--{k}", type=int)
     pol.add_argument("--min-age-days", type=float)
     cmd("rebuild-index", "rebuild the metadata database index from the stored objects alone")
+    bk = cmd("backup-db", "copy the vault's SQLite database consistently while it serves (a new file)")
+    bk.add_argument("--output", required=True, type=Path, help="new file to write")
     g = cmd("gc", "apply retention and collect garbage now")
     g.add_argument("--practice", help="only this practice")
     rp = cmd("replicate", "copy every practice's objects to the [replica] storage now")
@@ -139,6 +141,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
               f"{rep.blobs} blobs, {rep.snapshots} snapshots, {len(rep.skipped)} skipped")
         for s in rep.skipped:
             print(f"  skipped {s}", file=sys.stderr)
+    elif c == "backup-db":
+        from rempart.vault.dbcopy import copy_database
+
+        info = copy_database(vault, args.output, actor=actor)
+        _emit(ctx, info, f"vault database copied to {info['output']} ({info['bytes']} bytes, "
+                         f"{info['audit_records']} audit records, head {str(info['audit_head'])[:16]}); store it "
+                         f"encrypted, off this host")
     elif c == "gc":
         from rempart.core.errors import LockedError
         from rempart.vault.gc import run_gc
