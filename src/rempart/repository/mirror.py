@@ -53,7 +53,10 @@ def list_source(src: Backend) -> Listing:
     listed = {t: sorted(f.name for f in src.list(t)) for t in (FileType.SNAPSHOT, FileType.INDEX)}
     listed[FileType.DATA] = sorted(f.name for f in src.list(FileType.DATA))
     if listed[FileType.DATA]:
-        src.load(Handle(FileType.DATA, listed[FileType.DATA][0]), offset=0, length=1)
+        try:
+            src.load(Handle(FileType.DATA, listed[FileType.DATA][0]), offset=0, length=1)
+        except NotFound:  # collected meanwhile by the source's GC: the copy reports it as gone
+            pass
     return listed
 
 
