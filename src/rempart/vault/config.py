@@ -164,6 +164,12 @@ class VaultConfig:
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'vault.db'}"
 
+    def data_location(self) -> dict[str, str | None]:
+        """Where the practices' data is hosted, as the provider wrote it (``[storage]`` and
+        ``[replica]`` ``location``): told to each practice (status, weekly report), as HDS asks."""
+        rep = self.replica
+        return {"vault": self.storage.location or None, "replica": (rep.location or None) if rep else None}
+
     @property
     def audit_checkpoint(self) -> Path:
         return self.data_dir / "audit-checkpoint.json"

@@ -215,7 +215,7 @@ def status(vault: Vault, practice: Practice) -> dict[str, Any]:
         "frozen": practice.frozen,
         "frozen_reason": practice.frozen_reason,
         "closed_at": practice.closed_at,
-        "data_location": vault.data_location(),
+        "data_location": vault.config.data_location(),
         "erased_at": practice.erased_at,
         "used_bytes": practice.used_bytes,
         "quota_bytes": practice.quota_bytes,

@@ -72,12 +72,6 @@ class Vault:
         #: bytes of uploads past the quota check and not recorded yet (see rempart.vault.quota)
         self.quota = QuotaClaims()
 
-    def data_location(self) -> dict[str, str | None]:
-        """Where the practices' data is hosted, as the provider wrote it (``[storage]`` and
-        ``[replica]`` ``location``): told to each practice (status, weekly report), as HDS asks."""
-        rep = self.config.replica
-        return {"vault": self.config.storage.location or None, "replica": (rep.location or None) if rep else None}
-
     def now(self) -> float:
         return self.clock.now().timestamp()
 

@@ -130,7 +130,7 @@ def queue_report(watch: Watch, conn: Connection, row: Any, now: datetime, *, lan
     to, to_lang = (ws.contacts, ws.lang) if ws.contacts else st.provider_contacts(conn, ws.provider)
     if not to:
         return False
-    payload = {**report_data(conn, row, now), "lang": lang or to_lang, "location": watch.vault.data_location()}
+    payload = {**report_data(conn, row, now), "lang": lang or to_lang, "location": watch.vault.config.data_location()}
     watch.enqueue(conn, "email", json.dumps(list(to)), payload, None, row.id, now)
     return True
 
