@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -153,3 +154,47 @@ def test_repair_puts_back_what_the_scrub_found_damaged_only_from_good_replica_by
     from rempart.core.errors import IntegrityError
     with pytest.raises(IntegrityError):
         v.backend(v.practice("doc")).put_back(Handle(FileType.DATA, absent.name), b"not the pack")
+
+
+@pytest.mark.slow
+def test_an_s3_replica_with_object_lock_keeps_what_its_lock_protects(seaweed: Any, tmp_path: Path) -> None:
+    """A replica in a SeaweedFS bucket with Object Lock: objects land there under their own
+    COMPLIANCE lock, and a deletion following the vault's GC is refused by the lock (kept, counted,
+    retried at the next pass)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from rempart.testing.servers import s3_client
+
+    bucket = f"replica-{uuid.uuid4().hex[:10]}"
+    clock = FakeClock(datetime.now(UTC))  # lock dates are checked against the storage's clock
+    replica_cfg = {"kind": "s3", "endpoint": seaweed.endpoint, "bucket": bucket, "region": seaweed.region,
+                   "access_key": seaweed.admin.access_key, "secret_key": seaweed.admin.secret_key, "lock_days": 1,
+                   "location": "second site"}
+    v = open_vault(parse_config({"tls": {"enabled": False}, "gc": {"grace_seconds": 0},
+                                 "replica": replica_cfg}, tmp_path), clock)
+    ops.add_practice(v, "doc", actor="t")
+    ops.set_policy(v, "doc", RetentionPolicy(keep_last=1, hourly=0, daily=0, weekly=0, monthly=0, yearly=0,
+                                             min_age_days=0), actor="t")
+    a, ida = make_pack([1000])
+    b, idb = make_pack([2000])
+    for pk in (a, b):
+        v.ingest("t", v.practice("doc"), Handle(FileType.DATA, pk.name), pk.data)
+    s1 = make_snapshot(ida)
+    v.ingest("t", v.practice("doc"), Handle(FileType.SNAPSHOT, s1.name), s1.data)
+    clock.advance(60)
+    s2 = make_snapshot(idb)
+    v.ingest("t", v.practice("doc"), Handle(FileType.SNAPSHOT, s2.name), s2.data)
+    replica = open_replica(v)
+    rep = replicate_practice(v, replica, v.practice("doc"), actor="t")
+    assert rep.copied == 4 and rep.damaged == []
+    raw: Any = s3_client(seaweed, seaweed.admin)
+    head = raw.head_object(Bucket=bucket, Key=f"doc/data/{a.name}")
+    assert head["ObjectLockMode"] == "COMPLIANCE" and raw.get_object(
+        Bucket=bucket, Key=f"doc/data/{a.name}")["Body"].read() == a.data
+    g = gc.run_gc(v, v.practice("doc"), actor="gc")  # keep_last=1: s1 and its pack go from the vault
+    assert g.forgotten == [s1.name] and a.name in g.deleted_packs
+    rep = replicate_practice(v, replica, v.practice("doc"), actor="t")
+    assert rep.removed == 0 and rep.kept_by_lock == 2  # the replica's lock refuses, for now
+    assert raw.get_object(Bucket=bucket, Key=f"doc/data/{a.name}")["Body"].read() == a.data
+    assert v.config.data_location() == {"vault": None, "replica": "second site"}
