@@ -55,7 +55,8 @@ def test_objects_gone_or_rotten_after_the_listing_are_reported_and_not_copied() 
     gone = listed[FileType.SNAPSHOT][0]
     src.remove(Handle(FileType.SNAPSHOT, gone))  # forgotten by the vault's GC meanwhile
     rotten = listed[FileType.DATA][2]
-    src._files[(FileType.DATA, rotten)] = b"x" + src._files[(FileType.DATA, rotten)][1:]
+    good = src._files[(FileType.DATA, rotten)]
+    src._files[(FileType.DATA, rotten)] = bytes([good[0] ^ 0xFF]) + good[1:]  # always a change
     rep = mirror(src, dst, listed=listed)
     assert rep.gone == [f"snapshots/{gone}"] and rep.damaged == [f"data/{rotten}"]
     assert rep.copied == {"data": 4, "index": 1, "snapshots": 1}

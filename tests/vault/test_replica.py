@@ -58,7 +58,7 @@ def test_replicate_copies_checks_and_follows_gc_deletions(tmp_path: Path) -> Non
     v.ingest("t", v.practice("doc"), Handle(FileType.DATA, c.name), c.data)
     rotten = next(primary.rglob(c.name))
     rotten.chmod(0o644)
-    rotten.write_bytes(b"\0" + c.data[1:])
+    rotten.write_bytes(bytes([c.data[0] ^ 0xFF]) + c.data[1:])
     rep = replicate_practice(v, replica, v.practice("doc"), actor="t")
     assert rep.damaged == [f"data/{c.name}"] and rep.copied == 0 and rep.present == 4
     assert not list(copy.rglob(c.name))
@@ -140,7 +140,7 @@ def test_repair_puts_back_what_the_scrub_found_damaged_only_from_good_replica_by
         f.chmod(0o644)
         f.write_bytes(pk.data[:-1] + bytes([pk.data[-1] ^ 1]))
     rot = next(copy.rglob(bad_too.name))
-    rot.write_bytes(b"?" + bad_too.data[1:])  # ...and in the replica too
+    rot.write_bytes(bytes([bad_too.data[0] ^ 0xFF]) + bad_too.data[1:])  # ...and in the replica too
     next(copy.rglob(absent.name)).unlink()
     assert len(scrub_practice(v, v.practice("doc")).damaged) == 3
     rep = repair_from_replica(v, replica, v.practice("doc"), actor="admin")
