@@ -93,9 +93,62 @@ def test_mirror_refuses_damaged_objects_and_foreign_folders(vault: Any, tmp_path
     r = rempart(repo, env, "mirror", "--to", str(other))
     assert r.returncode == 2 and "neither empty nor a repository" in r.stderr
     assert files_of(other) == {"vacances.jpg": b"jpeg"}
+    # empty folders alone (what a mirror killed before its first write leaves) are fine
+    from rempart.storage.local import LocalBackend
+
+    LocalBackend(tmp_path / "skeleton", create=True)
+    r = rempart(repo, env, "mirror", "--to", str(tmp_path / "skeleton"))
+    assert r.returncode == 20 and "neither empty" not in r.stderr  # 20: the rotten pack above
+    assert (tmp_path / "skeleton" / "config").is_file()
     # a mirror of another repository is refused too
     shutil.copytree(dest, tmp_path / "copy")
     (tmp_path / "copy" / "config").chmod(0o644)
     (tmp_path / "copy" / "config").write_bytes(b"{}")
     r = rempart(repo, env, "mirror", "--to", str(tmp_path / "copy"))
     assert r.returncode == 2 and "holds another repository" in r.stderr
+
+
+def test_a_mirror_killed_midway_leaves_no_partial_object_and_the_next_run_completes(vault: Any,
+                                                                                    tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    name, toks = vault.add_practice()
+    src = tmp_path / "cabinet"
+    src.mkdir()
+    for i in range(6):
+        (src / f"radio-{i}.dcm").write_bytes(os.urandom(6 << 20))
+    kit = str(tmp_path / "kit")
+    env = {"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": vault.pin,
+           "REMPART_KIT_PASSPHRASE": "a long and private passphrase", "REMPART_STATE_DIR": str(tmp_path / "st")}
+    repo = f"{vault.url}/{name}"
+    assert rempart(repo, env, "init", "--kit", kit).returncode == 0
+    assert rempart(repo, env, "backup", "--no-detect", str(src)).returncode == 0  # random bytes look encrypted
+    env["REMPART_VAULT_TOKEN"] = toks["restore"]
+    dest = tmp_path / "usb"
+    proc = subprocess.Popen([sys.executable, "-m", "rempart.cli.main", "-r", repo, "mirror", "--to", str(dest)],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+
+    def packs_copied() -> bool:
+        return (dest / "data").is_dir() and any(p.is_file() for p in (dest / "data").rglob("*"))
+
+    while not packs_copied() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stored = vault.root / "data" / "storage" / name
+    copied = [p for p in (dest / "data").rglob("*") if p.is_file()]
+    for p in copied:  # whatever is there under a final name is whole
+        assert p.read_bytes() == next(stored.rglob(p.name)).read_bytes()
+    assert not list((dest / "snapshots").iterdir()) or len(copied) == len(
+        [p for p in (stored / "data").rglob("*") if p.is_file()])  # no snapshot before all its packs
+    r = rempart(repo, env, "--json", "mirror", "--to", str(dest))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["already_present"]["data"] == len(copied)
+    out = tmp_path / "restored"
+    off = {"REMPART_KIT_PASSPHRASE": env["REMPART_KIT_PASSPHRASE"], "REMPART_STATE_DIR": str(tmp_path / "st2")}
+    assert rempart(str(dest), off, "restore", "latest", "--target", str(out), "--kit", kit).returncode == 0
+    assert files_of(out / str(src).lstrip("/")) == files_of(src)

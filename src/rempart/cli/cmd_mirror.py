@@ -33,7 +33,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     dest: Path = args.to.expanduser()
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest} is not a folder")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / "config").is_file():
+    if dest.is_dir() and not (dest / "config").is_file() and any(p.is_file() for p in dest.rglob("*")):
+        # (empty folders alone are the skeleton a mirror killed before its first write leaves)
         raise UserError(f"{dest} is neither empty nor a repository", hint="mirror into an empty folder")
     src = open_backend(ctx)
     try:
