@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +20,28 @@ def files_of(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_mirror_a_vault_repository_then_restore_from_the_folder_alone(vault: Any, tmp_path: Path) -> None:
+def backed_up(vault: Any, tmp_path: Path, src: Path) -> tuple[str, dict[str, str], dict[str, str], str]:
+    """A new practice on ``vault``, initialised and with ``src`` backed up once (no detection:
+    random test bytes look encrypted); returns (repository URL, env with the backup token,
+    tokens, kit path)."""
     name, toks = vault.add_practice()
-    src = tmp_path / "cabinet"
-    (src / "radios").mkdir(parents=True)
-    for i in range(12):
-        (src / "radios" / f"pano-{i}.dcm").write_bytes(os.urandom(40_000 + i * 9_000))
-    (src / "agenda.csv").write_text("date;patient\n" * 3000)
     kit = str(tmp_path / "kit")
     env = {"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": vault.pin,
            "REMPART_KIT_PASSPHRASE": "a long and private passphrase", "REMPART_STATE_DIR": str(tmp_path / "st")}
     repo = f"{vault.url}/{name}"
     assert rempart(repo, env, "init", "--kit", kit).returncode == 0
-    assert rempart(repo, env, "backup", "--no-detect", str(src)).returncode == 0  # random bytes look encrypted
+    assert rempart(repo, env, "backup", "--no-detect", str(src)).returncode == 0
+    return repo, env, toks, kit
+
+
+def test_mirror_a_vault_repository_then_restore_from_the_folder_alone(vault: Any, tmp_path: Path) -> None:
+    src = tmp_path / "cabinet"
+    (src / "radios").mkdir(parents=True)
+    for i in range(12):
+        (src / "radios" / f"pano-{i}.dcm").write_bytes(os.urandom(40_000 + i * 9_000))
+    (src / "agenda.csv").write_text("date;patient\n" * 3000)
+    repo, env, toks, kit = backed_up(vault, tmp_path, src)
+    name = repo.rsplit("/", 1)[1]
     dest = tmp_path / "usb" / "rempart"
 
     # a backup token cannot read packs back: refused, clearly, and nothing is half-written
@@ -65,15 +78,11 @@ def test_mirror_a_vault_repository_then_restore_from_the_folder_alone(vault: Any
 
 
 def test_mirror_refuses_damaged_objects_and_foreign_folders(vault: Any, tmp_path: Path) -> None:
-    name, toks = vault.add_practice()
     src = tmp_path / "cabinet"
     src.mkdir()
     (src / "compta.db").write_bytes(os.urandom(300_000))
-    env = {"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": vault.pin,
-           "REMPART_KIT_PASSPHRASE": "a long and private passphrase", "REMPART_STATE_DIR": str(tmp_path / "st")}
-    repo = f"{vault.url}/{name}"
-    assert rempart(repo, env, "init", "--kit", str(tmp_path / "kit")).returncode == 0
-    assert rempart(repo, env, "backup", "--no-detect", str(src)).returncode == 0
+    repo, env, toks, _ = backed_up(vault, tmp_path, src)
+    name = repo.rsplit("/", 1)[1]
     env["REMPART_VAULT_TOKEN"] = toks["restore"]
     # one pack rots on the vault's disk
     pack = next(p for p in (vault.root / "data" / "storage" / name / "data").rglob("*") if p.is_file())
@@ -110,22 +119,12 @@ def test_mirror_refuses_damaged_objects_and_foreign_folders(vault: Any, tmp_path
 
 def test_a_mirror_killed_midway_leaves_no_partial_object_and_the_next_run_completes(vault: Any,
                                                                                     tmp_path: Path) -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    name, toks = vault.add_practice()
     src = tmp_path / "cabinet"
     src.mkdir()
     for i in range(6):
         (src / f"radio-{i}.dcm").write_bytes(os.urandom(6 << 20))
-    kit = str(tmp_path / "kit")
-    env = {"REMPART_VAULT_TOKEN": toks["backup"], "REMPART_VAULT_CA": vault.pin,
-           "REMPART_KIT_PASSPHRASE": "a long and private passphrase", "REMPART_STATE_DIR": str(tmp_path / "st")}
-    repo = f"{vault.url}/{name}"
-    assert rempart(repo, env, "init", "--kit", kit).returncode == 0
-    assert rempart(repo, env, "backup", "--no-detect", str(src)).returncode == 0  # random bytes look encrypted
+    repo, env, toks, kit = backed_up(vault, tmp_path, src)
+    name = repo.rsplit("/", 1)[1]
     env["REMPART_VAULT_TOKEN"] = toks["restore"]
     dest = tmp_path / "usb"
     proc = subprocess.Popen([sys.executable, "-m", "rempart.cli.main", "-r", repo, "mirror", "--to", str(dest)],

@@ -90,7 +90,7 @@ def _config(args: argparse.Namespace, ctx: Context) -> Any:
     return load_config(Path(path))
 
 
-def ctx_time(ts: float) -> str:
+def _utc(ts: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -246,7 +246,7 @@ def _practice(args: argparse.Namespace, ctx: Context, vault: Any, actor: str) ->
         from rempart.vault import closing
 
         after = closing.close(vault, args.name, args.reason, actor=actor)
-        when = ctx_time(after)
+        when = _utc(after)
         _emit(ctx, {"closed": True, "erase_after": after},
               f"{args.name}: closed, its tokens revoked. Its data is erased by GC from {when} on; until then a "
               f"restore token (`practice token {args.name} --scope restore`) lets it take its data "
